@@ -1,0 +1,263 @@
+//! Making children: [`ChildBuilder`] and the node initialisation they share.
+
+use core::mem::MaybeUninit;
+use core::panic::Location;
+
+use super::{CancelGuard, Context, EXHAUSTED};
+use crate::pool::{PoolInner, PoolRef};
+use crate::tree::cause::PoolExhausted;
+use crate::tree::node::{
+    Custom, Func, Meta, Payload, Values, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_REQ,
+    F_TRACE, F_USER, F_VALUE, NIL,
+};
+use crate::values::{self, Op, RequestId, TraceContext, UserId};
+
+/// Builds a child of a context with values set. Made by [`Context::child`].
+///
+/// ```
+/// use ctxpool::{Context, Op, TraceContext, UserId};
+///
+/// static RENDER: Op = Op::new("render");
+/// let trace = TraceContext { trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736, span_id: 0x00f067aa0ba902b7, flags: 1 };
+/// let ctx = Context::background()
+///     .child()
+///     .op(&RENDER)
+///     .trace(trace)
+///     .user_id(UserId(1001))
+///     .with_cancel();
+/// let sub = ctx.with_cancel(); // values are inherited
+/// assert_eq!(sub.trace(), Some(trace));
+/// assert_eq!(sub.user_id(), Some(UserId(1001)));
+/// ```
+#[must_use = "a ChildBuilder does nothing until with_cancel, without_cancel or build is called"]
+#[derive(Debug)]
+pub struct ChildBuilder<'a> {
+    parent: &'a Context,
+    location: &'static Location<'static>,
+    op: Option<&'static Op>,
+    trace: Option<TraceContext>,
+    request_id: Option<RequestId>,
+    user_id: Option<UserId>,
+}
+
+/// What kind of node to make.
+enum Kind {
+    /// Has an owner (`CancelGuard`).
+    Cancel,
+    /// No owner; cancelled with its parent.
+    Plain,
+    /// No owner; never cancelled.
+    Detached,
+    /// No owner; cancelled with its parent; carries a custom value.
+    Value(Custom),
+}
+
+impl<'a> ChildBuilder<'a> {
+    pub(crate) fn new(parent: &'a Context, location: &'static Location<'static>) -> Self {
+        ChildBuilder {
+            parent,
+            location,
+            op: None,
+            trace: None,
+            request_id: None,
+            user_id: None,
+        }
+    }
+
+    /// Sets the operation label.
+    pub fn op(mut self, op: &'static Op) -> Self {
+        self.op = Some(op);
+        self
+    }
+
+    /// Sets the trace context.
+    pub fn trace(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+
+    /// Sets the request id.
+    pub fn request_id(mut self, id: RequestId) -> Self {
+        self.request_id = Some(id);
+        self
+    }
+
+    /// Sets the user id.
+    pub fn user_id(mut self, id: UserId) -> Self {
+        self.user_id = Some(id);
+        self
+    }
+
+    /// A cancellable child and its owner; born cancelled with
+    /// [`Cause::PoolExhausted`](crate::Cause::PoolExhausted) if the pool is exhausted.
+    pub fn with_cancel(self) -> CancelGuard {
+        let parent = self.parent;
+        match self.try_with_cancel() {
+            Ok(g) => g,
+            Err(_) => CancelGuard::new(Context::exhausted(parent.pool_ref(), false)),
+        }
+    }
+
+    /// A cancellable child and its owner, or an error if the pool is exhausted.
+    pub fn try_with_cancel(self) -> Result<CancelGuard, PoolExhausted> {
+        self.create(Kind::Cancel).map(CancelGuard::new)
+    }
+
+    /// A child with these values, cancelled with its parent, without an owner of its own.
+    pub fn build(self) -> Context {
+        let parent = self.parent;
+        self.create(Kind::Plain)
+            .unwrap_or_else(|_| Context::exhausted(parent.pool_ref(), false))
+    }
+
+    /// Like [`build`](ChildBuilder::build), but fails if the pool is exhausted.
+    pub fn try_build(self) -> Result<Context, PoolExhausted> {
+        self.create(Kind::Plain)
+    }
+
+    /// A child with these values that is never cancelled (Go's `WithoutCancel`). At pool
+    /// exhaustion it is born cancelled.
+    pub fn without_cancel(self) -> Context {
+        let parent = self.parent;
+        self.create(Kind::Detached)
+            .unwrap_or_else(|_| Context::exhausted(parent.pool_ref(), false))
+    }
+
+    /// A child carrying `value` (see [`Context::with_value`]). At pool exhaustion it is born
+    /// cancelled.
+    pub fn with_value<T: Send + Sync + 'static>(self, value: T) -> Context {
+        let parent = self.parent;
+        self.try_with_value(value)
+            .unwrap_or_else(|_| Context::exhausted(parent.pool_ref(), false))
+    }
+
+    /// Like [`with_value`](ChildBuilder::with_value), but fails if the pool is exhausted.
+    pub fn try_with_value<T: Send + Sync + 'static>(
+        self,
+        value: T,
+    ) -> Result<Context, PoolExhausted> {
+        let custom = Custom {
+            vt: values::vtable::<T>(),
+            data: values::store_value(value),
+        };
+        let r = self.create(Kind::Value(custom));
+        if r.is_err() {
+            // SAFETY: the node was never made, so the value stored above is still ours, and
+            // this is its one drop.
+            let mut data = custom.data;
+            unsafe { (custom.vt.drop)(&mut data) };
+        }
+        r
+    }
+
+    fn create(self, kind: Kind) -> Result<Context, PoolExhausted> {
+        let parent = self.parent;
+        if parent.idx == EXHAUSTED {
+            // A child of a context born cancelled is born cancelled too (no slot to link to).
+            return Ok(Context::exhausted(parent.pool_ref(), true));
+        }
+        let pool = parent.inner();
+        let Some(idx) = pool.acquire() else {
+            return Err(PoolExhausted {
+                capacity: pool.capacity(),
+            });
+        };
+        let parent_idx = parent.node_idx().unwrap_or(NIL);
+        let (mut values, inherited) = match parent.values() {
+            Some((v, flags)) => (v, flags & (F_TRACE | F_REQ | F_USER | 0xFF00)),
+            None => (Values::EMPTY, 0),
+        };
+        let mut flags = inherited;
+        if let Some(op) = self.op {
+            values.op = Some(op);
+        }
+        if let Some(t) = self.trace {
+            values.trace_id = [(t.trace_id >> 64) as u64, t.trace_id as u64];
+            values.span_id = t.span_id;
+            flags = (flags & 0x00FF) | F_TRACE | (u16::from(t.flags) << 8);
+        }
+        if let Some(r) = self.request_id {
+            values.request_id = r.0;
+            flags |= F_REQ;
+        }
+        if let Some(u) = self.user_id {
+            values.user_id = u.0;
+            flags |= F_USER;
+        }
+        let parent_never = parent.is_never_cancelled();
+        match kind {
+            Kind::Cancel => {}
+            Kind::Plain => {
+                if parent_never {
+                    flags |= F_NEVER;
+                }
+            }
+            Kind::Detached => flags |= F_DETACHED | F_NEVER,
+            Kind::Value(custom) => {
+                if parent_never {
+                    flags |= F_NEVER;
+                }
+                flags |= F_VALUE;
+                values.custom = MaybeUninit::new(custom);
+            }
+        }
+        let gen = init(
+            pool,
+            idx,
+            parent_idx,
+            self.location,
+            flags,
+            Payload { values },
+        );
+        Ok(Context::from_node(parent.pool, idx, gen))
+    }
+}
+
+/// Initialises acquired slot `idx` and publishes it with one reference; takes the reference
+/// the new node holds on its parent (or, for a root, on the pool). Returns the generation.
+fn init(
+    pool: &PoolInner,
+    idx: u32,
+    parent: u32,
+    location: &'static Location<'static>,
+    mut flags: u16,
+    payload: Payload,
+) -> u32 {
+    // SAFETY: `idx` was just acquired: we own the free slot (pool P2).
+    let node = unsafe { pool.node(idx) };
+    if parent == NIL {
+        // A root holds a reference on its pool (P4), released by `tree::release`.
+        // SAFETY: the caller's handle keeps the pool alive.
+        let _ = unsafe { PoolRef::acquire(core::ptr::NonNull::from(pool)) }.into_raw();
+        flags |= F_POOL_REF;
+    } else {
+        // I1: the child holds a reference on its parent; the caller's handle holds one too, so
+        // the parent is live (slot L1).
+        // SAFETY: the parent index comes from a live handle of this pool.
+        unsafe { pool.node(parent) }.life.clone_ref();
+    }
+    // SAFETY: we own the slot (P2); nobody reads these fields until `init` publishes it.
+    unsafe {
+        node.meta.with_mut(|m| {
+            *m = Meta {
+                location,
+                parent,
+                created: crate::clock::now(),
+            }
+        });
+        node.set_flags(flags);
+        node.payload.with_mut(|p| *p = payload);
+    }
+    node.life.init()
+}
+
+/// Initialises acquired slot `idx` as an `after_func` node under `parent`.
+pub(crate) fn init_func(
+    pool: &PoolInner,
+    idx: u32,
+    parent: u32,
+    location: &'static Location<'static>,
+    func: Func,
+) -> u32 {
+    init(pool, idx, parent, location, F_FUNC, Payload { func })
+}

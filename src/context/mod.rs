@@ -1,0 +1,466 @@
+//! [`Context`]: the cheap, cloneable handle to a context node.
+//!
+//! A handle is 16 bytes: the pool, the slot and its generation. A handle holds one reference
+//! on its node (slot L1), so while it exists the node, its values and all its ancestors stay
+//! live (tree I1) and it can never observe a different context that reuses the slot. Only
+//! [`WeakContext`] can outlive its node; it then reads as cancelled, never as another context.
+
+mod builder;
+mod guard;
+mod wait;
+
+pub use builder::ChildBuilder;
+pub use guard::{CancelGuard, ContextId, WeakContext};
+pub use wait::Cancelled;
+
+use core::any::TypeId;
+use core::fmt;
+use core::panic::Location;
+use core::ptr::NonNull;
+
+use crate::pool::{Pool, PoolInner, PoolRef};
+use crate::tree::cause::{Cause, ContextError, Origin, PoolExhausted};
+use crate::tree::func::{self, AfterFunc};
+use crate::tree::node::{Values, F_NEVER, F_REQ, F_TRACE, F_USER, F_VALUE, NIL};
+use crate::tree::{self as tree, Peek};
+use crate::values::{Op, RequestId, TraceContext, UserId};
+
+/// Slot value of a context that was born cancelled because its pool was exhausted; its
+/// generation field says whether the exhaustion was its own (0) or an ancestor's (1).
+pub(crate) const EXHAUSTED: u32 = u32::MAX - 1;
+
+/// A request context: cancellation, values, operation label and creation site.
+///
+/// `Context` is a cheap handle (`Clone + Send + Sync + 'static`, 16 bytes): cloning adds a
+/// reference to the pooled node, dropping removes it, and the node's slot is reused only when
+/// the last handle, its owner ([`CancelGuard`]) and its children are gone.
+///
+/// ```
+/// use ctxpool::{Cause, Context, ContextError, Reason};
+///
+/// let root = Context::background().with_cancel();      // owner of a cancellable root
+/// let req = root.with_cancel();                        // a child, cancelled with its parent
+/// let handle = req.context();                          // a plain, cloneable handle
+/// assert!(!handle.is_cancelled());
+///
+/// root.cancel(Reason::Message("shutting down"));
+/// assert!(handle.is_cancelled());
+/// assert_eq!(handle.err(), Some(ContextError::Canceled));
+/// assert!(matches!(handle.cause(), Some(Cause::Parent(_))));
+/// ```
+pub struct Context {
+    pool: NonNull<PoolInner>,
+    idx: u32,
+    gen: u32,
+}
+
+// SAFETY: a `Context` is a counted reference to a `Sync` pool node (tree I1, pool P4); every
+// operation through it is thread-safe (atomics, or reads of immutable fields).
+unsafe impl Send for Context {}
+// SAFETY: as for `Send`; `&Context` only exposes the same thread-safe operations.
+unsafe impl Sync for Context {}
+
+impl Context {
+    /// The process-wide pool's background context (Go's `context.Background()`): never
+    /// cancelled, no values, no deadline. It takes no slot, and its children register nothing.
+    #[cfg(not(loom))]
+    pub fn background() -> Context {
+        Context {
+            pool: crate::pool::global_ptr(),
+            idx: NIL,
+            gen: 0,
+        }
+    }
+
+    pub(crate) fn background_of(pool: PoolRef) -> Context {
+        Context {
+            pool: pool.into_raw(),
+            idx: NIL,
+            gen: 0,
+        }
+    }
+
+    pub(crate) fn exhausted(pool: PoolRef, inherited: bool) -> Context {
+        Context {
+            pool: pool.into_raw(),
+            idx: EXHAUSTED,
+            gen: u32::from(inherited),
+        }
+    }
+
+    /// Wraps a reference the caller took on node `(idx, gen)`.
+    pub(crate) fn from_node(pool: NonNull<PoolInner>, idx: u32, gen: u32) -> Context {
+        Context { pool, idx, gen }
+    }
+
+    #[inline]
+    pub(crate) fn inner(&self) -> &PoolInner {
+        // SAFETY: a handle keeps its pool alive (pool P4).
+        unsafe { self.pool.as_ref() }
+    }
+
+    #[inline]
+    pub(crate) fn node_idx(&self) -> Option<u32> {
+        (self.idx < EXHAUSTED).then_some(self.idx)
+    }
+
+    #[inline]
+    pub(crate) fn pool_ref(&self) -> PoolRef {
+        // SAFETY: this handle keeps the pool alive (P4).
+        unsafe { PoolRef::acquire(self.pool) }
+    }
+
+    /// The pool this context lives in.
+    pub fn pool(&self) -> Pool {
+        Pool {
+            inner: self.pool_ref(),
+        }
+    }
+
+    /// A builder for a child with values set (operation, trace, request id, user id).
+    ///
+    /// ```
+    /// use ctxpool::{Context, Op, RequestId};
+    ///
+    /// static GET_USER: Op = Op::new("get_user");
+    /// let req = Context::background()
+    ///     .child()
+    ///     .op(&GET_USER)
+    ///     .request_id(RequestId(42))
+    ///     .with_cancel();
+    /// assert_eq!(req.request_id(), Some(RequestId(42)));
+    /// ```
+    #[track_caller]
+    pub fn child(&self) -> ChildBuilder<'_> {
+        ChildBuilder::new(self, Location::caller())
+    }
+
+    /// A cancellable child and its owner (Go's `WithCancel`). Dropping the returned
+    /// [`CancelGuard`] cancels the child (cause [`Cause::OwnerDropped`]). At pool exhaustion
+    /// the child is born cancelled with [`Cause::PoolExhausted`]; see
+    /// [`try_with_cancel`](Context::try_with_cancel).
+    #[track_caller]
+    pub fn with_cancel(&self) -> CancelGuard {
+        self.child().with_cancel()
+    }
+
+    /// Like [`with_cancel`](Context::with_cancel), but fails when the pool is exhausted.
+    #[track_caller]
+    pub fn try_with_cancel(&self) -> Result<CancelGuard, PoolExhausted> {
+        self.child().try_with_cancel()
+    }
+
+    /// A child that keeps this context's values but is never cancelled (Go's
+    /// `WithoutCancel`), nor are its children through it.
+    #[track_caller]
+    pub fn without_cancel(&self) -> Context {
+        self.child().without_cancel()
+    }
+
+    /// A child carrying `value`, found by [`value`](Context::value) on it and its descendants
+    /// (Go's `WithValue`, keyed by type). Values up to
+    /// [`INLINE_VALUE_BYTES`](crate::INLINE_VALUE_BYTES) are stored in the node; larger ones
+    /// are boxed (one allocation, freed with the node) — wrap big values in an `Arc` you
+    /// clone to keep creation allocation-free.
+    ///
+    /// ```
+    /// use ctxpool::Context;
+    ///
+    /// #[derive(Debug, PartialEq)]
+    /// struct Tenant(u32);
+    ///
+    /// let ctx = Context::background().with_value(Tenant(7));
+    /// let child = ctx.with_cancel();
+    /// assert_eq!(child.value::<Tenant>(), Some(&Tenant(7)));
+    /// assert_eq!(child.value::<u64>(), None);
+    /// ```
+    #[track_caller]
+    pub fn with_value<T: Send + Sync + 'static>(&self, value: T) -> Context {
+        self.child().with_value(value)
+    }
+
+    /// The nearest value of type `T` set on this context or an ancestor.
+    pub fn value<T: 'static>(&self) -> Option<&T> {
+        let pool = self.inner();
+        let mut cur = self.node_idx()?;
+        while cur != NIL {
+            // SAFETY: this handle keeps the node and its ancestors live (I1).
+            let node = unsafe { pool.node(cur) };
+            // SAFETY: live (I1).
+            let (meta, flags) = unsafe { (node.meta(), node.flags()) };
+            if flags & F_VALUE != 0 {
+                // SAFETY: F_VALUE: the payload's custom value was written at creation (P2) and
+                // is immutable while the node is live; the pointer stays valid while `self`
+                // keeps the node live, which the returned borrow of `self` guarantees.
+                let found = node.payload.with(|p| unsafe {
+                    let custom = core::ptr::addr_of!((*p).values.custom).cast::<crate::tree::node::Custom>();
+                    if ((*custom).vt.type_id)() == TypeId::of::<T>() {
+                        let data = core::ptr::addr_of!((*custom).data);
+                        Some(&*((*custom).vt.get)(data).cast::<T>())
+                    } else {
+                        None
+                    }
+                });
+                if found.is_some() {
+                    return found;
+                }
+            }
+            cur = meta.parent;
+        }
+        None
+    }
+
+    fn values(&self) -> Option<(Values, u16)> {
+        let idx = self.node_idx()?;
+        // SAFETY: this handle keeps the node live (I1).
+        let node = unsafe { self.inner().node(idx) };
+        // SAFETY: live; the payload of a context node is its `Values`, immutable (P2).
+        Some(unsafe { (node.payload.with(|p| (*p).values), node.flags()) })
+    }
+
+    /// The operation label, if one was set on this context or inherited.
+    pub fn op(&self) -> Option<&'static Op> {
+        self.values().and_then(|(v, _)| v.op)
+    }
+
+    /// The trace context, if set or inherited.
+    pub fn trace(&self) -> Option<TraceContext> {
+        let (v, flags) = self.values()?;
+        (flags & F_TRACE != 0).then(|| TraceContext {
+            trace_id: (u128::from(v.trace_id[0]) << 64) | u128::from(v.trace_id[1]),
+            span_id: v.span_id,
+            flags: (flags >> 8) as u8,
+        })
+    }
+
+    /// The request id, if set or inherited.
+    pub fn request_id(&self) -> Option<RequestId> {
+        let (v, flags) = self.values()?;
+        (flags & F_REQ != 0).then_some(RequestId(v.request_id))
+    }
+
+    /// The user id, if set or inherited.
+    pub fn user_id(&self) -> Option<UserId> {
+        let (v, flags) = self.values()?;
+        (flags & F_USER != 0).then_some(UserId(v.user_id))
+    }
+
+    /// Where this context was made (the caller of the constructor).
+    pub fn location(&self) -> Option<&'static Location<'static>> {
+        let idx = self.node_idx()?;
+        // SAFETY: live (I1).
+        Some(unsafe { self.inner().node(idx).meta() }.location)
+    }
+
+    /// This context's identity: its slot and generation.
+    pub fn id(&self) -> ContextId {
+        ContextId {
+            slot: self.idx,
+            generation: self.gen,
+        }
+    }
+
+    /// Whether this context or an ancestor is cancelled (Go's `<-ctx.Done()` without
+    /// blocking). An ancestor's cancellation is recorded on this context the first time it is
+    /// observed, so every later read agrees.
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        match self.idx {
+            NIL => false,
+            EXHAUSTED => true,
+            idx => tree::is_cancelled(self.inner(), idx),
+        }
+    }
+
+    /// Go's `ctx.Err()`: `None` while active, then `Canceled` or `DeadlineExceeded`.
+    pub fn err(&self) -> Option<ContextError> {
+        self.cause().map(Cause::error)
+    }
+
+    /// Go's `context.Cause(ctx)`: the first cause recorded, `None` while active.
+    pub fn cause(&self) -> Option<Cause> {
+        match self.idx {
+            NIL => None,
+            EXHAUSTED if self.gen == 0 => Some(Cause::PoolExhausted),
+            EXHAUSTED => Some(Cause::Parent(Origin::PoolExhausted)),
+            idx => tree::cause(self.inner(), idx),
+        }
+    }
+
+    /// Whether this context can never be cancelled (the background, a `without_cancel`
+    /// context, or a value child of either). Go's `ctx.Done() == nil`.
+    pub fn is_never_cancelled(&self) -> bool {
+        match self.idx {
+            NIL => true,
+            EXHAUSTED => false,
+            // SAFETY: live (I1).
+            idx => (unsafe { self.inner().node(idx).flags() } & F_NEVER) != 0,
+        }
+    }
+
+    /// A future that completes when this context is cancelled. It is `Send`, cancel-safe (drop
+    /// it at any time) and allocates nothing.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use ctxpool::Context;
+    ///
+    /// let owner = Context::background().with_cancel();
+    /// let ctx = owner.context();
+    /// let task = tokio::spawn(async move { ctx.cancelled().await; ctx.err() });
+    /// drop(owner);
+    /// assert!(task.await.unwrap().is_some());
+    /// # });
+    /// ```
+    pub fn cancelled(&self) -> Cancelled<'_> {
+        Cancelled::new(self)
+    }
+
+    /// Blocks the thread until this context is cancelled. Blocks forever on a context that can
+    /// never be cancelled.
+    pub fn wait(&self) {
+        wait::wait(self, None);
+    }
+
+    /// Blocks until this context is cancelled or `timeout` passes; returns whether it is
+    /// cancelled.
+    #[cfg(not(loom))]
+    pub fn wait_timeout(&self, timeout: std::time::Duration) -> bool {
+        wait::wait(self, Some(std::time::Instant::now() + timeout))
+    }
+
+    /// Runs `f` once, on the cancelling thread, when this context is cancelled (Go's
+    /// `AfterFunc`); runs it at once if the context is already cancelled, and never if it can
+    /// never be cancelled. The registration takes one pool slot; closures up to 48 bytes are
+    /// stored in it, larger ones boxed. If the pool is exhausted `f` runs at once, as if the
+    /// context had been cancelled by the overload (see
+    /// [`try_after_func`](Context::try_after_func)).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use ctxpool::Context;
+    ///
+    /// static CLOSED: AtomicBool = AtomicBool::new(false);
+    /// let owner = Context::background().with_cancel();
+    /// let _registration = owner.after_func(|| CLOSED.store(true, Ordering::SeqCst));
+    /// drop(owner);
+    /// assert!(CLOSED.load(Ordering::SeqCst));
+    /// ```
+    #[track_caller]
+    pub fn after_func<F: FnOnce() + Send + 'static>(&self, f: F) -> AfterFunc {
+        match self.try_after_func(f) {
+            Ok(handle) => handle,
+            Err((_, f)) => {
+                f();
+                AfterFunc::ran()
+            }
+        }
+    }
+
+    /// Like [`after_func`](Context::after_func), but hands `f` back when the pool is
+    /// exhausted.
+    #[track_caller]
+    pub fn try_after_func<F: FnOnce() + Send + 'static>(
+        &self,
+        f: F,
+    ) -> Result<AfterFunc, (PoolExhausted, F)> {
+        if self.is_never_cancelled() {
+            return Ok(AfterFunc::never());
+        }
+        if self.is_cancelled() {
+            f();
+            return Ok(AfterFunc::ran());
+        }
+        let Some(idx) = self.node_idx() else {
+            unreachable!("background and exhausted contexts were handled above")
+        };
+        let pool = self.inner();
+        let Some(fidx) = pool.acquire() else {
+            return Err((
+                PoolExhausted {
+                    capacity: pool.capacity(),
+                },
+                f,
+            ));
+        };
+        let gen = builder::init_func(pool, fidx, idx, Location::caller(), func::pack(f));
+        // Hold a reference while registering: the callback may fire, and release the
+        // registration, as soon as it is linked.
+        // SAFETY: `fidx` was acquired from this pool and published by `init_func`.
+        unsafe { pool.node(fidx) }.life.clone_ref();
+        tree::ensure_registered(pool, fidx);
+        tree::drop_ref(pool, fidx);
+        Ok(AfterFunc::registered(self.pool_ref(), fidx, gen))
+    }
+
+    /// A weak id of this context: it does not keep the node alive, and once the node is
+    /// released it reads as cancelled and never as the context that reuses the slot.
+    pub fn downgrade(&self) -> WeakContext {
+        WeakContext::new(self.pool_ref(), self.idx, self.gen)
+    }
+}
+
+impl Clone for Context {
+    #[inline]
+    fn clone(&self) -> Self {
+        match self.node_idx() {
+            // SAFETY: this handle holds a reference (L1).
+            Some(idx) => unsafe { self.inner().node(idx) }.life.clone_ref(),
+            // Background and exhausted handles hold a pool reference (P4).
+            None => core::mem::forget(self.pool_ref()),
+        }
+        Context {
+            pool: self.pool,
+            idx: self.idx,
+            gen: self.gen,
+        }
+    }
+}
+
+impl Drop for Context {
+    #[inline]
+    fn drop(&mut self) {
+        match self.node_idx() {
+            Some(idx) => tree::drop_ref(self.inner(), idx),
+            // SAFETY: background and exhausted handles hold a pool reference taken with
+            // `into_raw` or `acquire` (P4); this is its release.
+            None => drop(unsafe { PoolRef::from_raw(self.pool) }),
+        }
+    }
+}
+
+impl fmt::Debug for Context {
+    /// Takes no lock and never waits.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Context");
+        d.field("id", &self.id());
+        let Some(idx) = self.node_idx() else {
+            return match self.idx {
+                NIL => d.field("state", &"background").finish(),
+                _ => d
+                    .field("state", &"cancelled")
+                    .field("cause", &self.cause())
+                    .finish(),
+            };
+        };
+        let pool = self.inner();
+        // SAFETY: live (I1).
+        let meta = unsafe { pool.node(idx).meta() };
+        let state = match tree::peek(pool, idx) {
+            Peek::Active if self.is_never_cancelled() => "never cancelled",
+            Peek::Active => "active",
+            _ => "cancelled",
+        };
+        d.field("op", &self.op().map(Op::name))
+            .field("state", &state)
+            .field(
+                "age",
+                &std::time::Duration::from_millis(u64::from(
+                    crate::clock::precise().wrapping_sub(meta.created),
+                )),
+            )
+            .field("cause", &tree::cause_now(pool, idx))
+            .field("at", &format_args!("{}:{}", meta.location.file(), meta.location.line()))
+            .finish()
+    }
+}

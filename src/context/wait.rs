@@ -1,0 +1,209 @@
+//! Waiting for cancellation: the [`Cancelled`] future and the blocking `wait`.
+//!
+//! Both link a pinned [`Waiter`] into the node's list (tree I5) and register the node up the
+//! tree (tree I8), so that a cancel anywhere above wakes them.
+
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context as TaskContext, Poll};
+
+use super::Context;
+use crate::sync::thread;
+use crate::tree::state::CANCELLED;
+use crate::tree::wait::{lock, push, unlink, unlock, Wake, Waiter};
+use crate::tree::{self as tree};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stage {
+    Init,
+    Waiting,
+    Done,
+}
+
+/// Future returned by [`Context::cancelled`]. Allocation-free, `Send`, and cancel-safe.
+#[must_use = "futures do nothing unless polled"]
+pub struct Cancelled<'a> {
+    ctx: &'a Context,
+    waiter: Waiter,
+    stage: Stage,
+}
+
+impl core::fmt::Debug for Cancelled<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Cancelled")
+            .field("ctx", &self.ctx.id())
+            .field("stage", &self.stage)
+            .finish()
+    }
+}
+
+impl<'a> Cancelled<'a> {
+    pub(crate) fn new(ctx: &'a Context) -> Self {
+        Cancelled {
+            ctx,
+            waiter: Waiter::new(),
+            stage: Stage::Init,
+        }
+    }
+}
+
+/// Links `waiter` (with `wake`) into the context's node unless it is cancelled, then registers
+/// the node up the tree. Returns `false` if the context is already cancelled.
+///
+/// # Safety
+/// `waiter` is pinned and stays linked until it is notified or unlinked under the node's LOCK.
+unsafe fn link(ctx: &Context, waiter: &Waiter, wake: Wake) -> bool {
+    let Some(idx) = ctx.node_idx() else {
+        return false;
+    };
+    let pool = ctx.inner();
+    // SAFETY: the handle keeps the node live (tree I1).
+    let node = unsafe { pool.node(idx) };
+    let s = lock(node);
+    if s & CANCELLED != 0 {
+        unlock(node);
+        return false;
+    }
+    // SAFETY: LOCK held, node not cancelled, and the caller pins `waiter` (I5).
+    unsafe {
+        waiter.set_wake(wake);
+        push(node, waiter as *const Waiter as *mut Waiter);
+    }
+    unlock(node);
+    tree::ensure_registered(pool, idx);
+    true
+}
+
+/// Unlinks `waiter` unless a cancel already did (I5).
+fn unlink_waiter(ctx: &Context, waiter: &Waiter) {
+    if waiter.is_notified() {
+        return;
+    }
+    let Some(idx) = ctx.node_idx() else { return };
+    // SAFETY: the handle keeps the node live (I1).
+    let node = unsafe { ctx.inner().node(idx) };
+    lock(node);
+    if !waiter.is_notified() {
+        // SAFETY: LOCK held and the waiter is linked (not notified) (I5).
+        unsafe { unlink(node, waiter as *const Waiter as *mut Waiter) };
+    }
+    unlock(node);
+}
+
+impl Future for Cancelled<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        // SAFETY: we never move `waiter` out of the pinned future; it is only linked by
+        // address while the future is pinned, and `Drop` unlinks it.
+        let this = unsafe { self.get_unchecked_mut() };
+        match this.stage {
+            Stage::Done => Poll::Ready(()),
+            Stage::Init => {
+                if this.ctx.is_cancelled() {
+                    this.stage = Stage::Done;
+                    return Poll::Ready(());
+                }
+                if this.ctx.is_never_cancelled() {
+                    return Poll::Pending;
+                }
+                // SAFETY: the waiter is pinned inside this pinned future and `Drop` unlinks it.
+                if !unsafe { link(this.ctx, &this.waiter, Wake::Task(cx.waker().clone())) } {
+                    this.stage = Stage::Done;
+                    return Poll::Ready(());
+                }
+                this.stage = Stage::Waiting;
+                if this.waiter.is_notified() {
+                    this.stage = Stage::Done;
+                    return Poll::Ready(());
+                }
+                Poll::Pending
+            }
+            Stage::Waiting => {
+                if this.waiter.is_notified() {
+                    this.stage = Stage::Done;
+                    return Poll::Ready(());
+                }
+                let Some(idx) = this.ctx.node_idx() else {
+                    return Poll::Pending;
+                };
+                // SAFETY: the handle keeps the node live (I1).
+                let node = unsafe { this.ctx.inner().node(idx) };
+                lock(node);
+                if this.waiter.is_notified() {
+                    unlock(node);
+                    this.stage = Stage::Done;
+                    return Poll::Ready(());
+                }
+                // SAFETY: LOCK held (I5).
+                unsafe {
+                    if !this.waiter.will_wake(cx.waker()) {
+                        this.waiter.set_wake(Wake::Task(cx.waker().clone()));
+                    }
+                }
+                unlock(node);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Cancelled<'_> {
+    fn drop(&mut self) {
+        if self.stage == Stage::Waiting {
+            unlink_waiter(self.ctx, &self.waiter);
+        }
+    }
+}
+
+/// Blocks until cancelled or `deadline`; returns whether the context is cancelled.
+pub(super) fn wait(ctx: &Context, deadline: Option<std::time::Instant>) -> bool {
+    if ctx.is_cancelled() {
+        return true;
+    }
+    let waiter = core::pin::pin!(Waiter::new());
+    let waiter: &Waiter = &waiter;
+    if ctx.is_never_cancelled() {
+        loop {
+            match deadline {
+                #[cfg(not(loom))]
+                Some(d) => {
+                    let now = std::time::Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    thread::park_timeout(d - now);
+                }
+                #[cfg(loom)]
+                Some(_) => return false,
+                None => thread::park(),
+            }
+        }
+    }
+    // SAFETY: `waiter` is pinned on this frame and unlinked below before the frame ends.
+    if !unsafe { link(ctx, waiter, Wake::Thread(thread::current())) } {
+        return true;
+    }
+    loop {
+        if waiter.is_notified() {
+            return true;
+        }
+        match deadline {
+            #[cfg(not(loom))]
+            Some(d) => {
+                let now = std::time::Instant::now();
+                if now >= d {
+                    unlink_waiter(ctx, waiter);
+                    return ctx.is_cancelled();
+                }
+                thread::park_timeout(d - now);
+            }
+            #[cfg(loom)]
+            Some(_) => {
+                unlink_waiter(ctx, waiter);
+                return ctx.is_cancelled();
+            }
+            None => thread::park(),
+        }
+    }
+}

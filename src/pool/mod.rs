@@ -1,0 +1,706 @@
+//! The context pool: a concurrent slab of [`Node`]s with generational handles.
+//!
+//! ```text
+//!            Pool ──► PoolInner
+//!                      ├── pages    [p0: 64 nodes][p1: 128][p2: 256] ...   (page.rs)
+//!                      ├── fresh    next never-used index (bump, up to capacity)
+//!                      ├── shards   [tid 0][tid 1] ... one per thread id    (shard.rs)
+//!                      │              local free list (owner only), remote free list (CAS)
+//!                      └── spill    overflow free list under a mutex (cold)
+//! ```
+//!
+//! Acquiring a slot tries, in order: the thread's local list, its remote list (taken whole),
+//! the spill list, a never-used slot (growing by a page when needed), and finally every other
+//! shard's remote list. Only when all are empty is the pool exhausted: the `try_*`
+//! constructors return [`PoolExhausted`](crate::PoolExhausted) and the plain ones return a
+//! context born cancelled with [`Cause::PoolExhausted`](crate::Cause::PoolExhausted); both are
+//! counted in [`PoolStats::exhausted`]. A thread keeps at most `thread_cache` free slots on its
+//! local list; beyond that it spills half to the shared list, so the slots a thread caches are
+//! bounded and exhaustion is reported only when free slots are really scarce.
+//!
+//! Invariants (the slot word's are L1..L3 in `slot.rs`, the shards' S1..S4 in `shard.rs`):
+//!
+//! - **P1** a node's owner shard is the shard whose local or remote list it returns to; it is
+//!   set when the node is acquired, while the acquirer owns it.
+//! - **P2** a thread that removed a slot from a free list (or bumped `fresh` to it) owns it
+//!   exclusively until it publishes a handle via `Life::init`; a thread whose `drop_ref`
+//!   reached zero owns it until it puts it on a free list.
+//! - **P3** page memory is never freed or moved while the pool lives, so any index ever handed
+//!   out stays addressable.
+//! - **P4** a built pool is freed when its reference count reaches zero. Every `Pool` handle,
+//!   every root node of it (a node whose parent is the pool's background) and every weak id
+//!   holds one reference; every other node keeps its parent, hence transitively a root, alive.
+//!   So at zero no node is live and no handle can reach the pages. The global pool is never
+//!   freed.
+
+pub(crate) mod page;
+pub(crate) mod shard;
+pub(crate) mod slot;
+pub(crate) mod tid;
+
+use core::fmt;
+use core::ptr::NonNull;
+
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::tree::node::{Node, NIL};
+use page::{Pages, MAX_CAPACITY};
+use shard::{FreeList, Shard};
+
+/// Owner-shard value of a node acquired by a thread without an id (tid T2).
+const NO_SHARD: u16 = u16::MAX;
+
+pub(crate) struct PoolInner {
+    pages: Pages,
+    capacity: u32,
+    thread_cache: u32,
+    /// Next never-used index.
+    fresh: AtomicU32,
+    shards: Box<[AtomicPtr<CachePadded<Shard>>]>,
+    /// Cold, shared free list (S3).
+    spill: Mutex<FreeList>,
+    /// Length of `spill`, readable without the lock (a hint).
+    spill_len: AtomicU32,
+    exhausted: AtomicU64,
+    /// Counters of threads without an id (tid T2).
+    overflow_acquired: AtomicU64,
+    overflow_released: AtomicU64,
+    /// References to a built pool (P4); unused for the global pool.
+    refs: AtomicUsize,
+    is_global: bool,
+}
+
+impl PoolInner {
+    fn new(capacity: u32, thread_cache: u32, is_global: bool) -> Self {
+        PoolInner {
+            pages: Pages::new(),
+            capacity,
+            thread_cache,
+            fresh: AtomicU32::new(0),
+            shards: (0..tid::MAX_THREADS)
+                .map(|_| AtomicPtr::new(core::ptr::null_mut()))
+                .collect(),
+            spill: Mutex::new(FreeList::EMPTY),
+            spill_len: AtomicU32::new(0),
+            exhausted: AtomicU64::new(0),
+            overflow_acquired: AtomicU64::new(0),
+            overflow_released: AtomicU64::new(0),
+            refs: AtomicUsize::new(1),
+            is_global,
+        }
+    }
+
+    /// The node at `idx`.
+    ///
+    /// # Safety
+    /// `idx` came from this pool's `acquire` (P3).
+    #[inline]
+    pub(crate) unsafe fn node(&self, idx: u32) -> &Node {
+        // SAFETY: forwarded contract (P3).
+        unsafe { self.pages.get(idx) }
+    }
+
+    pub(crate) fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// This thread's shard, allocated on first use.
+    #[inline]
+    fn shard(&self, tid: usize) -> &Shard {
+        let ptr = self.shards[tid].load(Ordering::Acquire);
+        if !ptr.is_null() {
+            // SAFETY: shard pointers are published once (below) and freed only in `drop`.
+            return unsafe { &*ptr };
+        }
+        self.shard_slow(tid)
+    }
+
+    #[cold]
+    fn shard_slow(&self, tid: usize) -> &Shard {
+        let fresh = Box::into_raw(Box::new(CachePadded::new(Shard::new())));
+        match self.shards[tid].compare_exchange(
+            core::ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            // SAFETY: just published; freed only in `drop`.
+            Ok(_) => unsafe { &*fresh },
+            Err(existing) => {
+                // SAFETY: `fresh` was never shared.
+                drop(unsafe { Box::from_raw(fresh) });
+                // SAFETY: published by the winner; freed only in `drop`.
+                unsafe { &*existing }
+            }
+        }
+    }
+
+    /// Takes a free slot; the caller owns it (P2) until it publishes a handle.
+    #[inline]
+    pub(crate) fn acquire(&self) -> Option<u32> {
+        let tid = tid::current();
+        let idx = match tid {
+            Some(t) => {
+                let shard = self.shard(t);
+                // SAFETY: S1: only the holder of id `t` touches this local list.
+                let popped = shard.local.with_mut(|l| unsafe { self.pop(&mut *l) });
+                let idx = match popped {
+                    Some(idx) => Some(idx),
+                    None => self.acquire_slow(Some((t, shard))),
+                };
+                if idx.is_some() {
+                    Shard::bump(&shard.acquired);
+                }
+                idx
+            }
+            None => {
+                let idx = self.acquire_slow(None);
+                if idx.is_some() {
+                    self.overflow_acquired.fetch_add(1, Ordering::Relaxed);
+                }
+                idx
+            }
+        };
+        if idx.is_none() {
+            self.exhausted.fetch_add(1, Ordering::Relaxed);
+        }
+        idx
+    }
+
+    /// Pops the head of a list whose nodes the caller owns.
+    #[inline]
+    fn pop(&self, list: &mut FreeList) -> Option<u32> {
+        if list.head == NIL {
+            return None;
+        }
+        let idx = list.head;
+        // SAFETY: `idx` is on a free list, so it was handed out by `fresh` (P3).
+        list.head = unsafe { self.node(idx) }.next.load(Ordering::Relaxed);
+        list.len -= 1;
+        Some(idx)
+    }
+
+    #[cold]
+    fn acquire_slow(&self, me: Option<(usize, &Shard)>) -> Option<u32> {
+        let shard_id = me.map_or(NO_SHARD, |(t, _)| t as u16);
+        // 1. Slots other threads freed back to us.
+        if let Some((_, shard)) = me {
+            let head = shard.remote.swap(NIL, Ordering::Acquire);
+            if head != NIL {
+                return Some(self.adopt(head, shard_id, me));
+            }
+        }
+        // 2. The spill list.
+        if self.spill_len.load(Ordering::Relaxed) > 0 {
+            let mut spill = self.spill.lock().unwrap_or_else(|e| e.into_inner());
+            if spill.head != NIL {
+                let take = (self.thread_cache / 2).max(1).min(spill.len);
+                let head = spill.head;
+                let mut tail = head;
+                for _ in 1..take {
+                    // SAFETY: every index on the spill list was handed out by `fresh` (P3).
+                    tail = unsafe { self.node(tail) }.next.load(Ordering::Relaxed);
+                }
+                // SAFETY: as above.
+                let tail_node = unsafe { self.node(tail) };
+                spill.head = tail_node.next.load(Ordering::Relaxed);
+                spill.len -= take;
+                self.spill_len.store(spill.len, Ordering::Relaxed);
+                tail_node.next.store(NIL, Ordering::Relaxed);
+                drop(spill);
+                return Some(self.adopt(head, shard_id, me));
+            }
+        }
+        // 3. A never-used slot.
+        let mut cur = self.fresh.load(Ordering::Relaxed);
+        while cur < self.capacity {
+            match self.fresh.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.pages.ensure(cur);
+                    // SAFETY: `cur` came from `fresh` and its page exists (P3); nobody else
+                    // has it (P2).
+                    unsafe { self.node(cur).set_shard(shard_id) };
+                    return Some(cur);
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+        // 4. Steal whatever other threads freed to their owners.
+        for slot in self.shards.iter() {
+            let ptr = slot.load(Ordering::Acquire);
+            if ptr.is_null() {
+                continue;
+            }
+            // SAFETY: published shard, freed only in `drop`.
+            let other = unsafe { &*ptr };
+            let head = other.remote.swap(NIL, Ordering::Acquire);
+            if head != NIL {
+                return Some(self.adopt(head, shard_id, me));
+            }
+        }
+        None
+    }
+
+    /// Takes ownership of a detached chain of free slots: returns its head and keeps the rest
+    /// on this thread's local list (or the spill list for a thread without an id).
+    fn adopt(&self, head: u32, shard_id: u16, me: Option<(usize, &Shard)>) -> u32 {
+        let mut len = 0u32;
+        let mut cur = head;
+        while cur != NIL {
+            // SAFETY: the chain was detached from a free list, so we own every slot on it (S3,
+            // P2) and each index came from `fresh` (P3).
+            let node = unsafe { self.node(cur) };
+            // SAFETY: we own the slot (P2).
+            unsafe { node.set_shard(shard_id) };
+            len += 1;
+            cur = node.next.load(Ordering::Relaxed);
+        }
+        // SAFETY: `head` is owned by us (above).
+        let rest = unsafe { self.node(head) }.next.load(Ordering::Relaxed);
+        if rest != NIL {
+            let rest_list = FreeList {
+                head: rest,
+                len: len - 1,
+            };
+            match me {
+                // SAFETY: S1, we hold id `t`.
+                Some((_, shard)) => shard.local.with_mut(|l| unsafe { self.append(&mut *l, rest_list) }),
+                None => self.spill_chain(rest_list),
+            }
+        }
+        head
+    }
+
+    /// Appends an owned chain to a list.
+    fn append(&self, list: &mut FreeList, chain: FreeList) {
+        let mut tail = chain.head;
+        loop {
+            // SAFETY: the chain's slots are owned by the caller (S3) and came from `fresh`.
+            let next = unsafe { self.node(tail) }.next.load(Ordering::Relaxed);
+            if next == NIL {
+                break;
+            }
+            tail = next;
+        }
+        // SAFETY: as above.
+        unsafe { self.node(tail) }.next.store(list.head, Ordering::Relaxed);
+        list.head = chain.head;
+        list.len += chain.len;
+    }
+
+    /// Puts an owned chain on the spill list.
+    #[cold]
+    fn spill_chain(&self, chain: FreeList) {
+        let mut spill = self.spill.lock().unwrap_or_else(|e| e.into_inner());
+        self.append(&mut spill, chain);
+        self.spill_len.store(spill.len, Ordering::Relaxed);
+    }
+
+    /// Returns a retired slot (slot L2) to its owner shard's list (P1).
+    #[inline]
+    pub(crate) fn free(&self, idx: u32) {
+        // SAFETY: the caller owns the dying slot (P2), which came from `fresh`.
+        let node = unsafe { self.node(idx) };
+        // SAFETY: we own the slot (P2), so its owner shard cannot change under us.
+        let owner = unsafe { node.shard_flags() }.0;
+        match tid::current() {
+            Some(t) => {
+                let shard = self.shard(t);
+                Shard::bump(&shard.released);
+                if t as u16 == owner {
+                    node.next.store(
+                        // SAFETY: S1.
+                        shard.local.with(|l| unsafe { (*l).head }),
+                        Ordering::Relaxed,
+                    );
+                    // SAFETY: S1, we hold id `t`.
+                    let len = shard.local.with_mut(|l| unsafe {
+                        (*l).head = idx;
+                        (*l).len += 1;
+                        (*l).len
+                    });
+                    if len > self.thread_cache {
+                        self.spill_half(shard);
+                    }
+                    return;
+                }
+            }
+            None => {
+                self.overflow_released.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if owner == NO_SHARD {
+            node.next.store(NIL, Ordering::Relaxed);
+            self.spill_chain(FreeList { head: idx, len: 1 });
+            return;
+        }
+        // S2: push onto the owner's remote stack.
+        let remote = &self.shard(owner as usize).remote;
+        let mut head = remote.load(Ordering::Relaxed);
+        loop {
+            node.next.store(head, Ordering::Relaxed);
+            match remote.compare_exchange_weak(head, idx, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(actual) => head = actual,
+            }
+        }
+    }
+
+    /// Moves half of a too-long local list to the spill list.
+    #[cold]
+    fn spill_half(&self, shard: &Shard) {
+        // SAFETY: S1, called by the holder of the shard's id.
+        let chain = shard.local.with_mut(|l| unsafe {
+            let list = &mut *l;
+            let keep = list.len / 2;
+            let mut tail = list.head;
+            for _ in 1..keep.max(1) {
+                tail = self.node(tail).next.load(Ordering::Relaxed);
+            }
+            let node = self.node(tail);
+            let chain = FreeList {
+                head: node.next.load(Ordering::Relaxed),
+                len: list.len - keep.max(1),
+            };
+            node.next.store(NIL, Ordering::Relaxed);
+            list.len = keep.max(1);
+            chain
+        });
+        if chain.head != NIL {
+            self.spill_chain(chain);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        let (mut acquired, mut released) = (
+            self.overflow_acquired.load(Ordering::Relaxed),
+            self.overflow_released.load(Ordering::Relaxed),
+        );
+        for slot in self.shards.iter() {
+            let ptr = slot.load(Ordering::Acquire);
+            if !ptr.is_null() {
+                // SAFETY: published shard, freed only in `drop`.
+                let shard = unsafe { &*ptr };
+                acquired += shard.acquired.load(Ordering::Relaxed);
+                released += shard.released.load(Ordering::Relaxed);
+            }
+        }
+        PoolStats {
+            capacity: self.capacity,
+            in_use: acquired.saturating_sub(released),
+            high_water: self.fresh.load(Ordering::Relaxed),
+            exhausted: self.exhausted.load(Ordering::Relaxed),
+            created: acquired,
+            released,
+            reserved_bytes: self.pages.reserved_bytes(),
+        }
+    }
+}
+
+impl Drop for PoolInner {
+    fn drop(&mut self) {
+        for slot in self.shards.iter() {
+            let ptr = slot.load(Ordering::Acquire);
+            if !ptr.is_null() {
+                // SAFETY: published by `shard_slow` from `Box::into_raw`; the pool is being
+                // dropped, so nobody else can reach it (P4).
+                drop(unsafe { Box::from_raw(ptr) });
+            }
+        }
+    }
+}
+
+/// A counted reference to a pool (P4): what handles and roots hold.
+pub(crate) struct PoolRef(NonNull<PoolInner>);
+
+// SAFETY: `PoolInner` is `Sync` (atomics, a mutex, and cells accessed per S1/P2), and the
+// reference count makes the pointer valid for as long as the `PoolRef` lives (P4).
+unsafe impl Send for PoolRef {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for PoolRef {}
+
+impl PoolRef {
+    #[inline]
+    pub(crate) fn get(&self) -> &PoolInner {
+        // SAFETY: the pointer holds a reference (P4), or points at the leaked global pool.
+        unsafe { self.0.as_ref() }
+    }
+
+    #[inline]
+    pub(crate) fn ptr(&self) -> NonNull<PoolInner> {
+        self.0
+    }
+
+    /// Takes one more reference on the pool at `ptr`.
+    ///
+    /// # Safety
+    /// The caller can show the pool is alive (it holds a reference, or a node of it).
+    #[inline]
+    pub(crate) unsafe fn acquire(ptr: NonNull<PoolInner>) -> PoolRef {
+        // SAFETY: alive per the contract.
+        let inner = unsafe { ptr.as_ref() };
+        if !inner.is_global {
+            inner.refs.fetch_add(1, Ordering::Relaxed);
+        }
+        PoolRef(ptr)
+    }
+
+    /// Gives up this reference without dropping the pool: the caller keeps it inside a node
+    /// (a root, P4) and releases it later with [`PoolRef::from_raw`].
+    #[inline]
+    pub(crate) fn into_raw(self) -> NonNull<PoolInner> {
+        let p = self.0;
+        core::mem::forget(self);
+        p
+    }
+
+    /// Re-wraps a reference given up with [`PoolRef::into_raw`].
+    ///
+    /// # Safety
+    /// `ptr` came from `into_raw` and that reference was not re-wrapped before.
+    #[inline]
+    pub(crate) unsafe fn from_raw(ptr: NonNull<PoolInner>) -> PoolRef {
+        PoolRef(ptr)
+    }
+}
+
+impl Clone for PoolRef {
+    fn clone(&self) -> Self {
+        // SAFETY: `self` holds a reference.
+        unsafe { PoolRef::acquire(self.0) }
+    }
+}
+
+impl Drop for PoolRef {
+    fn drop(&mut self) {
+        let inner = self.get();
+        if inner.is_global {
+            return;
+        }
+        if inner.refs.fetch_sub(1, Ordering::Release) == 1 {
+            crate::sync::fence(Ordering::Acquire);
+            // SAFETY: the count reached zero, so this was the last reference and no node is
+            // live (P4); the pool was allocated by `Box::new` in `PoolBuilder::build`.
+            drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+        }
+    }
+}
+
+/// A pool of contexts. Cheap to clone; the pool is freed when the last handle, context and
+/// weak id of it are gone.
+///
+/// Most programs use the process-wide pool behind [`Context::background`](crate::Context::background);
+/// build your own for isolation (a capacity per tenant) or in tests:
+///
+/// ```
+/// use ctxpool::Pool;
+///
+/// let pool = Pool::builder().capacity(1024).build().unwrap();
+/// let req = pool.background().with_cancel();
+/// assert_eq!(pool.stats().in_use, 1);
+/// drop(req);
+/// assert_eq!(pool.stats().in_use, 0);
+/// ```
+#[derive(Clone)]
+pub struct Pool {
+    pub(crate) inner: PoolRef,
+}
+
+impl Pool {
+    /// A builder for a new pool.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The process-wide pool used by [`Context::background`](crate::Context::background),
+    /// made on first use with [`PoolBuilder::default`] settings unless [`Pool::init_global`]
+    /// ran first.
+    #[cfg(not(loom))]
+    pub fn global() -> Pool {
+        Pool {
+            inner: PoolRef(global_ptr()),
+        }
+    }
+
+    /// Configures the process-wide pool before its first use.
+    ///
+    /// Fails, leaving the running pool alone, when the global pool already exists or the
+    /// builder's settings are invalid.
+    #[cfg(not(loom))]
+    pub fn init_global(builder: PoolBuilder) -> Result<(), BuildError> {
+        let mut problems = builder.problems();
+        let mut made = false;
+        if problems.is_empty() {
+            GLOBAL.get_or_init(|| {
+                made = true;
+                builder.leak_global()
+            });
+            if !made {
+                problems.push("the global pool is already initialised".into());
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(BuildError { problems })
+        }
+    }
+
+    /// The never-cancelled root of this pool (Go's `context.Background()`); takes no slot.
+    pub fn background(&self) -> crate::Context {
+        crate::Context::background_of(self.inner.clone())
+    }
+
+    /// Counters of this pool; see [`PoolStats`].
+    pub fn stats(&self) -> PoolStats {
+        self.inner.get().stats()
+    }
+
+    /// The most contexts this pool holds at once.
+    pub fn capacity(&self) -> u32 {
+        self.inner.get().capacity
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(not(loom))]
+static GLOBAL: std::sync::OnceLock<GlobalPtr> = std::sync::OnceLock::new();
+
+#[cfg(not(loom))]
+struct GlobalPtr(NonNull<PoolInner>);
+// SAFETY: the global pool is leaked and `PoolInner` is `Sync`.
+#[cfg(not(loom))]
+unsafe impl Send for GlobalPtr {}
+// SAFETY: as for `Send`.
+#[cfg(not(loom))]
+unsafe impl Sync for GlobalPtr {}
+
+#[cfg(not(loom))]
+#[inline]
+pub(crate) fn global_ptr() -> NonNull<PoolInner> {
+    GLOBAL
+        .get_or_init(|| PoolBuilder::default().leak_global())
+        .0
+}
+
+/// Settings for a new [`Pool`].
+#[derive(Clone, Debug)]
+pub struct PoolBuilder {
+    capacity: u32,
+    thread_cache: Option<u32>,
+}
+
+impl Default for PoolBuilder {
+    /// Capacity 1,048,576 contexts (128 MiB of nodes at most, reserved page by page as used).
+    fn default() -> Self {
+        PoolBuilder {
+            capacity: 1 << 20,
+            thread_cache: None,
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// The most contexts alive at once, from 1 to 2^30. Memory grows by pages up to
+    /// `capacity × 128` bytes.
+    pub fn capacity(mut self, capacity: u32) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// The most free slots one thread keeps for itself before spilling half to the shared list
+    /// (default: `capacity / 16`, between 1 and 1024).
+    pub fn thread_cache(mut self, slots: u32) -> Self {
+        self.thread_cache = Some(slots);
+        self
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.capacity == 0 {
+            problems.push("capacity: must be at least 1".to_string());
+        }
+        if self.capacity > MAX_CAPACITY {
+            problems.push(format!(
+                "capacity: {} is above the maximum of {MAX_CAPACITY}",
+                self.capacity
+            ));
+        }
+        if self.thread_cache == Some(0) {
+            problems.push("thread_cache: must be at least 1".to_string());
+        }
+        problems
+    }
+
+    fn thread_cache_value(&self) -> u32 {
+        self.thread_cache
+            .unwrap_or((self.capacity / 16).clamp(1, 1024))
+    }
+
+    #[cfg(not(loom))]
+    fn leak_global(&self) -> GlobalPtr {
+        let inner = Box::new(PoolInner::new(self.capacity, self.thread_cache_value(), true));
+        GlobalPtr(NonNull::from(Box::leak(inner)))
+    }
+
+    /// Builds the pool, or lists every problem with the settings.
+    pub fn build(self) -> Result<Pool, BuildError> {
+        let problems = self.problems();
+        if !problems.is_empty() {
+            return Err(BuildError { problems });
+        }
+        let inner = Box::new(PoolInner::new(self.capacity, self.thread_cache_value(), false));
+        Ok(Pool {
+            inner: PoolRef(NonNull::from(Box::leak(inner))),
+        })
+    }
+}
+
+/// Invalid pool settings: every problem found, one per entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildError {
+    /// Each problem, naming the setting and why.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid pool settings: {}", self.problems.join("; "))
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// A snapshot of a pool's counters. Counters are summed over per-thread shards without a lock,
+/// so a snapshot taken while other threads work may be a few operations stale.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// The most contexts alive at once.
+    pub capacity: u32,
+    /// Contexts alive now (created − released).
+    pub in_use: u64,
+    /// Slots ever taken from fresh memory: the most contexts that were alive at once, plus
+    /// free slots that were cached on threads at the time. Never decreases.
+    pub high_water: u32,
+    /// Times a context could not be made because the pool was full.
+    pub exhausted: u64,
+    /// Contexts ever made.
+    pub created: u64,
+    /// Contexts ever released.
+    pub released: u64,
+    /// Bytes of node memory reserved (pages allocated so far).
+    pub reserved_bytes: usize,
+}

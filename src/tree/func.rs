@@ -1,0 +1,193 @@
+//! `after_func`: a callback run once when a context is cancelled, stored in a pool node.
+//!
+//! An `after_func` registration is a node of its own (flag `F_FUNC`), a registered child of
+//! the context, whose payload line holds the closure (up to 48 bytes inline, boxed beyond).
+//! Running it and stopping it race through the node's cancel CAS, so exactly one wins (I7):
+//!
+//! ```text
+//!            registered (refs: 1 "pending")
+//!              │                        │
+//!   ancestor cancel: CAS wins      stop(): CAS wins with STOPPED
+//!              │                        │
+//!       take closure, run it      unregister, take closure, drop it
+//!              └──── drop "pending" ────┘──► node released, parent reference dropped
+//! ```
+//!
+//! `stop()` returns `true` exactly when its CAS won, i.e. when it prevented the run.
+
+use core::mem::{align_of, size_of, MaybeUninit};
+
+use crate::pool::slot::{generation, refs};
+use crate::pool::{PoolInner, PoolRef};
+use crate::sync::{AtomicBool, Ordering};
+use crate::tree::node::{Func, FUNC_WORDS};
+use crate::tree::state::Packed;
+use crate::tree::{drop_ref, set_cancelled, unregister, wait::unlock};
+
+type Words = [MaybeUninit<usize>; FUNC_WORDS];
+
+const fn is_inline<F>() -> bool {
+    size_of::<F>() <= size_of::<Words>() && align_of::<F>() <= align_of::<usize>()
+}
+
+unsafe fn call<F: FnOnce()>(data: *mut Words) {
+    // SAFETY: `pack::<F>` wrote an `F` (or a `Box<F>`) into `data`, and the caller took
+    // ownership of it by winning the func node's cancel CAS (I7), so it is read exactly once.
+    let f: F = unsafe {
+        if is_inline::<F>() {
+            data.cast::<F>().read()
+        } else {
+            *Box::from_raw((*data)[0].assume_init() as *mut F)
+        }
+    };
+    f()
+}
+
+unsafe fn drop_fn<F>(data: *mut Words) {
+    // SAFETY: as for `call`: the caller owns the closure (I7) and drops it once.
+    unsafe {
+        if is_inline::<F>() {
+            core::ptr::drop_in_place(data.cast::<F>());
+        } else {
+            drop(Box::from_raw((*data)[0].assume_init() as *mut F));
+        }
+    }
+}
+
+/// Packs a closure into node payload storage.
+pub(crate) fn pack<F: FnOnce() + Send + 'static>(f: F) -> Func {
+    let mut data: Words = [MaybeUninit::uninit(); FUNC_WORDS];
+    if is_inline::<F>() {
+        // SAFETY: `F` fits in `Words` in size and alignment (`is_inline`).
+        unsafe { data.as_mut_ptr().cast::<F>().write(f) }
+    } else {
+        data[0].write(Box::into_raw(Box::new(f)) as usize);
+    }
+    Func {
+        call: call::<F>,
+        drop: drop_fn::<F>,
+        data,
+    }
+}
+
+fn take(pool: &PoolInner, idx: u32) -> Func {
+    // SAFETY: the caller won the func node's cancel CAS, which gives it the closure (I7), and
+    // holds a reference, so the slot is live.
+    let node = unsafe { pool.node(idx) };
+    // SAFETY: the payload of a func node is a `Func` written at creation (P2), read once here.
+    node.payload.with(|p| unsafe { (*p).func })
+}
+
+/// Runs the closure of func node `idx` after its cancel CAS was won, then drops the
+/// registration's "pending" reference. A panic in the closure is returned, not propagated, so
+/// that the caller finishes its cancel first.
+pub(crate) fn fire(pool: &PoolInner, idx: u32) -> std::thread::Result<()> {
+    let f = take(pool, idx);
+    let mut data = f.data;
+    // SAFETY: `f.call` matches the closure stored in `data`, owned by us (I7).
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+        (f.call)(&mut data)
+    }));
+    drop_ref(pool, idx);
+    r
+}
+
+enum Target {
+    /// The context can never be cancelled: the callback was dropped unrun; the flag says
+    /// whether `stop` was called yet.
+    Never(AtomicBool),
+    /// The callback ran at registration (the context was already cancelled).
+    Ran,
+    /// A func node.
+    Node(PoolRef, u32, u32),
+}
+
+/// The registration handle of [`Context::after_func`](crate::Context::after_func).
+///
+/// Dropping it does not stop the callback (as in Go); call [`AfterFunc::stop`] for that.
+pub struct AfterFunc {
+    target: Target,
+}
+
+impl AfterFunc {
+    pub(crate) fn never() -> Self {
+        AfterFunc {
+            target: Target::Never(AtomicBool::new(false)),
+        }
+    }
+
+    pub(crate) fn ran() -> Self {
+        AfterFunc {
+            target: Target::Ran,
+        }
+    }
+
+    pub(crate) fn registered(pool: PoolRef, idx: u32, gen: u32) -> Self {
+        AfterFunc {
+            target: Target::Node(pool, idx, gen),
+        }
+    }
+
+    /// Unregisters the callback. Returns `true` if this call stopped it from running, and
+    /// `false` if it already ran (or is running) or was already stopped. As in Go, stopping the
+    /// callback of a context that can never be cancelled returns `true` the first time.
+    ///
+    /// ```
+    /// use ctxpool::Context;
+    ///
+    /// let ctx = Context::background().with_cancel();
+    /// let handle = ctx.after_func(|| println!("cancelled"));
+    /// assert!(handle.stop());
+    /// assert!(!handle.stop());
+    /// ```
+    pub fn stop(&self) -> bool {
+        let (pool, idx, gen) = match &self.target {
+            Target::Never(stopped) => return !stopped.swap(true, Ordering::Relaxed),
+            Target::Ran => return false,
+            Target::Node(pool, idx, gen) => (pool.get(), *idx, *gen),
+        };
+        // SAFETY: `idx` came from this pool (P3); reading the lifecycle word of any handed-out
+        // slot is safe, and `try_upgrade` checks the generation (L2).
+        let node = unsafe { pool.node(idx) };
+        if !node.life.try_upgrade(gen) {
+            return false;
+        }
+        let won = set_cancelled(node, Packed::STOPPED);
+        if won {
+            unlock(node);
+            unregister(pool, idx);
+            let f = take(pool, idx);
+            let mut data = f.data;
+            // SAFETY: we won the CAS, so the closure is ours to drop (I7).
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+                (f.drop)(&mut data)
+            }));
+            drop_ref(pool, idx); // the "pending" reference
+            drop_ref(pool, idx); // ours
+            if let Err(p) = r {
+                std::panic::resume_unwind(p);
+            }
+        } else {
+            drop_ref(pool, idx);
+        }
+        won
+    }
+}
+
+impl core::fmt::Debug for AfterFunc {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match &self.target {
+            Target::Never(_) => f.write_str("AfterFunc(never)"),
+            Target::Ran => f.write_str("AfterFunc(ran)"),
+            Target::Node(pool, idx, gen) => {
+                // SAFETY: `idx` came from this pool (P3); we only read the lifecycle word.
+                let word = unsafe { pool.get().node(*idx) }.life.load(Ordering::Relaxed);
+                let pending = generation(word) == *gen && refs(word) != 0;
+                f.debug_struct("AfterFunc")
+                    .field("id", &format_args!("{idx}v{gen}"))
+                    .field("pending", &pending)
+                    .finish()
+            }
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! The cancellation tree: lazy propagation along parent links, eager only for waiters.
+//!
+//! # Design
+//!
+//! A child is linked to its parent by a reference, not by a registration: making a child
+//! writes nothing on the parent but one reference count, and dropping it writes nothing on the
+//! parent but that count. `is_cancelled()` reads the node's state word and, if it is clear,
+//! walks up the ancestors reading theirs. Cancelling a node is one CAS on its own word: O(1),
+//! whatever the number of descendants.
+//!
+//! Only a node that somebody waits on (a `cancelled()` future, a blocking `wait`, an
+//! `after_func`) needs to be *told*. Such a node registers itself in its parent's
+//! registered-children list, and its parent in the grandparent's, up to the first ancestor that
+//! can never be cancelled. A cancel drains its node's waiters and registered children, and
+//! cancels those children in turn.
+//!
+//! ```text
+//!        root ◄─ref── req ◄─ref── db_call          is_cancelled(db_call): read db_call,
+//!         │                         ▲              then req, then root (stop at a detached
+//!         └─ registered: [req] ─────┘ (only        node or at the background)
+//!                                      if waited on)
+//! ```
+//!
+//! # States of a node's state word (see `state.rs` for the bits)
+//!
+//! `active` ─cancel CAS─► `cancelled` (never back, until the slot is retired). `LOCK` and `REG`
+//! may be set in either state.
+//!
+//! # Invariants
+//!
+//! - **I1** every live node holds one reference on its parent (a root of a built pool, on the
+//!   pool: pool P4). So every ancestor of a live node is live, and a walk up the chain only
+//!   reads live nodes, whose `meta` is immutable (pool P2, slot L1).
+//! - **I2** `CANCELLED` is set at most once per incarnation, by the CAS in `set_cancelled`, and
+//!   cleared only by the slot's owner when it retires the slot.
+//! - **I3** first cause wins, for every observer: the cause is written by the same CAS that
+//!   sets `CANCELLED` (plus the message pointer, under `LOCK`, before `LOCK` is first released).
+//!   A reader that finds an ancestor cancelled first *adopts* it into the node with that same
+//!   CAS and then reports what the node records, so a node's reported cause never changes.
+//! - **I4** lazy propagation is observably eager: after `cancel(A)` returns, any read of a
+//!   descendant D (made after, in happens-before order) walks through A, because I1 keeps the
+//!   chain D → A alive and A's `CANCELLED` store happens before the read. Every waiter and
+//!   `after_func` in A's subtree has been woken or run when `cancel(A)` returns, except those
+//!   whose registration is still in flight on another thread, which that thread completes (I8).
+//! - **I5** a node's waiter list is guarded by its `LOCK`. A waiter is linked only while the
+//!   node is not cancelled (checked under `LOCK`). A cancel sets `CANCELLED` and `LOCK` in one
+//!   CAS, then unlinks waiters under `LOCK`, taking each one's wake handle and setting its
+//!   `notified` flag before releasing `LOCK`; after that it never touches the waiter. A waiter
+//!   that is dropped unlinks itself under `LOCK` unless `notified`. So a waiter is either woken
+//!   once or unlinked by its owner, and never freed while linked.
+//! - **I6** a node N is on its parent P's registered list iff `N.REG` is set; the list, N's
+//!   sibling links and `N.REG` change only under P's `LOCK`. N is linked only while P is not
+//!   cancelled. A cancel of P clears every child's `REG` under P's `LOCK` and takes a reference
+//!   on each child that is still live (`try_upgrade`; a dying child is skipped). A dying child
+//!   unlinks itself under P's `LOCK` if its `REG` is still set. So the list never holds a
+//!   retired slot, and a child's `next` link is reused as the cancel work-list link only after
+//!   it left the list.
+//! - **I7** a node's custom value is dropped exactly once, by the owner of the dying slot; an
+//!   `after_func` closure is taken exactly once, by whoever wins the func node's cancel CAS
+//!   (and runs it) or by `stop` (and drops it).
+//! - **I8** whoever sets `N.REG` goes on to register N's parent, and so on up: if an ancestor
+//!   A is cancelled, either A's cancel finds the registered chain, or the registering thread
+//!   finds A cancelled under A's `LOCK` and cancels the chain below it itself.
+//! - **I9** a node flagged `F_NEVER` (no owner, no cancellable ancestor: a child of the
+//!   background, a `without_cancel` node) is never cancelled; walks, registration and
+//!   `after_func` stop at it, so children of never-cancellable parents register nothing.
+
+pub(crate) mod cause;
+pub(crate) mod func;
+pub(crate) mod node;
+pub(crate) mod state;
+pub(crate) mod wait;
+
+use crate::pool::slot::generation;
+use crate::pool::{PoolInner, PoolRef};
+use crate::sync::{spin_hint, Ordering};
+use cause::Cause;
+use node::{Node, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_VALUE, NIL};
+use state::{Packed, CANCELLED, CAUSE_BITS, LOCKED, REGISTERED};
+use wait::{lock, take_batch, unlock};
+
+/// Sets `CANCELLED | LOCK` and the cause in one CAS (I2, I3). On success the caller holds
+/// `LOCK` and must release it (via `drain`).
+#[inline]
+fn set_cancelled(node: &Node, cause: Packed) -> bool {
+    let mut s = node.state.load(Ordering::Relaxed);
+    loop {
+        if s & CANCELLED != 0 {
+            return false;
+        }
+        if s & LOCKED != 0 {
+            spin_hint();
+            s = node.state.load(Ordering::Relaxed);
+            continue;
+        }
+        match node.state.compare_exchange_weak(
+            s,
+            s | CANCELLED | LOCKED | cause.bits,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => {
+                // I3: the message pointer, under LOCK, before LOCK is first released.
+                node.msg.store(cause.msg, Ordering::Relaxed);
+                return true;
+            }
+            Err(actual) => s = actual,
+        }
+    }
+}
+
+/// The cause recorded on a cancelled node, packed, waiting out a cancel that still holds the
+/// LOCK it took to write the message (I3).
+fn recorded(node: &Node) -> Packed {
+    let mut s = node.state.load(Ordering::Acquire);
+    if state::needs_msg(s) {
+        while s & LOCKED != 0 {
+            spin_hint();
+            s = node.state.load(Ordering::Acquire);
+        }
+    }
+    Packed {
+        bits: s & CAUSE_BITS,
+        msg: node.msg.load(Ordering::Relaxed),
+    }
+}
+
+/// Cancels `idx` with `cause` and everything registered below it; returns whether this call
+/// recorded the cause. The caller holds a reference on `idx`.
+pub(crate) fn cancel(pool: &PoolInner, idx: u32, cause: Packed) -> bool {
+    // SAFETY: the caller holds a reference (I1, P3).
+    let node = unsafe { pool.node(idx) };
+    if !set_cancelled(node, cause) {
+        return false;
+    }
+    let inherited = cause.inherited();
+    let mut work = NIL;
+    let mut panic = None;
+    settle(pool, idx, node, &mut work, &mut panic);
+    while work != NIL {
+        let c = work;
+        // SAFETY: `drain` took a reference on every node it put on the work list (I6).
+        let cn = unsafe { pool.node(c) };
+        work = cn.next.load(Ordering::Relaxed);
+        if set_cancelled(cn, inherited) {
+            settle(pool, c, cn, &mut work, &mut panic);
+        }
+        if cn.life.drop_ref() {
+            release(pool, c);
+        }
+    }
+    if let Some(p) = panic {
+        std::panic::resume_unwind(p);
+    }
+    true
+}
+
+/// After a won `set_cancelled` (LOCK held): runs an `after_func` closure, or wakes the node's
+/// waiters and queues its registered children.
+fn settle(
+    pool: &PoolInner,
+    idx: u32,
+    node: &Node,
+    work: &mut u32,
+    panic: &mut Option<Box<dyn std::any::Any + Send>>,
+) {
+    // SAFETY: the caller holds a reference, so the flags are stable (I1).
+    if unsafe { node.flags() } & F_FUNC != 0 {
+        unlock(node);
+        if let Err(p) = func::fire(pool, idx) {
+            panic.get_or_insert(p);
+        }
+    } else {
+        drain(pool, node, work);
+    }
+}
+
+/// With `node`'s LOCK held and `CANCELLED` set: wakes its waiters in batches, moves its live
+/// registered children onto `work` (each with a reference taken), and releases LOCK (I5, I6).
+fn drain(pool: &PoolInner, node: &Node, work: &mut u32) {
+    // Registered children, all at once: no user code runs under the lock.
+    let mut c = node.children.load(Ordering::Relaxed);
+    node.children.store(NIL, Ordering::Relaxed);
+    while c != NIL {
+        // SAFETY: a registered child is live or dying, never retired (I6), and came from this
+        // pool.
+        let cn = unsafe { pool.node(c) };
+        let next = cn.next.load(Ordering::Relaxed);
+        cn.state.fetch_and(!REGISTERED, Ordering::Relaxed);
+        let gen = generation(cn.life.load(Ordering::Relaxed));
+        if cn.life.try_upgrade(gen) {
+            cn.next.store(*work, Ordering::Relaxed);
+            *work = c;
+        }
+        c = next;
+    }
+    loop {
+        // SAFETY: LOCK held and CANCELLED set (caller's contract, then re-taken below).
+        let (batch, more) = unsafe { take_batch(node) };
+        unlock(node);
+        for w in batch.into_iter().flatten() {
+            w.wake();
+        }
+        if !more {
+            return;
+        }
+        lock(node);
+    }
+}
+
+/// Where `idx` (on which the caller holds a reference) reads as cancelled, without changing
+/// anything: `Own` if its state word is cancelled, `Ancestor(i)` for the nearest cancelled
+/// ancestor `i`, `None` otherwise (I4).
+pub(crate) fn peek(pool: &PoolInner, idx: u32) -> Peek {
+    // SAFETY: the caller holds a reference (I1).
+    let node = unsafe { pool.node(idx) };
+    if node.state.load(Ordering::Acquire) & CANCELLED != 0 {
+        return Peek::Own;
+    }
+    // SAFETY: reference held (I1).
+    if unsafe { node.flags() } & (F_DETACHED | F_NEVER) != 0 {
+        return Peek::Active;
+    }
+    // SAFETY: reference held (I1).
+    let mut p = unsafe { node.meta() }.parent;
+    while p != NIL {
+        // SAFETY: ancestors of a live node are live (I1).
+        let pn = unsafe { pool.node(p) };
+        if pn.state.load(Ordering::Acquire) & CANCELLED != 0 {
+            return Peek::Ancestor(p);
+        }
+        // SAFETY: live ancestor (I1).
+        if unsafe { pn.flags() } & (F_DETACHED | F_NEVER) != 0 {
+            return Peek::Active;
+        }
+        // SAFETY: live ancestor (I1).
+        p = unsafe { pn.meta() }.parent;
+    }
+    Peek::Active
+}
+
+/// Result of [`peek`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Peek {
+    Active,
+    Own,
+    Ancestor(u32),
+}
+
+/// Whether `idx` (on which the caller holds a reference) or an ancestor is cancelled; adopts an
+/// ancestor's cancellation into the node first (I3, I4).
+#[inline]
+pub(crate) fn is_cancelled(pool: &PoolInner, idx: u32) -> bool {
+    match peek(pool, idx) {
+        Peek::Active => false,
+        Peek::Own => true,
+        Peek::Ancestor(a) => {
+            // SAFETY: a live ancestor (I1).
+            let origin = recorded(unsafe { pool.node(a) });
+            cancel(pool, idx, origin.inherited());
+            true
+        }
+    }
+}
+
+/// The cause recorded on a cancelled node, for `Debug`: never waits, so a message still being
+/// written reads as `Reason::None`.
+pub(crate) fn cause_now(pool: &PoolInner, idx: u32) -> Option<Cause> {
+    let (node, inherit) = match peek(pool, idx) {
+        Peek::Active => return None,
+        // SAFETY: reference held / live ancestor (I1).
+        Peek::Own => (unsafe { pool.node(idx) }, false),
+        // SAFETY: live ancestor (I1).
+        Peek::Ancestor(a) => (unsafe { pool.node(a) }, true),
+    };
+    let s = node.state.load(Ordering::Acquire);
+    let msg = if s & LOCKED == 0 {
+        node.msg.load(Ordering::Relaxed)
+    } else {
+        0
+    };
+    let c = state::decode(s & CAUSE_BITS, msg);
+    Some(if inherit { Cause::Parent(c.origin()) } else { c })
+}
+
+/// The cause of `idx`, if it is cancelled (I3).
+pub(crate) fn cause(pool: &PoolInner, idx: u32) -> Option<Cause> {
+    if !is_cancelled(pool, idx) {
+        return None;
+    }
+    // SAFETY: the caller holds a reference (I1).
+    let node = unsafe { pool.node(idx) };
+    let p = recorded(node);
+    Some(state::decode(p.bits, p.msg))
+}
+
+/// Registers `idx` and its ancestors up to the first never-cancellable one, so that a cancel
+/// anywhere above reaches `idx` eagerly (I6, I8). The caller holds a reference on `idx`.
+pub(crate) fn ensure_registered(pool: &PoolInner, mut idx: u32) {
+    loop {
+        // SAFETY: `idx` is the caller's node or one of its ancestors: live (I1).
+        let node = unsafe { pool.node(idx) };
+        // SAFETY: live (I1).
+        let (meta, flags) = unsafe { (node.meta(), node.flags()) };
+        if flags & (F_DETACHED | F_NEVER) != 0 || meta.parent == NIL {
+            return;
+        }
+        if node.state.load(Ordering::Acquire) & (REGISTERED | CANCELLED) != 0 {
+            return;
+        }
+        // SAFETY: the parent of a live node is live (I1).
+        let pn = unsafe { pool.node(meta.parent) };
+        // SAFETY: live (I1).
+        if unsafe { pn.flags() } & F_NEVER != 0 {
+            return;
+        }
+        let ps = lock(pn);
+        if ps & CANCELLED != 0 {
+            // LOCK is held, so the canceller released it at least once: `msg` is written (I3).
+            let origin = Packed {
+                bits: ps & CAUSE_BITS,
+                msg: pn.msg.load(Ordering::Relaxed),
+            };
+            unlock(pn);
+            cancel(pool, idx, origin.inherited());
+            return;
+        }
+        // REG only changes under the parent's LOCK, which we hold (I6).
+        if node.state.load(Ordering::Acquire) & (REGISTERED | CANCELLED) != 0 {
+            unlock(pn);
+            return;
+        }
+        let head = pn.children.load(Ordering::Relaxed);
+        node.next.store(head, Ordering::Relaxed);
+        node.prev.store(NIL, Ordering::Relaxed);
+        if head != NIL {
+            // SAFETY: registered siblings are live or dying, never retired (I6).
+            unsafe { pool.node(head) }.prev.store(idx, Ordering::Relaxed);
+        }
+        pn.children.store(idx, Ordering::Relaxed);
+        node.state.fetch_or(REGISTERED, Ordering::Release);
+        unlock(pn);
+        idx = meta.parent;
+    }
+}
+
+/// Removes `idx` from its parent's registered list if it is on it (I6). The caller holds a
+/// reference on `idx` or owns the dying slot.
+pub(crate) fn unregister(pool: &PoolInner, idx: u32) {
+    // SAFETY: live or dying, owned by the caller (I1, P2).
+    let node = unsafe { pool.node(idx) };
+    if node.state.load(Ordering::Acquire) & REGISTERED == 0 {
+        return;
+    }
+    // SAFETY: as above.
+    let parent = unsafe { node.meta() }.parent;
+    // SAFETY: the parent is live while `idx` holds its reference (I1).
+    let pn = unsafe { pool.node(parent) };
+    lock(pn);
+    if node.state.load(Ordering::Relaxed) & REGISTERED != 0 {
+        let prev = node.prev.load(Ordering::Relaxed);
+        let next = node.next.load(Ordering::Relaxed);
+        if prev == NIL {
+            pn.children.store(next, Ordering::Relaxed);
+        } else {
+            // SAFETY: registered siblings are live or dying (I6).
+            unsafe { pool.node(prev) }.next.store(next, Ordering::Relaxed);
+        }
+        if next != NIL {
+            // SAFETY: as above.
+            unsafe { pool.node(next) }.prev.store(prev, Ordering::Relaxed);
+        }
+        node.state.fetch_and(!REGISTERED, Ordering::Relaxed);
+    }
+    unlock(pn);
+}
+
+/// Drops one reference on `idx`; releases the node (and, in turn, ancestors) at zero.
+#[inline]
+pub(crate) fn drop_ref(pool: &PoolInner, idx: u32) {
+    // SAFETY: the caller holds the reference it drops (I1).
+    if unsafe { pool.node(idx) }.life.drop_ref() {
+        release(pool, idx);
+    }
+}
+
+/// Tears down a node whose count reached zero, returns its slot, and drops the reference it
+/// held on its parent (iteratively, so a long chain cannot overflow the stack).
+pub(crate) fn release(pool: &PoolInner, mut idx: u32) {
+    let mut panic = None;
+    loop {
+        unregister(pool, idx);
+        // SAFETY: the caller's `drop_ref` reached zero: we own the dying slot (L1, P2).
+        let node = unsafe { pool.node(idx) };
+        // SAFETY: owned (P2).
+        let (meta, flags) = unsafe { (node.meta(), node.flags()) };
+        // SAFETY: owned (P2): nobody else reads or writes the payload of a dying slot.
+        let payload = node.payload.with(|p| unsafe { *p });
+        debug_assert_eq!(node.children.load(Ordering::Relaxed), NIL);
+        node.state.store(0, Ordering::Relaxed);
+        node.msg.store(0, Ordering::Relaxed);
+        node.life.retire(generation(node.life.load(Ordering::Relaxed)));
+        pool.free(idx);
+        if flags & F_VALUE != 0 {
+            // SAFETY: F_VALUE means `with_value` stored a value with this vtable; the slot was
+            // retired above so this is the one drop of it (I7).
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+                let custom = payload.values.custom.assume_init();
+                let mut data = custom.data;
+                (custom.vt.drop)(&mut data);
+            }));
+            if let Err(p) = r {
+                panic.get_or_insert(p);
+            }
+        }
+        if meta.parent == NIL {
+            if flags & F_POOL_REF != 0 {
+                // SAFETY: F_POOL_REF means `create` stored a reference from `into_raw` for this
+                // root (P4); this is its one release, and the last use of `pool`.
+                drop(unsafe { PoolRef::from_raw(core::ptr::NonNull::from(pool)) });
+            }
+            break;
+        }
+        // SAFETY: the node held a reference on its parent (I1), which we now drop.
+        if !unsafe { pool.node(meta.parent) }.life.drop_ref() {
+            break;
+        }
+        idx = meta.parent;
+    }
+    if let Some(p) = panic {
+        std::panic::resume_unwind(p);
+    }
+}

@@ -1,0 +1,157 @@
+//! The cancellation state word of a node, and its bits.
+//!
+//! ```text
+//!  63                              32 31        9   8    7..4   3    2     1      0
+//! +----------------------------------+-----------+-----+------+---+-----+------+-----------+
+//! | payload: code or message length  |  unused   | INH | tag  | - | REG | LOCK | CANCELLED |
+//! +----------------------------------+-----------+-----+------+---+-----+------+-----------+
+//! ```
+//!
+//! - `CANCELLED` is set once, by one successful CAS that also writes the cause (tag, INH,
+//!   payload) and sets `LOCK`; it is never cleared until the slot is released (tree I2, I3).
+//! - `LOCK` guards the node's waiter list and registered-children list (tree I5). It is a bit
+//!   lock held for O(1) pointer updates or one batch of at most [`WAKE_BATCH`] waiters, never
+//!   across a call into user code.
+//! - `REG` says the node sits in its parent's registered-children list; it changes only while
+//!   the *parent's* `LOCK` is held (tree I6).
+//! - A `Reason::Message` stores its length in the payload and its pointer in the node's `msg`
+//!   field, written under `LOCK` by the cancel winner before `LOCK` is released.
+
+use super::cause::{Cause, Origin, Reason};
+
+pub(crate) const CANCELLED: u64 = 1 << 0;
+pub(crate) const LOCKED: u64 = 1 << 1;
+pub(crate) const REGISTERED: u64 = 1 << 2;
+const TAG_SHIFT: u32 = 4;
+const TAG_MASK: u64 = 0xF << TAG_SHIFT;
+const INHERITED: u64 = 1 << 8;
+const PAYLOAD_SHIFT: u32 = 32;
+/// Bits that make up a recorded cause.
+pub(crate) const CAUSE_BITS: u64 = TAG_MASK | INHERITED | (u32::MAX as u64) << PAYLOAD_SHIFT;
+
+/// Most waiters woken per lock hold by a cancel.
+pub(crate) const WAKE_BATCH: usize = 32;
+
+const TAG_CANCELLED_NONE: u64 = 1;
+const TAG_CANCELLED_MSG: u64 = 2;
+const TAG_CANCELLED_CODE: u64 = 3;
+const TAG_OWNER_DROPPED: u64 = 4;
+const TAG_DEADLINE: u64 = 5;
+const TAG_EXHAUSTED: u64 = 6;
+const TAG_SHUTDOWN: u64 = 7;
+/// Internal: an `after_func` registration was stopped before it ran.
+const TAG_STOPPED: u64 = 8;
+
+/// A cause packed for the state word, plus the message pointer when there is one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Packed {
+    pub(crate) bits: u64,
+    pub(crate) msg: usize,
+}
+
+impl Packed {
+    /// The internal "stopped" cause of an `after_func` registration.
+    pub(crate) const STOPPED: Packed = Packed {
+        bits: TAG_STOPPED << TAG_SHIFT,
+        msg: 0,
+    };
+
+    pub(crate) fn from_cause(cause: Cause) -> Packed {
+        let (origin, inherited) = match cause {
+            Cause::Parent(o) => (o, INHERITED),
+            c => (c.origin(), 0),
+        };
+        let (tag, payload, msg) = match origin {
+            Origin::Cancelled(Reason::None) => (TAG_CANCELLED_NONE, 0, 0),
+            Origin::Cancelled(Reason::Message(m)) => (
+                TAG_CANCELLED_MSG,
+                m.len().min(u32::MAX as usize) as u64,
+                m.as_ptr() as usize,
+            ),
+            Origin::Cancelled(Reason::Code(c)) => (TAG_CANCELLED_CODE, u64::from(c), 0),
+            Origin::OwnerDropped => (TAG_OWNER_DROPPED, 0, 0),
+            Origin::DeadlineExceeded => (TAG_DEADLINE, 0, 0),
+            Origin::PoolExhausted => (TAG_EXHAUSTED, 0, 0),
+            Origin::Shutdown => (TAG_SHUTDOWN, 0, 0),
+        };
+        Packed {
+            bits: (tag << TAG_SHIFT) | inherited | (payload << PAYLOAD_SHIFT),
+            msg,
+        }
+    }
+
+    /// The same origin, inherited by a descendant.
+    pub(crate) fn inherited(self) -> Packed {
+        Packed {
+            bits: self.bits | INHERITED,
+            msg: self.msg,
+        }
+    }
+}
+
+
+/// Whether a recorded cause needs the `msg` field to be decoded.
+pub(crate) fn needs_msg(state: u64) -> bool {
+    (state & TAG_MASK) >> TAG_SHIFT == TAG_CANCELLED_MSG
+}
+
+/// Decodes the cause recorded in a cancelled state word. `msg` is the node's message pointer,
+/// read after `LOCKED` was seen clear (so the cancel winner's write is visible).
+pub(crate) fn decode(state: u64, msg: usize) -> Cause {
+    let payload = (state >> PAYLOAD_SHIFT) as u32;
+    let origin = match (state & TAG_MASK) >> TAG_SHIFT {
+        TAG_CANCELLED_MSG if msg != 0 => {
+            // SAFETY: `msg` and `payload` are the pointer and length of a `&'static str` that
+            // `Packed::from_cause` split; the cancel winner stored the pointer before releasing
+            // LOCK and the caller read it after observing LOCK clear (state.rs header).
+            let s = unsafe {
+                core::str::from_utf8_unchecked(core::slice::from_raw_parts(
+                    msg as *const u8,
+                    payload as usize,
+                ))
+            };
+            Origin::Cancelled(Reason::Message(s))
+        }
+        TAG_CANCELLED_MSG | TAG_CANCELLED_NONE => Origin::Cancelled(Reason::None),
+        TAG_CANCELLED_CODE => Origin::Cancelled(Reason::Code(payload)),
+        TAG_OWNER_DROPPED => Origin::OwnerDropped,
+        TAG_DEADLINE => Origin::DeadlineExceeded,
+        TAG_EXHAUSTED => Origin::PoolExhausted,
+        // TAG_STOPPED only occurs on after_func nodes, which no handle reads.
+        _ => Origin::Shutdown,
+    };
+    if state & INHERITED != 0 {
+        Cause::Parent(origin)
+    } else {
+        Cause::from(origin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cause_round_trips() {
+        let causes = [
+            Cause::Cancelled(Reason::None),
+            Cause::Cancelled(Reason::Message("bye")),
+            Cause::Cancelled(Reason::Code(u32::MAX)),
+            Cause::OwnerDropped,
+            Cause::DeadlineExceeded,
+            Cause::PoolExhausted,
+            Cause::Shutdown,
+            Cause::Parent(Origin::Cancelled(Reason::Message(""))),
+            Cause::Parent(Origin::Cancelled(Reason::Code(7))),
+            Cause::Parent(Origin::DeadlineExceeded),
+            Cause::Parent(Origin::Shutdown),
+        ];
+        for c in causes {
+            let p = Packed::from_cause(c);
+            assert_eq!(p.bits & !CAUSE_BITS, 0, "{c:?} spills out of the cause bits");
+            let state = p.bits | CANCELLED;
+            assert_eq!(decode(state, p.msg), c);
+            assert_eq!(decode(p.inherited().bits | CANCELLED, p.msg), Cause::Parent(c.origin()));
+        }
+    }
+}
