@@ -48,14 +48,15 @@ impl CancelGuard {
 
     /// Cancels with any origin, e.g. [`Origin::Shutdown`].
     pub fn cancel_with(&self, origin: Origin) -> bool {
-        match self.ctx.node_idx() {
-            Some(idx) => tree::cancel(
-                self.ctx.inner(),
-                idx,
-                Packed::from_cause(Cause::from(origin)),
-            ),
-            None => false,
+        let Some(idx) = self.ctx.node_idx() else {
+            return false;
+        };
+        let pool = self.ctx.inner();
+        // An ancestor cancelled earlier wins (I3): adopt it instead of recording our cause.
+        if tree::is_cancelled(pool, idx) {
+            return false;
         }
+        tree::cancel(pool, idx, Packed::from_cause(Cause::from(origin)))
     }
 
     /// A cloneable handle to the owned context.
@@ -85,7 +86,10 @@ impl Drop for CancelGuard {
                 tree::release(pool, idx);
                 return;
             }
-            tree::cancel(pool, idx, Packed::from_cause(Cause::OwnerDropped));
+            // An ancestor cancelled earlier wins (I3).
+            if !tree::is_cancelled(pool, idx) {
+                tree::cancel(pool, idx, Packed::from_cause(Cause::OwnerDropped));
+            }
         }
         // SAFETY: dropped exactly once, here.
         unsafe { ManuallyDrop::drop(&mut self.ctx) };

@@ -1,0 +1,222 @@
+//! Steady-state context operations perform zero heap allocations, counted by a
+//! `#[global_allocator]` (only allocations made by the measuring thread are counted, so the
+//! test harness's other threads cannot disturb the count).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context as TaskContext, Waker};
+
+use ctxpool::{Context, Op, Pool, Reason, RequestId, TraceContext, UserId};
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static COUNT: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note() {
+    // `try_with`: allocation during thread-local teardown must not panic.
+    let _ = COUNTING.try_with(|on| {
+        if on.get() {
+            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+        }
+    });
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: forwarded contract.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded contract.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: forwarded contract.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+        note();
+        // SAFETY: forwarded contract.
+        unsafe { System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const CYCLES: usize = 100_000;
+
+/// Runs `f` for warm-up, then `CYCLES` times while counting this thread's allocations.
+fn allocations(mut f: impl FnMut()) -> u64 {
+    for _ in 0..1_000 {
+        f();
+    }
+    COUNT.with(|c| c.set(0));
+    COUNTING.with(|on| on.set(true));
+    for _ in 0..CYCLES {
+        f();
+    }
+    COUNTING.with(|on| on.set(false));
+    COUNT.with(|c| c.get())
+}
+
+static OP: Op = Op::new("alloc_free");
+static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+fn trace() -> TraceContext {
+    TraceContext {
+        trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+        span_id: 0x00f0_67aa_0ba9_02b7,
+        flags: 1,
+    }
+}
+
+#[test]
+fn the_counter_counts() {
+    // Guards against a counter that cannot fail: boxing does allocate, once per cycle.
+    let n = allocations(|| drop(std::hint::black_box(Box::new(1u64))));
+    assert_eq!(n, CYCLES as u64);
+}
+
+#[test]
+fn child_create_drop() {
+    let root = Context::background().with_cancel();
+    assert_eq!(allocations(|| drop(root.with_cancel())), 0);
+}
+
+#[test]
+fn create_cancel() {
+    let root = Context::background().with_cancel();
+    let n = allocations(|| {
+        let c = root.with_cancel();
+        assert!(c.cancel(Reason::Code(1)));
+        assert!(c.is_cancelled());
+    });
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn chain_of_depth_8() {
+    let root = Context::background().with_cancel();
+    let n = allocations(|| {
+        let a = root.with_cancel();
+        let b = a.with_cancel();
+        let c = b.with_cancel();
+        let d = c.with_cancel();
+        let e = d.with_cancel();
+        let f = e.with_cancel();
+        let g = f.with_cancel();
+        let h = g.with_cancel();
+        a.cancel(Reason::None);
+        assert!(h.is_cancelled());
+    });
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn inline_values() {
+    let root = Context::background().with_cancel();
+    let n = allocations(|| {
+        let req = root
+            .child()
+            .op(&OP)
+            .request_id(RequestId(7))
+            .trace(trace())
+            .user_id(UserId(9))
+            .with_cancel();
+        let v = req.with_value(42u64);
+        let sub = v.with_cancel();
+        assert_eq!(sub.value::<u64>(), Some(&42));
+        assert_eq!(sub.request_id(), Some(RequestId(7)));
+    });
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn without_cancel() {
+    let root = Context::background().with_cancel();
+    let n = allocations(|| {
+        let detached = root.without_cancel();
+        root.is_cancelled();
+        drop(detached);
+    });
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn after_func_register_stop() {
+    let root = Context::background().with_cancel();
+    let n = allocations(|| {
+        let h = root.after_func(|| {
+            RUNS.fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(h.stop());
+    });
+    assert_eq!(n, 0);
+    let n = allocations(|| {
+        let c = root.with_cancel();
+        let _h = c.after_func(|| {
+            RUNS.fetch_add(1, Ordering::Relaxed);
+        });
+        c.cancel(Reason::None);
+    });
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn clone_heavy() {
+    let root = Context::background().with_cancel();
+    let n = allocations(|| {
+        let c = root.with_cancel();
+        let handles = [c.context(), c.context(), c.context(), c.context()];
+        let more = handles.clone();
+        let weak = c.downgrade();
+        drop(handles);
+        assert!(weak.upgrade().is_some());
+        drop(c);
+        assert!(more[0].is_cancelled());
+    });
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn cancelled_future_registration() {
+    let root = Context::background().with_cancel();
+    let n = allocations(|| {
+        let c = root.with_cancel();
+        let sub = c.with_cancel();
+        {
+            let mut fut = pin!(sub.cancelled());
+            let mut cx = TaskContext::from_waker(Waker::noop());
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+            c.cancel(Reason::None);
+            assert!(fut.as_mut().poll(&mut cx).is_ready());
+        }
+        drop(sub);
+    });
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn built_pool_roots() {
+    let pool = Pool::builder().capacity(64).build().unwrap();
+    let bg = pool.background();
+    let n = allocations(|| drop(bg.with_cancel()));
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn node_size_is_at_most_two_cache_lines() {
+    println!("node size: {} bytes", ctxpool::NODE_SIZE);
+    assert!(ctxpool::NODE_SIZE <= 128);
+    assert_eq!(std::mem::size_of::<Context>(), 16);
+}
