@@ -514,3 +514,81 @@ fn the_global_pool_serves_background() {
     assert!(Pool::init_global(Pool::builder()).is_err());
     drop(ctx);
 }
+
+#[test]
+fn parents_released_before_their_children_stay_readable_until_the_last_child_goes() {
+    let p = pool(64);
+    let owner = p.background().with_cancel();
+    let valued = owner.with_value(5u64);
+    let leaf = valued.with_cancel();
+    drop(valued);
+    drop(owner);
+    // Both ancestors have no references left; the leaf still reads through them.
+    assert!(leaf.is_cancelled());
+    assert_eq!(leaf.cause(), Some(Cause::Parent(Origin::OwnerDropped)));
+    assert_eq!(leaf.value::<u64>(), Some(&5));
+    assert_eq!(p.stats().in_use, 3);
+    // The last child tears the chain down, here from another thread.
+    thread::spawn(move || drop(leaf)).join().unwrap();
+    assert_eq!(p.stats().in_use, 0);
+}
+
+#[test]
+fn lease_collisions_fall_back_to_references() {
+    // Many live parents at once on one thread: lease entries collide and children fall back
+    // to counting on the parent; every path must reclaim everything, in any release order.
+    let p = pool(4096);
+    let bg = p.background();
+    for round in 0..4 {
+        let parents: Vec<_> = (0..40).map(|_| bg.with_cancel()).collect();
+        let mut children = Vec::new();
+        for parent in &parents {
+            for _ in 0..3 {
+                children.push(parent.with_cancel());
+            }
+        }
+        if round % 2 == 0 {
+            drop(parents);
+            assert!(children.iter().all(|c| c.is_cancelled()));
+            drop(children);
+        } else {
+            let handles: Vec<_> = children.iter().map(|c| c.context()).collect();
+            drop(children);
+            thread::spawn(move || drop(handles)).join().unwrap();
+            assert!(parents.iter().all(|c| !c.is_cancelled()));
+            drop(parents);
+        }
+        assert_eq!(p.stats().in_use, 0, "round {round}");
+    }
+}
+
+#[test]
+fn children_made_on_many_threads_of_one_parent_are_counted() {
+    let p = pool(1 << 14);
+    let root = p.background().with_cancel();
+    let start = Arc::new(Barrier::new(4));
+    let kept: Vec<_> = (0..4)
+        .map(|_| {
+            let root = root.context();
+            let start = start.clone();
+            thread::spawn(move || {
+                start.wait();
+                for _ in 0..10_000 {
+                    drop(root.with_cancel());
+                }
+                (0..10).map(|_| root.with_cancel()).collect::<Vec<_>>()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let handle = root.context();
+    drop(root);
+    drop(handle);
+    // The root is now a zombie kept by 40 children made (and counted) on four threads.
+    assert_eq!(p.stats().in_use, 41);
+    assert!(kept.iter().all(|c| c.cause() == Some(Cause::Parent(Origin::OwnerDropped))));
+    drop(kept);
+    assert_eq!(p.stats().in_use, 0);
+}

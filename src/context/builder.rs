@@ -4,7 +4,9 @@ use core::mem::MaybeUninit;
 use core::panic::Location;
 
 use super::{CancelGuard, Context, EXHAUSTED};
+use crate::pool::slot::generation;
 use crate::pool::{PoolInner, PoolRef};
+use crate::sync::Ordering;
 use crate::tree::cause::PoolExhausted;
 use crate::tree::node::{
     Custom, Func, Meta, Payload, Values, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_REQ,
@@ -157,7 +159,8 @@ impl<'a> ChildBuilder<'a> {
             return Ok(Context::exhausted(parent.pool_ref(), true));
         }
         let pool = parent.inner();
-        let Some(idx) = pool.acquire() else {
+        let tid = crate::pool::tid::current();
+        let Some(idx) = pool.acquire(tid) else {
             return Err(PoolExhausted {
                 capacity: pool.capacity(),
             });
@@ -203,6 +206,7 @@ impl<'a> ChildBuilder<'a> {
         }
         let gen = init(
             pool,
+            tid,
             idx,
             parent_idx,
             self.location,
@@ -217,6 +221,7 @@ impl<'a> ChildBuilder<'a> {
 /// the new node holds on its parent (or, for a root, on the pool). Returns the generation.
 fn init(
     pool: &PoolInner,
+    tid: Option<usize>,
     idx: u32,
     parent: u32,
     location: &'static Location<'static>,
@@ -231,10 +236,17 @@ fn init(
         let _ = unsafe { PoolRef::acquire(core::ptr::NonNull::from(pool)) }.into_raw();
         flags |= F_POOL_REF;
     } else {
-        // I1: the child holds a reference on its parent; the caller's handle holds one too, so
-        // the parent is live (slot L1).
-        // SAFETY: the parent index comes from a live handle of this pool.
-        unsafe { pool.node(parent) }.life.clone_ref();
+        // SAFETY: the parent index comes from a live handle of this pool (slot L1).
+        let pnode = unsafe { pool.node(parent) };
+        let pgen = generation(pnode.life.load(Ordering::Relaxed));
+        // I1: counted in this thread's lease for the parent (I10), or else a reference; the
+        // caller's handle keeps the parent live meanwhile.
+        let leased = pool.lease(tid, parent, pgen);
+        if !leased {
+            pnode.life.clone_ref();
+        }
+        // SAFETY: we own the slot (P2).
+        unsafe { node.set_leased(leased) };
     }
     // SAFETY: we own the slot (P2); nobody reads these fields until `init` publishes it.
     unsafe {
@@ -254,10 +266,11 @@ fn init(
 /// Initialises acquired slot `idx` as an `after_func` node under `parent`.
 pub(crate) fn init_func(
     pool: &PoolInner,
+    tid: Option<usize>,
     idx: u32,
     parent: u32,
     location: &'static Location<'static>,
     func: Func,
 ) -> u32 {
-    init(pool, idx, parent, location, F_FUNC, Payload { func })
+    init(pool, tid, idx, parent, location, F_FUNC, Payload { func })
 }

@@ -8,7 +8,8 @@ use super::{Context, EXHAUSTED};
 use crate::pool::PoolRef;
 use crate::tree::cause::{Cause, Origin, Reason};
 use crate::tree::node::NIL;
-use crate::tree::state::Packed;
+use crate::sync::Ordering;
+use crate::tree::state::{self, Packed};
 use crate::tree::{self as tree};
 
 /// The owner of a cancellable context (Go's `cancel` function, as a value).
@@ -80,9 +81,11 @@ impl Drop for CancelGuard {
             let pool = self.ctx.inner();
             // SAFETY: the guard holds a reference (slot L1).
             let node = unsafe { pool.node(idx) };
-            if node.life.try_drop_sole(self.ctx.gen) {
-                // Nobody else holds the node (no handle, child, waiter or registration), so
-                // nobody can observe its cancellation: release it at once.
+            // Only this guard can make children while it is the sole reference, so with no
+            // lease ever taken on the node (I10) and a count of one, nobody else can observe
+            // it (no handle, child, waiter or registration): release it without cancelling.
+            let unleased = !state::is_leased(node.state.load(Ordering::Acquire));
+            if unleased && node.life.try_drop_sole(self.ctx.gen) {
                 tree::release(pool, idx);
                 return;
             }

@@ -375,7 +375,8 @@ impl Context {
             unreachable!("background and exhausted contexts were handled above")
         };
         let pool = self.inner();
-        let Some(fidx) = pool.acquire() else {
+        let tid = crate::pool::tid::current();
+        let Some(fidx) = pool.acquire(tid) else {
             return Err((
                 PoolExhausted {
                     capacity: pool.capacity(),
@@ -383,7 +384,7 @@ impl Context {
                 f,
             ));
         };
-        let gen = builder::init_func(pool, fidx, idx, Location::caller(), func::pack(f));
+        let gen = builder::init_func(pool, tid, fidx, idx, Location::caller(), func::pack(f));
         // Hold a reference while registering: the callback may fire, and release the
         // registration, as soon as it is linked.
         // SAFETY: `fidx` was acquired from this pool and published by `init_func`.

@@ -38,6 +38,7 @@ pub(crate) mod shard;
 pub(crate) mod slot;
 pub(crate) mod tid;
 
+
 use core::fmt;
 use core::ptr::NonNull;
 
@@ -46,10 +47,17 @@ use crossbeam_utils::CachePadded;
 use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::tree::node::{Node, NIL};
 use page::{Pages, MAX_CAPACITY};
-use shard::{FreeList, Shard};
+use shard::{FreeList, Lease, Shard, LEASES};
+use crate::sync::fence;
+use crate::tree::state::{lessee, mark_lessee, MULTI, ZOMBIE};
 
 /// Owner-shard value of a node acquired by a thread without an id (tid T2).
-const NO_SHARD: u16 = u16::MAX;
+const NO_SHARD: u16 = 0x0FFF;
+/// Bits of a node's shard field naming its owner shard (P1).
+pub(crate) const SHARD_MASK: u16 = 0x0FFF;
+/// Set in a node's shard field when the node is counted in its creator shard's lease for its
+/// parent (shard S5..S7) rather than holding a reference on the parent.
+pub(crate) const LEASED: u16 = 0x1000;
 
 pub(crate) struct PoolInner {
     pages: Pages,
@@ -58,6 +66,8 @@ pub(crate) struct PoolInner {
     /// Next never-used index.
     fresh: AtomicU32,
     shards: Box<[AtomicPtr<CachePadded<Shard>>]>,
+    /// One past the highest shard index ever allocated (bounds lease scans).
+    shards_hwm: AtomicUsize,
     /// Cold, shared free list (S3).
     spill: Mutex<FreeList>,
     /// Length of `spill`, readable without the lock (a hint).
@@ -81,6 +91,7 @@ impl PoolInner {
             shards: (0..tid::MAX_THREADS)
                 .map(|_| AtomicPtr::new(core::ptr::null_mut()))
                 .collect(),
+            shards_hwm: AtomicUsize::new(0),
             spill: Mutex::new(FreeList::EMPTY),
             spill_len: AtomicU32::new(0),
             exhausted: AtomicU64::new(0),
@@ -119,6 +130,7 @@ impl PoolInner {
     #[cold]
     fn shard_slow(&self, tid: usize) -> &Shard {
         let fresh = Box::into_raw(Box::new(CachePadded::new(Shard::new())));
+        self.shards_hwm.fetch_max(tid + 1, Ordering::AcqRel);
         match self.shards[tid].compare_exchange(
             core::ptr::null_mut(),
             fresh,
@@ -136,10 +148,10 @@ impl PoolInner {
         }
     }
 
-    /// Takes a free slot; the caller owns it (P2) until it publishes a handle.
+    /// Takes a free slot for the thread with id `tid` (the caller's, `tid::current()`); the
+    /// caller owns it (P2) until it publishes a handle.
     #[inline]
-    pub(crate) fn acquire(&self) -> Option<u32> {
-        let tid = tid::current();
+    pub(crate) fn acquire(&self, tid: Option<usize>) -> Option<u32> {
         let idx = match tid {
             Some(t) => {
                 let shard = self.shard(t);
@@ -302,14 +314,14 @@ impl PoolInner {
         self.spill_len.store(spill.len, Ordering::Relaxed);
     }
 
-    /// Returns a retired slot (slot L2) to its owner shard's list (P1).
+    /// Returns a retired slot (slot L2) to its owner shard's list (P1); `tid` is the caller's.
     #[inline]
-    pub(crate) fn free(&self, idx: u32) {
+    pub(crate) fn free(&self, tid: Option<usize>, idx: u32) {
         // SAFETY: the caller owns the dying slot (P2), which came from `fresh`.
         let node = unsafe { self.node(idx) };
         // SAFETY: we own the slot (P2), so its owner shard cannot change under us.
-        let owner = unsafe { node.shard_flags() }.0;
-        match tid::current() {
+        let owner = unsafe { node.shard_flags() }.0 & SHARD_MASK;
+        match tid {
             Some(t) => {
                 let shard = self.shard(t);
                 Shard::bump(&shard.released);
@@ -374,6 +386,105 @@ impl PoolInner {
         });
         if chain.head != NIL {
             self.spill_chain(chain);
+        }
+    }
+
+    /// Counts a new child of live parent `(p, gen)` in this thread's lease for `p` (shard
+    /// S5..S7) and marks the parent as leased by this shard. Returns `false` when no lease is
+    /// available (a thread without an id, or the entry busy with another parent): the caller
+    /// then takes a reference on the parent instead. The caller holds a handle to `p` (S7).
+    #[inline]
+    pub(crate) fn lease(&self, tid: Option<usize>, p: u32, gen: u32) -> bool {
+        let Some(t) = tid else {
+            return false;
+        };
+        let shard = self.shard(t);
+        let lease = &shard.leases[p as usize % LEASES];
+        let key = Lease::key(p, gen);
+        if lease.key.load(Ordering::Relaxed) == key {
+            // S5: owner-only counter.
+            let n = lease.local.load(Ordering::Relaxed);
+            lease.local.store(n.wrapping_add(1), Ordering::Relaxed);
+            return true;
+        }
+        self.lease_slow(t, lease, p, key)
+    }
+
+    #[cold]
+    fn lease_slow(&self, t: usize, lease: &Lease, p: u32, key: u64) -> bool {
+        let live = lease
+            .local
+            .load(Ordering::Relaxed)
+            .wrapping_sub(lease.remote.load(Ordering::Acquire));
+        if live != 0 {
+            return false;
+        }
+        // S6: re-key with the seqlock pattern.
+        lease.key.store(0, Ordering::Relaxed);
+        fence(Ordering::Release);
+        lease.remote.store(0, Ordering::Relaxed);
+        lease.local.store(1, Ordering::Relaxed);
+        lease.key.store(key, Ordering::Release);
+        // SAFETY: the caller holds a handle to `p` (S7), so it is live (slot L1).
+        let parent = unsafe { self.node(p) };
+        mark_lessee(parent, t);
+        true
+    }
+
+    /// Uncounts a released child made by shard `owner` of parent `p` (S5), then, with a
+    /// `SeqCst` fence, says whether the parent is a zombie waiting for its children (tree I10).
+    #[inline]
+    pub(crate) fn unlease(&self, tid: Option<usize>, owner: u16, p: u32) -> bool {
+        let owner = owner as usize;
+        // The shard exists: the child was counted in it.
+        let shard = self.shard(owner);
+        let lease = &shard.leases[p as usize % LEASES];
+        if tid == Some(owner) {
+            let n = lease.local.load(Ordering::Relaxed);
+            lease.local.store(n.wrapping_sub(1), Ordering::Release);
+        } else {
+            lease.remote.fetch_add(1, Ordering::Release);
+        }
+        fence(Ordering::SeqCst);
+        // SAFETY: the parent is live or a zombie while this child's lease counted it (I1).
+        unsafe { self.node(p) }.state.load(Ordering::Acquire) & ZOMBIE != 0
+    }
+
+    /// Live children of `(p, gen)` counted in leases, given its state word `s` (tree I10). Only
+    /// called once `p`'s reference count is zero, so the counts only go down (S7).
+    pub(crate) fn lease_sum(&self, p: u32, gen: u32, s: u64) -> u32 {
+        let key = Lease::key(p, gen);
+        let entry = p as usize % LEASES;
+        let count = |t: usize| -> u32 {
+            let ptr = self.shards[t].load(Ordering::Acquire);
+            if ptr.is_null() {
+                return 0;
+            }
+            // SAFETY: published shard, freed only in `drop`.
+            let lease = unsafe { &(&*ptr).leases[entry] };
+            // S6: seqlock read; a changed key means the entry was re-keyed at count zero.
+            if lease.key.load(Ordering::Acquire) != key {
+                return 0;
+            }
+            let n = lease
+                .local
+                .load(Ordering::Relaxed)
+                .wrapping_sub(lease.remote.load(Ordering::Relaxed));
+            fence(Ordering::Acquire);
+            if lease.key.load(Ordering::Relaxed) != key {
+                return 0;
+            }
+            n
+        };
+        let lessee = lessee(s);
+        if s & MULTI != 0 {
+            (0..self.shards_hwm.load(Ordering::Acquire))
+                .map(count)
+                .fold(0, u32::wrapping_add)
+        } else if let Some(t) = lessee {
+            count(t)
+        } else {
+            0
         }
     }
 

@@ -24,6 +24,28 @@
 //!   (pool P2).
 //! - **S4** the counters `acquired` / `released` are written only by the shard's owner (load +
 //!   store, no RMW) and summed on read.
+//!
+//! # Leases: counting children without writing to the parent
+//!
+//! A child must keep its parent's slot from being reused (tree I1), but a reference count on
+//! the parent would make every child creation and release write the parent's cache line, which
+//! all threads making children of one long-lived root share. Instead, each shard has
+//! [`LEASES`] direct-mapped lease entries: entry `p % LEASES` counts the live children of
+//! parent `p` that this shard's thread made.
+//!
+//! ```text
+//!   shard t: leases[p % 8] = { key: (p, gen), local: made - released here, remote: released elsewhere }
+//!   live children of p counted by shard t = local - remote   (wrapping)
+//! ```
+//!
+//! - **S5** `key`, `local` and the reset of `remote` are written only by the shard's owner;
+//!   `remote` is otherwise only incremented (`fetch_add`) by other threads releasing a child.
+//! - **S6** an entry is re-keyed only when its count is zero, so a count never mixes two
+//!   parents; re-keying follows the seqlock pattern (key cleared, `Release` fence, counts
+//!   reset, new key stored with `Release`) so a concurrent reader can tell a torn read (the key
+//!   changed: the old count was zero).
+//! - **S7** a lease for `p` is only taken by a thread holding a handle to `p`, so once `p`'s
+//!   reference count is zero its lease counts only go down.
 
 use crate::sync::cell::UnsafeCell;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -40,6 +62,35 @@ impl FreeList {
     pub(crate) const EMPTY: FreeList = FreeList { head: NIL, len: 0 };
 }
 
+/// Lease entries per shard.
+pub(crate) const LEASES: usize = 8;
+
+/// Counts one parent's live children made by one shard (S5..S7).
+pub(crate) struct Lease {
+    /// `(gen << 32) | (idx + 1)` of the parent, or 0.
+    pub(crate) key: AtomicU64,
+    /// Children made here minus children released here (owner only).
+    pub(crate) local: AtomicU32,
+    /// Children released by other threads.
+    pub(crate) remote: AtomicU32,
+}
+
+impl Lease {
+    fn new() -> Self {
+        Lease {
+            key: AtomicU64::new(0),
+            local: AtomicU32::new(0),
+            remote: AtomicU32::new(0),
+        }
+    }
+
+    /// The key of parent `(idx, gen)`.
+    #[inline]
+    pub(crate) fn key(idx: u32, gen: u32) -> u64 {
+        (u64::from(gen) << 32) | (u64::from(idx) + 1)
+    }
+}
+
 /// One thread's free lists and counters in one pool.
 pub(crate) struct Shard {
     /// Owner-only list (S1).
@@ -50,6 +101,8 @@ pub(crate) struct Shard {
     pub(crate) acquired: AtomicU64,
     /// Contexts released by this shard's owner (S4).
     pub(crate) released: AtomicU64,
+    /// Child counts by parent (S5..S7).
+    pub(crate) leases: [Lease; LEASES],
 }
 
 impl Shard {
@@ -59,6 +112,7 @@ impl Shard {
             remote: AtomicU32::new(NIL),
             acquired: AtomicU64::new(0),
             released: AtomicU64::new(0),
+            leases: core::array::from_fn(|_| Lease::new()),
         }
     }
 

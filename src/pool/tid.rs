@@ -19,9 +19,10 @@
 //! thread-locals, and a counter modulo [`MAX_THREADS`] is unique among the handful of threads of
 //! one execution.
 
-/// Most threads that can hold an id at once; more threads still work, on the shared paths.
+/// Most threads that can hold an id at once (ids fit in 12 bits, one value reserved); more
+/// threads still work, on the shared paths.
 #[cfg(not(loom))]
-pub(crate) const MAX_THREADS: usize = 4096;
+pub(crate) const MAX_THREADS: usize = 4095;
 /// Most threads that can hold an id at once (kept small so loom models stay small).
 #[cfg(loom)]
 pub(crate) const MAX_THREADS: usize = 8;

@@ -28,8 +28,9 @@
 //!
 //! # Invariants
 //!
-//! - **I1** every live node holds one reference on its parent (a root of a built pool, on the
-//!   pool: pool P4). So every ancestor of a live node is live, and a walk up the chain only
+//! - **I1** every live node keeps its parent from being torn down: by a reference, or by a
+//!   lease in its creator shard (I10); a root of a built pool holds a reference on the pool
+//!   (pool P4). So every ancestor of a live node is live, and a walk up the chain only
 //!   reads live nodes, whose `meta` is immutable (pool P2, slot L1).
 //! - **I2** `CANCELLED` is set at most once per incarnation, by the CAS in `set_cancelled`, and
 //!   cleared only by the slot's owner when it retires the slot.
@@ -61,6 +62,14 @@
 //! - **I8** whoever sets `N.REG` goes on to register N's parent, and so on up: if an ancestor
 //!   A is cancelled, either A's cancel finds the registered chain, or the registering thread
 //!   finds A cancelled under A's `LOCK` and cancels the chain below it itself.
+//! - **I10** a child counted in a lease (pool S5..S7) holds no reference on its parent, yet
+//!   keeps it from being reused: a parent whose count reaches zero while leased children may
+//!   live becomes a *zombie* (`ZOMBIE` set, state, meta and payload intact, no references) and
+//!   is torn down by whichever of it and its children finds the lease counts at zero *after*
+//!   the zombie mark, with `claim` (the `RECLAIMED` bit) electing exactly one. The mark and a
+//!   child's decrement are each followed by a `SeqCst` fence before the other side is read
+//!   (Dekker), so the last child cannot miss the mark and the parent cannot miss the last
+//!   decrement.
 //! - **I9** a node flagged `F_NEVER` (no owner, no cancellable ancestor: a child of the
 //!   background, a `without_cancel` node) is never cancelled; walks, registration and
 //!   `after_func` stop at it, so children of never-cancellable parents register nothing.
@@ -72,11 +81,11 @@ pub(crate) mod state;
 pub(crate) mod wait;
 
 use crate::pool::slot::generation;
-use crate::pool::{PoolInner, PoolRef};
-use crate::sync::{spin_hint, Ordering};
+use crate::pool::{PoolInner, PoolRef, LEASED, SHARD_MASK};
+use crate::sync::{fence, spin_hint, Ordering};
 use cause::Cause;
 use node::{Node, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_VALUE, NIL};
-use state::{Packed, CANCELLED, CAUSE_BITS, LOCKED, REGISTERED};
+use state::{Packed, CANCELLED, CAUSE_BITS, LOCKED, RECLAIMED, REGISTERED, ZOMBIE};
 use wait::{lock, take_batch, unlock};
 
 /// Sets `CANCELLED | LOCK` and the cause in one CAS (I2, I3). On success the caller holds
@@ -384,48 +393,90 @@ pub(crate) fn drop_ref(pool: &PoolInner, idx: u32) {
     }
 }
 
-/// Tears down a node whose count reached zero, returns its slot, and drops the reference it
+/// Called when `idx`'s reference count reached zero (the caller owns the dying node, L1):
+/// tears it down now, or leaves it a zombie for its last leased child (I10).
+pub(crate) fn release(pool: &PoolInner, idx: u32) {
+    if may_tear_down(pool, idx) {
+        tear_down(pool, idx);
+    }
+}
+
+/// For a node with zero references: `true` if it can be torn down now (no leased child can
+/// still read it), `false` if it became a zombie that its last leased child tears down (I10).
+fn may_tear_down(pool: &PoolInner, idx: u32) -> bool {
+    // SAFETY: zero references: the node is dying, owned by the caller (L1).
+    let node = unsafe { pool.node(idx) };
+    let s = node.state.load(Ordering::Acquire);
+    if !state::is_leased(s) {
+        return true;
+    }
+    let s = node.state.fetch_or(ZOMBIE, Ordering::AcqRel) | ZOMBIE;
+    fence(Ordering::SeqCst);
+    let gen = generation(node.life.load(Ordering::Relaxed));
+    pool.lease_sum(idx, gen, s) == 0 && claim(node)
+}
+
+/// Wins the teardown of a zombie: exactly one caller gets `true` (I10).
+fn claim(node: &Node) -> bool {
+    node.state.fetch_or(RECLAIMED, Ordering::AcqRel) & RECLAIMED == 0
+}
+
+/// Tears down a node that nothing can reach any more, returns its slot, and releases what it
 /// held on its parent (iteratively, so a long chain cannot overflow the stack).
-pub(crate) fn release(pool: &PoolInner, mut idx: u32) {
+fn tear_down(pool: &PoolInner, mut idx: u32) {
     let mut panic = None;
+    let tid = crate::pool::tid::current();
     loop {
         unregister(pool, idx);
-        // SAFETY: the caller's `drop_ref` reached zero: we own the dying slot (L1, P2).
+        // SAFETY: we own the dying slot (L1, P2, I10).
         let node = unsafe { pool.node(idx) };
         // SAFETY: owned (P2).
-        let (meta, flags) = unsafe { (node.meta(), node.flags()) };
-        // SAFETY: owned (P2): nobody else reads or writes the payload of a dying slot.
-        let payload = node.payload.with(|p| unsafe { *p });
+        let (meta, (shard, flags)) = unsafe { (node.meta(), node.shard_flags()) };
+        // SAFETY: owned (P2): nobody else reads or writes the payload of a dying slot, and
+        // F_VALUE says the custom value was written at creation.
+        let custom = (flags & F_VALUE != 0)
+            .then(|| node.payload.with(|p| unsafe { (*p).values.custom.assume_init() }));
         debug_assert_eq!(node.children.load(Ordering::Relaxed), NIL);
         node.state.store(0, Ordering::Relaxed);
         node.msg.store(0, Ordering::Relaxed);
         node.life.retire(generation(node.life.load(Ordering::Relaxed)));
-        pool.free(idx);
-        if flags & F_VALUE != 0 {
-            // SAFETY: F_VALUE means `with_value` stored a value with this vtable; the slot was
-            // retired above so this is the one drop of it (I7).
+        pool.free(tid, idx);
+        if let Some(custom) = custom {
+            let mut data = custom.data;
+            // SAFETY: `with_value` stored a value with this vtable; the slot was retired above,
+            // so this is the one drop of it (I7).
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
-                let custom = payload.values.custom.assume_init();
-                let mut data = custom.data;
                 (custom.vt.drop)(&mut data);
             }));
             if let Err(p) = r {
                 panic.get_or_insert(p);
             }
         }
-        if meta.parent == NIL {
+        let parent = meta.parent;
+        if parent == NIL {
             if flags & F_POOL_REF != 0 {
-                // SAFETY: F_POOL_REF means `create` stored a reference from `into_raw` for this
+                // SAFETY: F_POOL_REF means `init` stored a reference from `into_raw` for this
                 // root (P4); this is its one release, and the last use of `pool`.
                 drop(unsafe { PoolRef::from_raw(core::ptr::NonNull::from(pool)) });
             }
             break;
         }
-        // SAFETY: the node held a reference on its parent (I1), which we now drop.
-        if !unsafe { pool.node(meta.parent) }.life.drop_ref() {
+        // SAFETY: the node kept its parent live or a zombie (I1, I10).
+        let pn = unsafe { pool.node(parent) };
+        let next = if shard & LEASED != 0 {
+            // I10: the last leased child of a zombie tears it down.
+            pool.unlease(tid, shard & SHARD_MASK, parent) && {
+                let gen = generation(pn.life.load(Ordering::Relaxed));
+                let ps = pn.state.load(Ordering::Acquire);
+                ps & RECLAIMED == 0 && pool.lease_sum(parent, gen, ps) == 0 && claim(pn)
+            }
+        } else {
+            pn.life.drop_ref() && may_tear_down(pool, parent)
+        };
+        if !next {
             break;
         }
-        idx = meta.parent;
+        idx = parent;
     }
     if let Some(p) = panic {
         std::panic::resume_unwind(p);

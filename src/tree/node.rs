@@ -198,6 +198,19 @@ impl Node {
             .with_mut(|p| unsafe { *p = (*p & 0xFFFF_0000) | u32::from(shard) });
     }
 
+    /// Sets or clears the `LEASED` bit of the shard field, keeping the owner shard.
+    ///
+    /// # Safety
+    /// The caller owns the slot (pool P2).
+    #[inline]
+    pub(crate) unsafe fn set_leased(&self, leased: bool) {
+        let bit = u32::from(crate::pool::LEASED);
+        // SAFETY: the caller owns the slot exclusively.
+        self.shard_flags.with_mut(|p| unsafe {
+            *p = if leased { *p | bit } else { *p & !bit };
+        });
+    }
+
     /// Sets the flags, keeping the owner shard.
     ///
     /// # Safety

@@ -14,14 +14,26 @@
 //!   across a call into user code.
 //! - `REG` says the node sits in its parent's registered-children list; it changes only while
 //!   the *parent's* `LOCK` is held (tree I6).
+//! - `LESSEE` (bits 12..25: a shard id + 1) and `MULTI` (bit 3) say which shards count
+//!   children of this node in their leases (pool S5..S7); `ZOMBIE` (bit 9) and `RECLAIMED`
+//!   (bit 10) drive the teardown of a node released before its leased children (tree I10).
 //! - A `Reason::Message` stores its length in the payload and its pointer in the node's `msg`
 //!   field, written under `LOCK` by the cancel winner before `LOCK` is released.
 
 use super::cause::{Cause, Origin, Reason};
+use crate::sync::Ordering;
 
 pub(crate) const CANCELLED: u64 = 1 << 0;
 pub(crate) const LOCKED: u64 = 1 << 1;
 pub(crate) const REGISTERED: u64 = 1 << 2;
+/// More than one shard has leased this node as a parent (pool S5..S7; tree I10).
+pub(crate) const MULTI: u64 = 1 << 3;
+/// Released (no references) while leased children may live: torn down by the last of them.
+pub(crate) const ZOMBIE: u64 = 1 << 9;
+/// The zombie's teardown was claimed (exactly one thread wins this bit).
+pub(crate) const RECLAIMED: u64 = 1 << 10;
+const LESSEE_SHIFT: u32 = 12;
+const LESSEE_MASK: u64 = 0x1FFF << LESSEE_SHIFT;
 const TAG_SHIFT: u32 = 4;
 const TAG_MASK: u64 = 0xF << TAG_SHIFT;
 const INHERITED: u64 = 1 << 8;
@@ -89,6 +101,45 @@ impl Packed {
     }
 }
 
+
+/// The first shard that leased this node as a parent, if any.
+#[inline]
+pub(crate) fn lessee(state: u64) -> Option<usize> {
+    match (state & LESSEE_MASK) >> LESSEE_SHIFT {
+        0 => None,
+        t => Some(t as usize - 1),
+    }
+}
+
+/// Whether any shard ever leased this node as a parent.
+#[inline]
+pub(crate) fn is_leased(state: u64) -> bool {
+    state & (LESSEE_MASK | MULTI) != 0
+}
+
+/// Records that shard `t` leases `node` as a parent: the first lessee in the state word, any
+/// other one as `MULTI`. Called by a thread holding a handle to `node`.
+pub(crate) fn mark_lessee(node: &crate::tree::node::Node, t: usize) {
+    let me = ((t as u64) + 1) << LESSEE_SHIFT;
+    let mut s = node.state.load(Ordering::Relaxed);
+    loop {
+        let cur = s & LESSEE_MASK;
+        let new = if cur == me || s & MULTI != 0 {
+            return;
+        } else if cur == 0 {
+            s | me
+        } else {
+            s | MULTI
+        };
+        match node
+            .state
+            .compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Relaxed)
+        {
+            Ok(_) => return,
+            Err(actual) => s = actual,
+        }
+    }
+}
 
 /// Whether a recorded cause needs the `msg` field to be decoded.
 pub(crate) fn needs_msg(state: u64) -> bool {
