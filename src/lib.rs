@@ -56,3 +56,8 @@ pub use values::{Op, RequestId, TraceContext, UserId, INLINE_VALUE_BYTES};
 
 /// Size in bytes of one pooled context node (two cache lines).
 pub const NODE_SIZE: usize = core::mem::size_of::<tree::node::Node>();
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -29,7 +29,10 @@ fn background_is_never_cancelled_and_takes_no_slot() {
         r.fetch_add(1, Ordering::SeqCst);
     });
     assert_eq!(p.stats().in_use, 0);
-    assert!(h.stop(), "Go: stop on a never-done context reports it stopped the call");
+    assert!(
+        h.stop(),
+        "Go: stop on a never-done context reports it stopped the call"
+    );
     assert!(!h.stop());
     assert_eq!(ran.load(Ordering::SeqCst), 0);
     assert!(!bg.wait_timeout(Duration::from_millis(1)));
@@ -55,7 +58,10 @@ fn cancel_is_idempotent_and_first_cause_wins() {
     assert!(owner.cancel(Reason::Message("first")));
     assert!(!owner.cancel(Reason::Code(2)));
     assert!(!owner.cancel_with(Origin::Shutdown));
-    assert_eq!(owner.cause(), Some(Cause::Cancelled(Reason::Message("first"))));
+    assert_eq!(
+        owner.cause(),
+        Some(Cause::Cancelled(Reason::Message("first")))
+    );
     // The child observed the parent's cancellation first: its own later cancel loses.
     assert!(!child.cancel(Reason::Code(3)));
     assert_eq!(
@@ -63,7 +69,10 @@ fn cancel_is_idempotent_and_first_cause_wins() {
         Some(Cause::Parent(Origin::Cancelled(Reason::Message("first"))))
     );
     drop(child);
-    assert_eq!(owner.cause(), Some(Cause::Cancelled(Reason::Message("first"))));
+    assert_eq!(
+        owner.cause(),
+        Some(Cause::Cancelled(Reason::Message("first")))
+    );
 }
 
 #[test]
@@ -118,7 +127,10 @@ fn cancel_returns_after_every_descendant_observes_it() {
     assert_eq!(ran.load(Ordering::SeqCst), 100);
     for leaf in &leaves {
         assert!(leaf.is_cancelled());
-        assert_eq!(leaf.cause(), Some(Cause::Parent(Origin::Cancelled(Reason::None))));
+        assert_eq!(
+            leaf.cause(),
+            Some(Cause::Parent(Origin::Cancelled(Reason::None)))
+        );
     }
     drop(guards);
     drop(leaves);
@@ -290,7 +302,10 @@ fn large_closures_and_values_are_supported() {
         s.store(big.iter().sum::<u64>() as usize, Ordering::SeqCst);
     });
     let v = owner.with_value(String::from("a boxed value"));
-    assert_eq!(v.value::<String>().map(String::as_str), Some("a boxed value"));
+    assert_eq!(
+        v.value::<String>().map(String::as_str),
+        Some("a boxed value")
+    );
     drop(v);
     drop(owner);
     assert_eq!(seen.load(Ordering::SeqCst), 7 * 32);
@@ -300,11 +315,7 @@ fn large_closures_and_values_are_supported() {
 #[test]
 fn values_stay_readable_while_a_handle_exists() {
     let p = pool(8);
-    let owner = p
-        .background()
-        .child()
-        .user_id(UserId(3))
-        .with_cancel();
+    let owner = p.background().child().user_id(UserId(3)).with_cancel();
     let v = owner.with_value(99u32);
     drop(owner);
     assert!(v.is_cancelled());
@@ -354,7 +365,10 @@ fn exhaustion_sheds_work_without_allocating_more() {
     assert_eq!(born.cause(), Some(Cause::PoolExhausted));
     let under = born.with_cancel();
     assert_eq!(under.cause(), Some(Cause::Parent(Origin::PoolExhausted)));
-    assert!(born.try_after_func(|| {}).is_ok(), "runs at once: born cancelled");
+    assert!(
+        born.try_after_func(|| {}).is_ok(),
+        "runs at once: born cancelled"
+    );
     assert!(a.try_after_func(|| {}).is_err());
     let stats = p.stats();
     assert_eq!(stats.in_use, 2);
@@ -366,7 +380,11 @@ fn exhaustion_sheds_work_without_allocating_more() {
 #[test]
 fn freed_slots_are_found_across_threads_at_capacity() {
     // Thread A fills its cache, frees everything; B must still find room.
-    let p = Pool::builder().capacity(16).thread_cache(16).build().unwrap();
+    let p = Pool::builder()
+        .capacity(16)
+        .thread_cache(16)
+        .build()
+        .unwrap();
     let p2 = p.clone();
     thread::spawn(move || {
         let bg = p2.background();
@@ -588,7 +606,30 @@ fn children_made_on_many_threads_of_one_parent_are_counted() {
     drop(handle);
     // The root is now a zombie kept by 40 children made (and counted) on four threads.
     assert_eq!(p.stats().in_use, 41);
-    assert!(kept.iter().all(|c| c.cause() == Some(Cause::Parent(Origin::OwnerDropped))));
+    assert!(kept
+        .iter()
+        .all(|c| c.cause() == Some(Cause::Parent(Origin::OwnerDropped))));
     drop(kept);
+    assert_eq!(p.stats().in_use, 0);
+}
+
+#[test]
+fn a_waiter_below_a_released_parent_is_woken_by_the_grandparent() {
+    use std::future::Future;
+    use std::task::{Context as Cx, Waker};
+    let p = pool(64);
+    let grand = p.background().with_cancel();
+    let parent = grand.child().build(); // plain child: cancelled only through `grand`
+    let leaf = parent.with_cancel();
+    let mut cx = Cx::from_waker(Waker::noop());
+    let mut fut = Box::pin(leaf.cancelled());
+    assert!(fut.as_mut().poll(&mut cx).is_pending()); // registers leaf → parent → grand
+    drop(parent); // the parent has no references left: a zombie kept by `leaf`
+    grand.cancel_with(Origin::Shutdown);
+    assert!(fut.as_mut().poll(&mut cx).is_ready());
+    drop(fut);
+    assert_eq!(leaf.cause(), Some(Cause::Parent(Origin::Shutdown)));
+    drop(leaf);
+    drop(grand);
     assert_eq!(p.stats().in_use, 0);
 }

@@ -9,8 +9,8 @@ use crate::pool::{PoolInner, PoolRef};
 use crate::sync::Ordering;
 use crate::tree::cause::PoolExhausted;
 use crate::tree::node::{
-    Custom, Func, Meta, Payload, Values, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_REQ,
-    F_TRACE, F_USER, F_VALUE, NIL,
+    Custom, Func, Meta, Payload, Values, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_REQ, F_TRACE,
+    F_USER, F_VALUE, NIL,
 };
 use crate::values::{self, Op, RequestId, TraceContext, UserId};
 

@@ -6,9 +6,9 @@ use core::ops::Deref;
 
 use super::{Context, EXHAUSTED};
 use crate::pool::PoolRef;
+use crate::sync::Ordering;
 use crate::tree::cause::{Cause, Origin, Reason};
 use crate::tree::node::NIL;
-use crate::sync::Ordering;
 use crate::tree::state::{self, Packed};
 use crate::tree::{self as tree};
 

@@ -193,7 +193,8 @@ impl Context {
                 // is immutable while the node is live; the pointer stays valid while `self`
                 // keeps the node live, which the returned borrow of `self` guarantees.
                 let found = node.payload.with(|p| unsafe {
-                    let custom = core::ptr::addr_of!((*p).values.custom).cast::<crate::tree::node::Custom>();
+                    let custom =
+                        core::ptr::addr_of!((*p).values.custom).cast::<crate::tree::node::Custom>();
                     if ((*custom).vt.type_id)() == TypeId::of::<T>() {
                         let data = core::ptr::addr_of!((*custom).data);
                         Some(&*((*custom).vt.get)(data).cast::<T>())
@@ -461,7 +462,10 @@ impl fmt::Debug for Context {
                 )),
             )
             .field("cause", &tree::cause_now(pool, idx))
-            .field("at", &format_args!("{}:{}", meta.location.file(), meta.location.line()))
+            .field(
+                "at",
+                &format_args!("{}:{}", meta.location.file(), meta.location.line()),
+            )
             .finish()
     }
 }

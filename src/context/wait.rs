@@ -10,7 +10,7 @@ use core::task::{Context as TaskContext, Poll};
 use super::Context;
 use crate::sync::thread;
 use crate::tree::state::CANCELLED;
-use crate::tree::wait::{lock, push, unlink, unlock, Wake, Waiter};
+use crate::tree::wait::{lock, push, unlink, unlock, Waiter, Wake};
 use crate::tree::{self as tree};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -38,18 +38,17 @@ pub(crate) mod shard;
 pub(crate) mod slot;
 pub(crate) mod tid;
 
-
 use core::fmt;
 use core::ptr::NonNull;
 
 use crossbeam_utils::CachePadded;
 
+use crate::sync::fence;
 use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::tree::node::{Node, NIL};
+use crate::tree::state::{lessee, mark_lessee, MULTI, ZOMBIE};
 use page::{Pages, MAX_CAPACITY};
 use shard::{FreeList, Lease, Shard, LEASES};
-use crate::sync::fence;
-use crate::tree::state::{lessee, mark_lessee, MULTI, ZOMBIE};
 
 /// Owner-shard value of a node acquired by a thread without an id (tid T2).
 const NO_SHARD: u16 = 0x0FFF;
@@ -282,7 +281,9 @@ impl PoolInner {
             };
             match me {
                 // SAFETY: S1, we hold id `t`.
-                Some((_, shard)) => shard.local.with_mut(|l| unsafe { self.append(&mut *l, rest_list) }),
+                Some((_, shard)) => shard
+                    .local
+                    .with_mut(|l| unsafe { self.append(&mut *l, rest_list) }),
                 None => self.spill_chain(rest_list),
             }
         }
@@ -301,7 +302,9 @@ impl PoolInner {
             tail = next;
         }
         // SAFETY: as above.
-        unsafe { self.node(tail) }.next.store(list.head, Ordering::Relaxed);
+        unsafe { self.node(tail) }
+            .next
+            .store(list.head, Ordering::Relaxed);
         list.head = chain.head;
         list.len += chain.len;
     }
@@ -763,7 +766,11 @@ impl PoolBuilder {
 
     #[cfg(not(loom))]
     fn leak_global(&self) -> GlobalPtr {
-        let inner = Box::new(PoolInner::new(self.capacity, self.thread_cache_value(), true));
+        let inner = Box::new(PoolInner::new(
+            self.capacity,
+            self.thread_cache_value(),
+            true,
+        ));
         GlobalPtr(NonNull::from(Box::leak(inner)))
     }
 
@@ -773,7 +780,11 @@ impl PoolBuilder {
         if !problems.is_empty() {
             return Err(BuildError { problems });
         }
-        let inner = Box::new(PoolInner::new(self.capacity, self.thread_cache_value(), false));
+        let inner = Box::new(PoolInner::new(
+            self.capacity,
+            self.thread_cache_value(),
+            false,
+        ));
         Ok(Pool {
             inner: PoolRef(NonNull::from(Box::leak(inner))),
         })

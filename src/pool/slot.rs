@@ -66,7 +66,8 @@ impl Life {
         let g = generation(self.0.load(Ordering::Relaxed));
         // Release: a stale `try_upgrade` that reads this sees a generation that is not its own
         // (L2) and the node's fields are published to anyone who upgrades with the new one.
-        self.0.store(u64::from(g) << GEN_SHIFT | 1, Ordering::Release);
+        self.0
+            .store(u64::from(g) << GEN_SHIFT | 1, Ordering::Release);
         g
     }
 
@@ -126,7 +127,9 @@ impl Life {
     /// Dying `(g, 0)` to free `(g + 1, 0)` (L2). Only the slot's owner calls this.
     #[inline]
     pub(crate) fn retire(&self, gen: u32) {
-        self.0
-            .store(u64::from(gen.wrapping_add(1)) << GEN_SHIFT, Ordering::Release);
+        self.0.store(
+            u64::from(gen.wrapping_add(1)) << GEN_SHIFT,
+            Ordering::Release,
+        );
     }
 }

@@ -181,7 +181,9 @@ impl core::fmt::Debug for AfterFunc {
             Target::Ran => f.write_str("AfterFunc(ran)"),
             Target::Node(pool, idx, gen) => {
                 // SAFETY: `idx` came from this pool (P3); we only read the lifecycle word.
-                let word = unsafe { pool.get().node(*idx) }.life.load(Ordering::Relaxed);
+                let word = unsafe { pool.get().node(*idx) }
+                    .life
+                    .load(Ordering::Relaxed);
                 let pending = generation(word) == *gen && refs(word) != 0;
                 f.debug_struct("AfterFunc")
                     .field("id", &format_args!("{idx}v{gen}"))

@@ -51,9 +51,11 @@
 //!   once or unlinked by its owner, and never freed while linked.
 //! - **I6** a node N is on its parent P's registered list iff `N.REG` is set; the list, N's
 //!   sibling links and `N.REG` change only under P's `LOCK`. N is linked only while P is not
-//!   cancelled. A cancel of P clears every child's `REG` under P's `LOCK` and takes a reference
-//!   on each child that is still live (`try_upgrade`; a dying child is skipped). A dying child
-//!   unlinks itself under P's `LOCK` if its `REG` is still set. So the list never holds a
+//!   cancelled. A cancel of P, under P's `LOCK`, takes a reference on each registered child
+//!   that is still live (`try_upgrade`; a dying child is handed over by I11) *and then* clears
+//!   its `REG`: while `REG` is set a dying child cannot get past its `unregister` (it waits for
+//!   P's `LOCK`), so its generation cannot change under the cancel. A dying child unlinks
+//!   itself under P's `LOCK` if its `REG` is still set. So the list never holds a
 //!   retired slot, and a child's `next` link is reused as the cancel work-list link only after
 //!   it left the list.
 //! - **I7** a node's custom value is dropped exactly once, by the owner of the dying slot; an
@@ -70,6 +72,14 @@
 //!   child's decrement are each followed by a `SeqCst` fence before the other side is read
 //!   (Dekker), so the last child cannot miss the mark and the parent cannot miss the last
 //!   decrement.
+//! - **I11** a cancel that pops a registered child with no references left (dying, or a
+//!   zombie) cannot take a reference on it; it sets `PENDING` on the child, and pins it
+//!   (`PINNED`) if it is already a zombie. The thread that makes a dying node a zombie sets
+//!   `ZOMBIE` and, if `PENDING` is already there, `PINNED` in the same CAS. Exactly one of the
+//!   two therefore sees both marks, pins the zombie, propagates the cancel into it (reaching
+//!   its registered children: no lost wake-up), and unpins it. A pinned zombie is never
+//!   claimed; unpinning is followed by a `SeqCst` fence and a lease re-check, so the teardown
+//!   a pin deferred is done by the pinner or by the last child.
 //! - **I9** a node flagged `F_NEVER` (no owner, no cancellable ancestor: a child of the
 //!   background, a `without_cancel` node) is never cancelled; walks, registration and
 //!   `after_func` stop at it, so children of never-cancellable parents register nothing.
@@ -85,7 +95,9 @@ use crate::pool::{PoolInner, PoolRef, LEASED, SHARD_MASK};
 use crate::sync::{fence, spin_hint, Ordering};
 use cause::Cause;
 use node::{Node, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_VALUE, NIL};
-use state::{Packed, CANCELLED, CAUSE_BITS, LOCKED, RECLAIMED, REGISTERED, ZOMBIE};
+use state::{
+    Packed, CANCELLED, CAUSE_BITS, LOCKED, PENDING, PINNED, RECLAIMED, REGISTERED, ZOMBIE,
+};
 use wait::{lock, take_batch, unlock};
 
 /// Sets `CANCELLED | LOCK` and the cause in one CAS (I2, I3). On success the caller holds
@@ -154,7 +166,9 @@ pub(crate) fn cancel(pool: &PoolInner, idx: u32, cause: Packed) -> bool {
         if set_cancelled(cn, inherited) {
             settle(pool, c, cn, &mut work, &mut panic);
         }
-        if cn.life.drop_ref() {
+        if cn.state.load(Ordering::Relaxed) & PINNED != 0 {
+            unpin(pool, c);
+        } else if cn.life.drop_ref() {
             release(pool, c);
         }
     }
@@ -195,9 +209,13 @@ fn drain(pool: &PoolInner, node: &Node, work: &mut u32) {
         // pool.
         let cn = unsafe { pool.node(c) };
         let next = cn.next.load(Ordering::Relaxed);
-        cn.state.fetch_and(!REGISTERED, Ordering::Relaxed);
+        // While `REG` is set and we hold the LOCK, the child cannot finish a teardown (its
+        // `unregister` waits for this LOCK), so its generation is current: take a reference
+        // (or pin it, I11) *before* clearing `REG` (I6).
         let gen = generation(cn.life.load(Ordering::Relaxed));
-        if cn.life.try_upgrade(gen) {
+        let keep = cn.life.try_upgrade(gen) || pin_pending(cn);
+        cn.state.fetch_and(!REGISTERED, Ordering::Release);
+        if keep {
             cn.next.store(*work, Ordering::Relaxed);
             *work = c;
         }
@@ -289,7 +307,11 @@ pub(crate) fn cause_now(pool: &PoolInner, idx: u32) -> Option<Cause> {
         0
     };
     let c = state::decode(s & CAUSE_BITS, msg);
-    Some(if inherit { Cause::Parent(c.origin()) } else { c })
+    Some(if inherit {
+        Cause::Parent(c.origin())
+    } else {
+        c
+    })
 }
 
 /// The cause of `idx`, if it is cancelled (I3).
@@ -344,7 +366,9 @@ pub(crate) fn ensure_registered(pool: &PoolInner, mut idx: u32) {
         node.prev.store(NIL, Ordering::Relaxed);
         if head != NIL {
             // SAFETY: registered siblings are live or dying, never retired (I6).
-            unsafe { pool.node(head) }.prev.store(idx, Ordering::Relaxed);
+            unsafe { pool.node(head) }
+                .prev
+                .store(idx, Ordering::Relaxed);
         }
         pn.children.store(idx, Ordering::Relaxed);
         node.state.fetch_or(REGISTERED, Ordering::Release);
@@ -373,11 +397,15 @@ pub(crate) fn unregister(pool: &PoolInner, idx: u32) {
             pn.children.store(next, Ordering::Relaxed);
         } else {
             // SAFETY: registered siblings are live or dying (I6).
-            unsafe { pool.node(prev) }.next.store(next, Ordering::Relaxed);
+            unsafe { pool.node(prev) }
+                .next
+                .store(next, Ordering::Relaxed);
         }
         if next != NIL {
             // SAFETY: as above.
-            unsafe { pool.node(next) }.prev.store(prev, Ordering::Relaxed);
+            unsafe { pool.node(next) }
+                .prev
+                .store(prev, Ordering::Relaxed);
         }
         node.state.fetch_and(!REGISTERED, Ordering::Relaxed);
     }
@@ -406,19 +434,90 @@ pub(crate) fn release(pool: &PoolInner, idx: u32) {
 fn may_tear_down(pool: &PoolInner, idx: u32) -> bool {
     // SAFETY: zero references: the node is dying, owned by the caller (L1).
     let node = unsafe { pool.node(idx) };
-    let s = node.state.load(Ordering::Acquire);
+    let mut s = node.state.load(Ordering::Acquire);
     if !state::is_leased(s) {
         return true;
     }
-    let s = node.state.fetch_or(ZOMBIE, Ordering::AcqRel) | ZOMBIE;
+    // I11: mark the zombie, pinning it if the parent's cancel already left a note.
+    let marked = loop {
+        let new = s | ZOMBIE | if s & PENDING != 0 { PINNED } else { 0 };
+        match node
+            .state
+            .compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => break new,
+            Err(actual) => s = actual,
+        }
+    };
+    fence(Ordering::SeqCst);
+    if marked & PINNED != 0 {
+        // SAFETY: the node still keeps its parent from being torn down (I1), and the parent
+        // is cancelled (it left the note).
+        let parent = unsafe { pool.node(node.meta().parent) };
+        cancel(pool, idx, recorded(parent).inherited());
+        return unpin_check(pool, idx);
+    }
+    let gen = generation(node.life.load(Ordering::Relaxed));
+    pool.lease_sum(idx, gen, marked) == 0 && claim(node)
+}
+
+/// For a registered child that a cancel found with no references left (I11): leaves a note
+/// for the thread releasing it, or, if it is already a zombie, pins it; `true` when pinned (the
+/// caller then propagates the cancel into it and unpins it).
+fn pin_pending(node: &Node) -> bool {
+    let mut s = node.state.load(Ordering::Relaxed);
+    loop {
+        let new = if s & ZOMBIE == 0 {
+            s | PENDING
+        } else if s & RECLAIMED == 0 {
+            s | PENDING | PINNED
+        } else {
+            // Being torn down: its leased children are gone, nobody is left to tell.
+            return false;
+        };
+        match node
+            .state
+            .compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Relaxed)
+        {
+            Ok(_) => return new & PINNED != 0,
+            Err(actual) => s = actual,
+        }
+    }
+}
+
+/// Unpins a zombie and tears it down if its last leased child is gone (I10, I11).
+fn unpin(pool: &PoolInner, idx: u32) {
+    if unpin_check(pool, idx) {
+        tear_down(pool, idx);
+    }
+}
+
+fn unpin_check(pool: &PoolInner, idx: u32) -> bool {
+    // SAFETY: pinned: not torn down until this unpin (I11).
+    let node = unsafe { pool.node(idx) };
+    let s = node.state.fetch_and(!PINNED, Ordering::AcqRel) & !PINNED;
     fence(Ordering::SeqCst);
     let gen = generation(node.life.load(Ordering::Relaxed));
     pool.lease_sum(idx, gen, s) == 0 && claim(node)
 }
 
-/// Wins the teardown of a zombie: exactly one caller gets `true` (I10).
+/// Wins the teardown of an unpinned zombie: exactly one caller gets `true` (I10, I11).
 fn claim(node: &Node) -> bool {
-    node.state.fetch_or(RECLAIMED, Ordering::AcqRel) & RECLAIMED == 0
+    let mut s = node.state.load(Ordering::Relaxed);
+    loop {
+        if s & (RECLAIMED | PINNED) != 0 {
+            return false;
+        }
+        match node.state.compare_exchange_weak(
+            s,
+            s | RECLAIMED,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return true,
+            Err(actual) => s = actual,
+        }
+    }
 }
 
 /// Tears down a node that nothing can reach any more, returns its slot, and releases what it
@@ -434,12 +533,15 @@ fn tear_down(pool: &PoolInner, mut idx: u32) {
         let (meta, (shard, flags)) = unsafe { (node.meta(), node.shard_flags()) };
         // SAFETY: owned (P2): nobody else reads or writes the payload of a dying slot, and
         // F_VALUE says the custom value was written at creation.
-        let custom = (flags & F_VALUE != 0)
-            .then(|| node.payload.with(|p| unsafe { (*p).values.custom.assume_init() }));
+        let custom = (flags & F_VALUE != 0).then(|| {
+            node.payload
+                .with(|p| unsafe { (*p).values.custom.assume_init() })
+        });
         debug_assert_eq!(node.children.load(Ordering::Relaxed), NIL);
         node.state.store(0, Ordering::Relaxed);
         node.msg.store(0, Ordering::Relaxed);
-        node.life.retire(generation(node.life.load(Ordering::Relaxed)));
+        node.life
+            .retire(generation(node.life.load(Ordering::Relaxed)));
         pool.free(tid, idx);
         if let Some(custom) = custom {
             let mut data = custom.data;

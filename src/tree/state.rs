@@ -16,7 +16,8 @@
 //!   the *parent's* `LOCK` is held (tree I6).
 //! - `LESSEE` (bits 12..25: a shard id + 1) and `MULTI` (bit 3) say which shards count
 //!   children of this node in their leases (pool S5..S7); `ZOMBIE` (bit 9) and `RECLAIMED`
-//!   (bit 10) drive the teardown of a node released before its leased children (tree I10).
+//!   (bit 10) drive the teardown of a node released before its leased children (tree I10);
+//!   `PENDING` (bit 11) and `PINNED` (bit 25) hand a cancel over to such a node (tree I11).
 //! - A `Reason::Message` stores its length in the payload and its pointer in the node's `msg`
 //!   field, written under `LOCK` by the cancel winner before `LOCK` is released.
 
@@ -32,6 +33,11 @@ pub(crate) const MULTI: u64 = 1 << 3;
 pub(crate) const ZOMBIE: u64 = 1 << 9;
 /// The zombie's teardown was claimed (exactly one thread wins this bit).
 pub(crate) const RECLAIMED: u64 = 1 << 10;
+/// The parent's cancel popped this node from its registered list while the node had no
+/// references left: whoever sees this together with `ZOMBIE` propagates the cancel (tree I11).
+pub(crate) const PENDING: u64 = 1 << 11;
+/// A zombie pinned by the thread propagating a cancel into it: not torn down until unpinned.
+pub(crate) const PINNED: u64 = 1 << 25;
 const LESSEE_SHIFT: u32 = 12;
 const LESSEE_MASK: u64 = 0x1FFF << LESSEE_SHIFT;
 const TAG_SHIFT: u32 = 4;
@@ -100,7 +106,6 @@ impl Packed {
         }
     }
 }
-
 
 /// The first shard that leased this node as a parent, if any.
 #[inline]
@@ -199,10 +204,17 @@ mod tests {
         ];
         for c in causes {
             let p = Packed::from_cause(c);
-            assert_eq!(p.bits & !CAUSE_BITS, 0, "{c:?} spills out of the cause bits");
+            assert_eq!(
+                p.bits & !CAUSE_BITS,
+                0,
+                "{c:?} spills out of the cause bits"
+            );
             let state = p.bits | CANCELLED;
             assert_eq!(decode(state, p.msg), c);
-            assert_eq!(decode(p.inherited().bits | CANCELLED, p.msg), Cause::Parent(c.origin()));
+            assert_eq!(
+                decode(p.inherited().bits | CANCELLED, p.msg),
+                Cause::Parent(c.origin())
+            );
         }
     }
 }

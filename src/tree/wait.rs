@@ -96,12 +96,10 @@ pub(crate) fn lock(node: &Node) -> u64 {
             s = node.state.load(Ordering::Relaxed);
             continue;
         }
-        match node.state.compare_exchange_weak(
-            s,
-            s | LOCKED,
-            Ordering::Acquire,
-            Ordering::Relaxed,
-        ) {
+        match node
+            .state
+            .compare_exchange_weak(s, s | LOCKED, Ordering::Acquire, Ordering::Relaxed)
+        {
             Ok(_) => return s | LOCKED,
             Err(actual) => s = actual,
         }
