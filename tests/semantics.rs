@@ -633,3 +633,13 @@ fn a_waiter_below_a_released_parent_is_woken_by_the_grandparent() {
     drop(grand);
     assert_eq!(p.stats().in_use, 0);
 }
+
+#[test]
+fn the_last_page_is_cut_to_the_capacity() {
+    let p = Pool::builder().capacity(65).build().unwrap();
+    let bg = p.background();
+    let all: Vec<_> = (0..65).map(|_| bg.try_with_cancel().unwrap()).collect();
+    assert!(bg.try_with_cancel().is_err());
+    assert_eq!(p.stats().reserved_bytes, 65 * ctxpool::NODE_SIZE);
+    drop(all);
+}

@@ -86,13 +86,24 @@ impl Drop for CancelGuard {
             // it (no handle, child, waiter or registration): release it without cancelling.
             let unleased = !state::is_leased(node.state.load(Ordering::Acquire));
             if unleased && node.life.try_drop_sole(self.ctx.gen) {
-                tree::release(pool, idx);
+                let deferred = tree::release(pool, idx);
+                // Dropped after the call that borrowed the pool returned (P4).
+                drop(deferred);
                 return;
             }
-            // An ancestor cancelled earlier wins (I3).
-            if !tree::is_cancelled(pool, idx) {
-                tree::cancel(pool, idx, Packed::from_cause(Cause::OwnerDropped));
+            // An ancestor cancelled earlier wins (I3). A panic from user code run by the
+            // cancel (an after_func, a Drop) must not leak this guard's reference.
+            let r = tree::catch(|| {
+                if !tree::is_cancelled(pool, idx) {
+                    tree::cancel(pool, idx, Packed::from_cause(Cause::OwnerDropped));
+                }
+            });
+            // SAFETY: dropped exactly once, here.
+            unsafe { ManuallyDrop::drop(&mut self.ctx) };
+            if let Err(p) = r {
+                std::panic::resume_unwind(p);
             }
+            return;
         }
         // SAFETY: dropped exactly once, here.
         unsafe { ManuallyDrop::drop(&mut self.ctx) };

@@ -391,7 +391,8 @@ impl Context {
         // SAFETY: `fidx` was acquired from this pool and published by `init_func`.
         unsafe { pool.node(fidx) }.life.clone_ref();
         tree::ensure_registered(pool, fidx);
-        tree::drop_ref(pool, fidx);
+        // `self` keeps the pool alive, so this cannot free it.
+        drop(tree::drop_ref(pool, fidx));
         Ok(AfterFunc::registered(self.pool_ref(), fidx, gen))
     }
 
@@ -423,7 +424,11 @@ impl Drop for Context {
     #[inline]
     fn drop(&mut self) {
         match self.node_idx() {
-            Some(idx) => tree::drop_ref(self.inner(), idx),
+            Some(idx) => {
+                let deferred = tree::drop_ref(self.inner(), idx);
+                // Dropped after the call that borrowed the pool returned (P4).
+                drop(deferred);
+            }
             // SAFETY: background and exhausted handles hold a pool reference taken with
             // `into_raw` or `acquire` (P4); this is its release.
             None => drop(unsafe { PoolRef::from_raw(self.pool) }),

@@ -47,8 +47,9 @@ impl<'a> Cancelled<'a> {
     }
 }
 
-/// Links `waiter` (with `wake`) into the context's node unless it is cancelled, then registers
-/// the node up the tree. Returns `false` if the context is already cancelled.
+/// Links `waiter` (with `wake`) into the context's node unless it is cancelled. Returns
+/// `false` if the context is already cancelled. The caller must then, *after* recording that
+/// the waiter is linked (so that an unwind unlinks it), call [`register`].
 ///
 /// # Safety
 /// `waiter` is pinned and stays linked until it is notified or unlinked under the node's LOCK.
@@ -56,22 +57,30 @@ unsafe fn link(ctx: &Context, waiter: &Waiter, wake: Wake) -> bool {
     let Some(idx) = ctx.node_idx() else {
         return false;
     };
-    let pool = ctx.inner();
     // SAFETY: the handle keeps the node live (tree I1).
-    let node = unsafe { pool.node(idx) };
+    let node = unsafe { ctx.inner().node(idx) };
     let s = lock(node);
     if s & CANCELLED != 0 {
         unlock(node);
+        drop(wake);
         return false;
     }
-    // SAFETY: LOCK held, node not cancelled, and the caller pins `waiter` (I5).
+    // SAFETY: LOCK held, node not cancelled, and the caller pins `waiter` (I5). The slot was
+    // empty (a fresh waiter), so no user code (a waker's drop) runs under the lock.
     unsafe {
         waiter.set_wake(wake);
         push(node, waiter as *const Waiter as *mut Waiter);
     }
     unlock(node);
-    tree::ensure_registered(pool, idx);
     true
+}
+
+/// Registers the context's node up the tree (tree I8). May run user code (an `after_func`, a
+/// `Drop`) through the cancels it completes, and so may unwind.
+fn register(ctx: &Context) {
+    if let Some(idx) = ctx.node_idx() {
+        tree::ensure_registered(ctx.inner(), idx);
+    }
 }
 
 /// Unlinks `waiter` unless a cancel already did (I5).
@@ -112,7 +121,9 @@ impl Future for Cancelled<'_> {
                     this.stage = Stage::Done;
                     return Poll::Ready(());
                 }
+                // Recorded before `register`, which may unwind: `Drop` then unlinks the waiter.
                 this.stage = Stage::Waiting;
+                register(this.ctx);
                 if this.waiter.is_notified() {
                     this.stage = Stage::Done;
                     return Poll::Ready(());
@@ -124,11 +135,21 @@ impl Future for Cancelled<'_> {
                     this.stage = Stage::Done;
                     return Poll::Ready(());
                 }
+                // Also complete if the context reads as cancelled while our wake-up is still
+                // on its way (or was lost to a panicking waker elsewhere).
+                if this.ctx.is_cancelled() {
+                    unlink_waiter(this.ctx, &this.waiter);
+                    this.stage = Stage::Done;
+                    return Poll::Ready(());
+                }
                 let Some(idx) = this.ctx.node_idx() else {
                     return Poll::Pending;
                 };
                 // SAFETY: the handle keeps the node live (I1).
                 let node = unsafe { this.ctx.inner().node(idx) };
+                // Clone the new waker before taking the lock and drop the old one after
+                // releasing it: no user code runs under the lock (state.rs).
+                let mut fresh = Some(Wake::Task(cx.waker().clone()));
                 lock(node);
                 if this.waiter.is_notified() {
                     unlock(node);
@@ -138,10 +159,11 @@ impl Future for Cancelled<'_> {
                 // SAFETY: LOCK held (I5).
                 unsafe {
                     if !this.waiter.will_wake(cx.waker()) {
-                        this.waiter.set_wake(Wake::Task(cx.waker().clone()));
+                        fresh = this.waiter.replace_wake(fresh.take().expect("set above"));
                     }
                 }
                 unlock(node);
+                drop(fresh);
                 Poll::Pending
             }
         }
@@ -153,6 +175,18 @@ impl Drop for Cancelled<'_> {
         if self.stage == Stage::Waiting {
             unlink_waiter(self.ctx, &self.waiter);
         }
+    }
+}
+
+/// Unlinks a blocking waiter when its frame is left, normally or by unwinding.
+struct LinkedGuard<'a> {
+    ctx: &'a Context,
+    waiter: &'a Waiter,
+}
+
+impl Drop for LinkedGuard<'_> {
+    fn drop(&mut self) {
+        unlink_waiter(self.ctx, self.waiter);
     }
 }
 
@@ -180,10 +214,13 @@ pub(super) fn wait(ctx: &Context, deadline: Option<std::time::Instant>) -> bool 
             }
         }
     }
-    // SAFETY: `waiter` is pinned on this frame and unlinked below before the frame ends.
+    // SAFETY: `waiter` is pinned on this frame and `_linked` unlinks it before the frame ends,
+    // even when unwinding.
     if !unsafe { link(ctx, waiter, Wake::Thread(thread::current())) } {
         return true;
     }
+    let _linked = LinkedGuard { ctx, waiter };
+    register(ctx);
     loop {
         if waiter.is_notified() {
             return true;
@@ -193,16 +230,12 @@ pub(super) fn wait(ctx: &Context, deadline: Option<std::time::Instant>) -> bool 
             Some(d) => {
                 let now = std::time::Instant::now();
                 if now >= d {
-                    unlink_waiter(ctx, waiter);
                     return ctx.is_cancelled();
                 }
                 thread::park_timeout(d - now);
             }
             #[cfg(loom)]
-            Some(_) => {
-                unlink_waiter(ctx, waiter);
-                return ctx.is_cancelled();
-            }
+            Some(_) => return ctx.is_cancelled(),
             None => thread::park(),
         }
     }

@@ -83,7 +83,7 @@ pub(crate) struct PoolInner {
 impl PoolInner {
     fn new(capacity: u32, thread_cache: u32, is_global: bool) -> Self {
         PoolInner {
-            pages: Pages::new(),
+            pages: Pages::new(capacity),
             capacity,
             thread_cache,
             fresh: AtomicU32::new(0),

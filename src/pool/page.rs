@@ -9,7 +9,7 @@
 //! index stays a valid address for the pool's whole life (pool P3) and a stale handle can always
 //! *read* its slot's lifecycle word safely; the generation check (slot L2) does the rest.
 
-use crate::sync::{AtomicPtr, Ordering};
+use crate::sync::{AtomicPtr, Mutex, Ordering};
 use crate::tree::node::Node;
 
 /// Nodes in page 0.
@@ -40,16 +40,28 @@ pub(crate) fn page_len(page: usize) -> usize {
     PAGE_BASE << page
 }
 
-/// The table of page pointers.
+/// The table of page pointers. The last page is cut to the capacity, so a pool never reserves
+/// more than `capacity` nodes.
 pub(crate) struct Pages {
     ptrs: [AtomicPtr<Node>; MAX_PAGES],
+    capacity: u32,
+    /// Serialises page allocation (cold), so a page is built once.
+    grow: Mutex<()>,
 }
 
 impl Pages {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(capacity: u32) -> Self {
         Pages {
             ptrs: core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut())),
+            capacity,
+            grow: Mutex::new(()),
         }
+    }
+
+    /// Nodes in page `page` of this pool: the doubling size, cut at the capacity.
+    fn len(&self, page: usize) -> usize {
+        let start = PAGE_BASE * ((1 << page) - 1);
+        page_len(page).min((self.capacity as usize).saturating_sub(start))
     }
 
     /// The node at `idx`.
@@ -63,7 +75,7 @@ impl Pages {
         let base = self.ptrs[page].load(Ordering::Acquire);
         debug_assert!(!base.is_null(), "slot {idx} has no page");
         // SAFETY: per the contract the page was published by `ensure` (Release/Acquire on the
-        // pointer) with `page_len(page) > off` nodes, and it lives as long as the pool (P3).
+        // pointer) with `self.len(page) > off` nodes (`idx < capacity`), and it lives as long as the pool (P3).
         unsafe { &*base.add(off) }
     }
 
@@ -73,29 +85,21 @@ impl Pages {
         if !self.ptrs[page].load(Ordering::Acquire).is_null() {
             return;
         }
-        let len = page_len(page);
+        let _grow = self.grow.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.ptrs[page].load(Ordering::Acquire).is_null() {
+            return;
+        }
+        let len = self.len(page);
         let fresh: Box<[Node]> = (0..len).map(|_| Node::new()).collect();
         let raw = Box::into_raw(fresh) as *mut Node;
-        if self.ptrs[page]
-            .compare_exchange(
-                core::ptr::null_mut(),
-                raw,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_err()
-        {
-            // Another thread published this page first; ours was never shared.
-            // SAFETY: `raw` came from `Box::into_raw` of a slice of `len` nodes just above.
-            drop(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(raw, len)) });
-        }
+        self.ptrs[page].store(raw, Ordering::Release);
     }
 
     /// Bytes of node memory currently reserved.
     pub(crate) fn reserved_bytes(&self) -> usize {
         (0..MAX_PAGES)
             .filter(|&p| !self.ptrs[p].load(Ordering::Acquire).is_null())
-            .map(|p| page_len(p) * core::mem::size_of::<Node>())
+            .map(|p| self.len(p) * core::mem::size_of::<Node>())
             .sum()
     }
 }
@@ -106,10 +110,10 @@ impl Drop for Pages {
             let raw = ptr.load(Ordering::Acquire);
             if !raw.is_null() {
                 // SAFETY: a non-null entry was published by `ensure` from `Box::into_raw` of a
-                // slice of `page_len(page)` nodes, and the pool is being dropped, so no handle
+                // slice of `self.len(page)` nodes, and the pool is being dropped, so no handle
                 // into it remains (pool P4).
                 drop(unsafe {
-                    Box::from_raw(core::ptr::slice_from_raw_parts_mut(raw, page_len(page)))
+                    Box::from_raw(core::ptr::slice_from_raw_parts_mut(raw, self.len(page)))
                 });
             }
         }

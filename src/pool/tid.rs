@@ -16,8 +16,8 @@
 //!   tearing down its thread-locals) gets `None` and must use the shared, synchronised paths.
 //!
 //! Under `--cfg loom` ids are not reused: loom gives every modelled execution fresh
-//! thread-locals, and a counter modulo [`MAX_THREADS`] is unique among the handful of threads of
-//! one execution.
+//! thread-locals and statics, so a per-execution counter hands out the same ids in the same
+//! order in every execution (loom needs that determinism), unique among its few threads.
 
 /// Most threads that can hold an id at once (ids fit in 12 bits, one value reserved); more
 /// threads still work, on the shared paths.
@@ -91,9 +91,13 @@ mod imp {
 #[cfg(loom)]
 mod imp {
     use super::MAX_THREADS;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use loom::sync::atomic::{AtomicUsize, Ordering};
 
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    loom::lazy_static! {
+        // Reset for every modelled execution, so each execution assigns the same ids in the
+        // same order and loom replays deterministically.
+        static ref NEXT: AtomicUsize = AtomicUsize::new(0);
+    }
 
     loom::thread_local! {
         static TID: usize = NEXT.fetch_add(1, Ordering::Relaxed) % MAX_THREADS;

@@ -85,11 +85,11 @@ pub(crate) fn fire(pool: &PoolInner, idx: u32) -> std::thread::Result<()> {
     let f = take(pool, idx);
     let mut data = f.data;
     // SAFETY: `f.call` matches the closure stored in `data`, owned by us (I7).
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
-        (f.call)(&mut data)
-    }));
-    drop_ref(pool, idx);
-    r
+    let r = crate::tree::catch(|| unsafe { (f.call)(&mut data) });
+    // The canceller holds a reference above the func node, so this cannot free the pool; a
+    // panicking value drop in the cascade is reported like the closure's own.
+    let r2 = crate::tree::catch(|| drop(drop_ref(pool, idx)));
+    r.and(r2)
 }
 
 enum Target {
@@ -162,13 +162,14 @@ impl AfterFunc {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
                 (f.drop)(&mut data)
             }));
-            drop_ref(pool, idx); // the "pending" reference
-            drop_ref(pool, idx); // ours
+            // This handle holds a pool reference, so neither drop can free the pool.
+            drop(drop_ref(pool, idx)); // the "pending" reference
+            drop(drop_ref(pool, idx)); // ours
             if let Err(p) = r {
                 std::panic::resume_unwind(p);
             }
         } else {
-            drop_ref(pool, idx);
+            drop(drop_ref(pool, idx));
         }
         won
     }

@@ -166,16 +166,33 @@ pub(crate) fn cancel(pool: &PoolInner, idx: u32, cause: Packed) -> bool {
         if set_cancelled(cn, inherited) {
             settle(pool, c, cn, &mut work, &mut panic);
         }
-        if cn.state.load(Ordering::Relaxed) & PINNED != 0 {
-            unpin(pool, c);
-        } else if cn.life.drop_ref() {
-            release(pool, c);
+        // A panicking value drop must not stop the propagation (the rest of `work` would keep
+        // its references and never be woken): note it, finish, then re-raise.
+        let r = catch(|| {
+            if cn.state.load(Ordering::Relaxed) & PINNED != 0 {
+                unpin(pool, c);
+            } else if cn.life.drop_ref() {
+                // The canceller holds a reference above `c`, so this cannot free the pool.
+                drop(release(pool, c));
+            }
+        });
+        if let Err(p) = r {
+            panic.get_or_insert(p);
         }
     }
     if let Some(p) = panic {
         std::panic::resume_unwind(p);
     }
     true
+}
+
+/// A caught panic, to be re-raised once the protocol step in progress is complete.
+pub(crate) type Panic = Box<dyn std::any::Any + Send>;
+
+/// Runs `f`, catching a panic from user code (a `Drop`, a waker, a callback).
+#[inline]
+pub(crate) fn catch(f: impl FnOnce()) -> Result<(), Panic> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
 }
 
 /// After a won `set_cancelled` (LOCK held): runs an `after_func` closure, or wakes the node's
@@ -185,7 +202,7 @@ fn settle(
     idx: u32,
     node: &Node,
     work: &mut u32,
-    panic: &mut Option<Box<dyn std::any::Any + Send>>,
+    panic: &mut Option<Panic>,
 ) {
     // SAFETY: the caller holds a reference, so the flags are stable (I1).
     if unsafe { node.flags() } & F_FUNC != 0 {
@@ -194,13 +211,13 @@ fn settle(
             panic.get_or_insert(p);
         }
     } else {
-        drain(pool, node, work);
+        drain(pool, node, work, panic);
     }
 }
 
 /// With `node`'s LOCK held and `CANCELLED` set: wakes its waiters in batches, moves its live
 /// registered children onto `work` (each with a reference taken), and releases LOCK (I5, I6).
-fn drain(pool: &PoolInner, node: &Node, work: &mut u32) {
+fn drain(pool: &PoolInner, node: &Node, work: &mut u32, panic: &mut Option<Panic>) {
     // Registered children, all at once: no user code runs under the lock.
     let mut c = node.children.load(Ordering::Relaxed);
     node.children.store(NIL, Ordering::Relaxed);
@@ -226,7 +243,9 @@ fn drain(pool: &PoolInner, node: &Node, work: &mut u32) {
         let (batch, more) = unsafe { take_batch(node) };
         unlock(node);
         for w in batch.into_iter().flatten() {
-            w.wake();
+            if let Err(p) = catch(|| w.wake()) {
+                panic.get_or_insert(p);
+            }
         }
         if !more {
             return;
@@ -281,11 +300,41 @@ pub(crate) fn is_cancelled(pool: &PoolInner, idx: u32) -> bool {
     match peek(pool, idx) {
         Peek::Active => false,
         Peek::Own => true,
-        Peek::Ancestor(a) => {
-            // SAFETY: a live ancestor (I1).
-            let origin = recorded(unsafe { pool.node(a) });
-            cancel(pool, idx, origin.inherited());
+        Peek::Ancestor(_) => {
+            adopt(pool, idx);
             true
+        }
+    }
+}
+
+/// Records an ancestor's cancellation on `idx` and on every node between them, from the top
+/// down, each with the cause its own parent recorded (I3): a node never reads `Parent(x)`
+/// while its parent records something else, whatever races with the adoption.
+#[cold]
+fn adopt(pool: &PoolInner, idx: u32) {
+    loop {
+        // Find the nearest cancelled ancestor of `idx` and the node just below it.
+        let mut below = idx;
+        // SAFETY: live (I1).
+        let mut cur = unsafe { pool.node(idx).meta() }.parent;
+        loop {
+            if cur == NIL {
+                return;
+            }
+            // SAFETY: ancestors of a live node are live (I1, I10).
+            let cn = unsafe { pool.node(cur) };
+            if cn.state.load(Ordering::Acquire) & CANCELLED != 0 {
+                break;
+            }
+            below = cur;
+            // SAFETY: as above.
+            cur = unsafe { cn.meta() }.parent;
+        }
+        // SAFETY: as above.
+        let origin = recorded(unsafe { pool.node(cur) });
+        cancel(pool, below, origin.inherited());
+        if below == idx {
+            return;
         }
     }
 }
@@ -412,20 +461,30 @@ pub(crate) fn unregister(pool: &PoolInner, idx: u32) {
     unlock(pn);
 }
 
+/// The pool reference of a root that was torn down. The caller drops it once no `&PoolInner`
+/// argument is live any more, since it may free the pool (P4): freeing memory that a live
+/// function argument borrows would be undefined behaviour.
+#[must_use = "dropping the pool reference may free the pool; drop it after the last use"]
+pub(crate) struct Deferred(#[allow(dead_code)] Option<PoolRef>); // held for its `Drop`
+
 /// Drops one reference on `idx`; releases the node (and, in turn, ancestors) at zero.
 #[inline]
-pub(crate) fn drop_ref(pool: &PoolInner, idx: u32) {
+pub(crate) fn drop_ref(pool: &PoolInner, idx: u32) -> Deferred {
     // SAFETY: the caller holds the reference it drops (I1).
     if unsafe { pool.node(idx) }.life.drop_ref() {
-        release(pool, idx);
+        release(pool, idx)
+    } else {
+        Deferred(None)
     }
 }
 
 /// Called when `idx`'s reference count reached zero (the caller owns the dying node, L1):
 /// tears it down now, or leaves it a zombie for its last leased child (I10).
-pub(crate) fn release(pool: &PoolInner, idx: u32) {
+pub(crate) fn release(pool: &PoolInner, idx: u32) -> Deferred {
     if may_tear_down(pool, idx) {
-        tear_down(pool, idx);
+        tear_down(pool, idx)
+    } else {
+        Deferred(None)
     }
 }
 
@@ -485,10 +544,11 @@ fn pin_pending(node: &Node) -> bool {
     }
 }
 
-/// Unpins a zombie and tears it down if its last leased child is gone (I10, I11).
+/// Unpins a zombie and tears it down if its last leased child is gone (I10, I11). Called by a
+/// canceller that holds a reference above `idx`, so the teardown cannot reach the pool.
 fn unpin(pool: &PoolInner, idx: u32) {
     if unpin_check(pool, idx) {
-        tear_down(pool, idx);
+        drop(tear_down(pool, idx));
     }
 }
 
@@ -522,8 +582,9 @@ fn claim(node: &Node) -> bool {
 
 /// Tears down a node that nothing can reach any more, returns its slot, and releases what it
 /// held on its parent (iteratively, so a long chain cannot overflow the stack).
-fn tear_down(pool: &PoolInner, mut idx: u32) {
+fn tear_down(pool: &PoolInner, mut idx: u32) -> Deferred {
     let mut panic = None;
+    let mut deferred = Deferred(None);
     let tid = crate::pool::tid::current();
     loop {
         unregister(pool, idx);
@@ -547,9 +608,7 @@ fn tear_down(pool: &PoolInner, mut idx: u32) {
             let mut data = custom.data;
             // SAFETY: `with_value` stored a value with this vtable; the slot was retired above,
             // so this is the one drop of it (I7).
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
-                (custom.vt.drop)(&mut data);
-            }));
+            let r = catch(|| unsafe { (custom.vt.drop)(&mut data) });
             if let Err(p) = r {
                 panic.get_or_insert(p);
             }
@@ -558,8 +617,10 @@ fn tear_down(pool: &PoolInner, mut idx: u32) {
         if parent == NIL {
             if flags & F_POOL_REF != 0 {
                 // SAFETY: F_POOL_REF means `init` stored a reference from `into_raw` for this
-                // root (P4); this is its one release, and the last use of `pool`.
-                drop(unsafe { PoolRef::from_raw(core::ptr::NonNull::from(pool)) });
+                // root (P4); this is its one release, handed to the caller (`Deferred`).
+                deferred = Deferred(Some(unsafe {
+                    PoolRef::from_raw(core::ptr::NonNull::from(pool))
+                }));
             }
             break;
         }
@@ -581,6 +642,10 @@ fn tear_down(pool: &PoolInner, mut idx: u32) {
         idx = parent;
     }
     if let Some(p) = panic {
+        // Release the pool reference before unwinding (nothing below uses `pool` any more
+        // except through the caller, which holds its own reference or is dropping this one).
+        drop(deferred);
         std::panic::resume_unwind(p);
     }
+    deferred
 }

@@ -75,6 +75,15 @@ impl Waiter {
         self.wake.with_mut(|w| unsafe { *w = Some(wake) });
     }
 
+    /// Swaps the wake handle, returning the old one (to be dropped after the LOCK is released).
+    ///
+    /// # Safety
+    /// As for [`Waiter::set_wake`].
+    pub(crate) unsafe fn replace_wake(&self, wake: Wake) -> Option<Wake> {
+        // SAFETY: per the contract nobody else accesses `wake` now.
+        self.wake.with_mut(|w| unsafe { (*w).replace(wake) })
+    }
+
     /// Whether the stored task waker would wake the same task as `waker`.
     ///
     /// # Safety
