@@ -217,6 +217,6 @@ fn built_pool_roots() {
 #[test]
 fn node_size_is_at_most_two_cache_lines() {
     println!("node size: {} bytes", ctxpool::NODE_SIZE);
-    assert!(ctxpool::NODE_SIZE <= 128);
+    const { assert!(ctxpool::NODE_SIZE <= 128) };
     assert_eq!(std::mem::size_of::<Context>(), 16);
 }

@@ -138,15 +138,20 @@ impl<'a> ChildBuilder<'a> {
         self,
         value: T,
     ) -> Result<Context, PoolExhausted> {
+        if self.parent.idx == EXHAUSTED {
+            // Born cancelled, no slot: the value has nowhere to live.
+            drop(value);
+            return Ok(Context::exhausted(self.parent.pool_ref(), true));
+        }
         let custom = Custom {
             vt: values::vtable::<T>(),
             data: values::store_value(value),
         };
         let r = self.create(Kind::Value(custom));
         if r.is_err() {
+            let mut data = custom.data;
             // SAFETY: the node was never made, so the value stored above is still ours, and
             // this is its one drop.
-            let mut data = custom.data;
             unsafe { (custom.vt.drop)(&mut data) };
         }
         r

@@ -143,7 +143,8 @@ impl fmt::Display for ContextId {
 }
 
 /// A weak id of a context ([`Context::downgrade`]): does not keep it alive; reads as cancelled
-/// once it is released, and never reaches the context that reuses its slot (slot L2).
+/// once it is released (its owner and every handle gone, even if children made from it still
+/// run), and never reaches the context that reuses its slot (slot L2).
 pub struct WeakContext {
     pool: PoolRef,
     idx: u32,
@@ -173,7 +174,7 @@ impl WeakContext {
 
     /// Whether the context is cancelled or already released.
     pub fn is_cancelled(&self) -> bool {
-        self.upgrade().map_or(true, |c| c.is_cancelled())
+        self.upgrade().is_none_or(|c| c.is_cancelled())
     }
 
     /// The context's identity.

@@ -16,6 +16,9 @@
 //! | live `(g, n > 1)`   | `(g, n - 1)`          | `drop_ref` (`fetch_sub`)                     |
 //! | live `(g, 1)`       | dying `(g, 0)`        | `drop_ref` or `try_drop_sole` (CAS): the caller now owns the slot |
 //! | dying `(g, 0)`      | free `(g + 1, 0)`     | `retire`: a plain store by the owner of the dying slot |
+//! | zombie `(g, 0)`     | `(g, 0, PINNED)`      | `try_pin` (CAS): a cancel hands itself over (tree I11) |
+//! | `(g, 0, PINNED)`    | `(g, 0)`              | `unpin` (`fetch_and`)                        |
+//! | zombie `(g, 0)`     | `(g, 0, CLAIMED)`     | `try_claim` (CAS): wins the teardown (tree I10) |
 //!
 //! Invariants (cited as **L1**..**L3**):
 //!
@@ -28,13 +31,21 @@
 //!   therefore refers to that incarnation and no other: `try_upgrade` compares it.
 //! - **L3** `drop_ref` is `Release` and the thread that reaches zero issues an `Acquire` fence
 //!   (as `Arc` does), so every use of the node through any handle happens before the teardown.
+//! - **L4** the teardown of a zombie is elected by `try_claim`, a CAS from exactly
+//!   `(g, 0)` with the generation `g` the claimer read while the node was still held: at most
+//!   one claim wins per incarnation, none wins while a pin is held, and a late claimer whose
+//!   generation is stale (the slot was retired, maybe reused) fails.
 
 use crate::sync::{fence, AtomicU64, Ordering};
 
-const REFS_MASK: u64 = u32::MAX as u64;
+const REFS_MASK: u64 = (1 << 30) - 1;
+/// A thread propagating a cancel into this zombie holds it (tree I11).
+const PINNED: u64 = 1 << 30;
+/// The zombie's teardown was won (tree I10).
+const CLAIMED: u64 = 1 << 31;
 const GEN_SHIFT: u32 = 32;
 /// Above this many references we abort, as `Arc` does, rather than risk an overflow.
-const MAX_REFS: u64 = (i32::MAX as u64) - 1;
+const MAX_REFS: u64 = REFS_MASK - 1;
 
 #[inline]
 pub(crate) fn generation(word: u64) -> u32 {
@@ -122,6 +133,45 @@ impl Life {
                 Ordering::Relaxed,
             )
             .is_ok()
+    }
+
+    /// Zombie `(g, 0)` to `(g, 0, CLAIMED)`: `true` for exactly one caller per incarnation, and
+    /// for none while pinned or once retired (L4).
+    #[inline]
+    pub(crate) fn try_claim(&self, gen: u32) -> bool {
+        self.0
+            .compare_exchange(
+                u64::from(gen) << GEN_SHIFT,
+                u64::from(gen) << GEN_SHIFT | CLAIMED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
+    /// Zombie `(g, 0)` to `(g, 0, PINNED)`; fails if claimed (nobody left to tell) or retired.
+    #[inline]
+    pub(crate) fn try_pin(&self, gen: u32) -> bool {
+        self.0
+            .compare_exchange(
+                u64::from(gen) << GEN_SHIFT,
+                u64::from(gen) << GEN_SHIFT | PINNED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
+    /// Releases a pin taken with `try_pin`.
+    #[inline]
+    pub(crate) fn unpin(&self) {
+        self.0.fetch_and(!PINNED, Ordering::AcqRel);
+    }
+
+    /// Whether a pin is held (read by the pinner itself).
+    #[inline]
+    pub(crate) fn is_pinned(&self) -> bool {
+        self.0.load(Ordering::Relaxed) & PINNED != 0
     }
 
     /// Dying `(g, 0)` to free `(g + 1, 0)` (L2). Only the slot's owner calls this.

@@ -68,18 +68,22 @@
 //!   keeps it from being reused: a parent whose count reaches zero while leased children may
 //!   live becomes a *zombie* (`ZOMBIE` set, state, meta and payload intact, no references) and
 //!   is torn down by whichever of it and its children finds the lease counts at zero *after*
-//!   the zombie mark, with `claim` (the `RECLAIMED` bit) electing exactly one. The mark and a
+//!   the zombie mark, with `try_claim` on the lifecycle word electing exactly one (slot L4: the
+//!   claim carries the generation read while the node was still held, so a late claimer
+//!   cannot claim a retired or reused slot). The mark and a
 //!   child's decrement are each followed by a `SeqCst` fence before the other side is read
 //!   (Dekker), so the last child cannot miss the mark and the parent cannot miss the last
 //!   decrement.
 //! - **I11** a cancel that pops a registered child with no references left (dying, or a
 //!   zombie) cannot take a reference on it; it sets `PENDING` on the child, and pins it
-//!   (`PINNED`) if it is already a zombie. The thread that makes a dying node a zombie sets
-//!   `ZOMBIE` and, if `PENDING` is already there, `PINNED` in the same CAS. Exactly one of the
-//!   two therefore sees both marks, pins the zombie, propagates the cancel into it (reaching
-//!   its registered children: no lost wake-up), and unpins it. A pinned zombie is never
-//!   claimed; unpinning is followed by a `SeqCst` fence and a lease re-check, so the teardown
-//!   a pin deferred is done by the pinner or by the last child.
+//!   if it is already a zombie. The thread that makes a dying node a zombie sets `ZOMBIE` with
+//!   one RMW and looks for `PENDING`. Exactly one of the two therefore sees both marks, pins
+//!   the zombie, propagates the cancel into it (reaching
+//!   its registered children: no lost wake-up), and unpins it. The pin is a CAS on the
+//!   lifecycle word from exactly `(g, 0)` (slot L4), so it fails once a claim won (then no
+//!   leased child is left to tell) and no claim wins while it is held; unpinning is followed by
+//!   a `SeqCst` fence and a lease re-check, so the teardown a pin deferred is done by the
+//!   pinner or by the last child.
 //! - **I9** a node flagged `F_NEVER` (no owner, no cancellable ancestor: a child of the
 //!   background, a `without_cancel` node) is never cancelled; walks, registration and
 //!   `after_func` stop at it, so children of never-cancellable parents register nothing.
@@ -95,9 +99,7 @@ use crate::pool::{PoolInner, PoolRef, LEASED, SHARD_MASK};
 use crate::sync::{fence, spin_hint, Ordering};
 use cause::Cause;
 use node::{Node, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_VALUE, NIL};
-use state::{
-    Packed, CANCELLED, CAUSE_BITS, LOCKED, PENDING, PINNED, RECLAIMED, REGISTERED, ZOMBIE,
-};
+use state::{Packed, CANCELLED, CAUSE_BITS, LOCKED, PENDING, REGISTERED, ZOMBIE};
 use wait::{lock, take_batch, unlock};
 
 /// Sets `CANCELLED | LOCK` and the cause in one CAS (I2, I3). On success the caller holds
@@ -169,7 +171,7 @@ pub(crate) fn cancel(pool: &PoolInner, idx: u32, cause: Packed) -> bool {
         // A panicking value drop must not stop the propagation (the rest of `work` would keep
         // its references and never be woken): note it, finish, then re-raise.
         let r = catch(|| {
-            if cn.state.load(Ordering::Relaxed) & PINNED != 0 {
+            if cn.life.is_pinned() {
                 unpin(pool, c);
             } else if cn.life.drop_ref() {
                 // The canceller holds a reference above `c`, so this cannot free the pool.
@@ -230,7 +232,7 @@ fn drain(pool: &PoolInner, node: &Node, work: &mut u32, panic: &mut Option<Panic
         // `unregister` waits for this LOCK), so its generation is current: take a reference
         // (or pin it, I11) *before* clearing `REG` (I6).
         let gen = generation(cn.life.load(Ordering::Relaxed));
-        let keep = cn.life.try_upgrade(gen) || pin_pending(cn);
+        let keep = cn.life.try_upgrade(gen) || pin_pending(cn, gen);
         cn.state.fetch_and(!REGISTERED, Ordering::Release);
         if keep {
             cn.next.store(*work, Ordering::Relaxed);
@@ -493,91 +495,57 @@ pub(crate) fn release(pool: &PoolInner, idx: u32) -> Deferred {
 fn may_tear_down(pool: &PoolInner, idx: u32) -> bool {
     // SAFETY: zero references: the node is dying, owned by the caller (L1).
     let node = unsafe { pool.node(idx) };
-    let mut s = node.state.load(Ordering::Acquire);
-    if !state::is_leased(s) {
+    if !state::is_leased(node.state.load(Ordering::Acquire)) {
         return true;
     }
-    // I11: mark the zombie, pinning it if the parent's cancel already left a note.
-    let marked = loop {
-        let new = s | ZOMBIE | if s & PENDING != 0 { PINNED } else { 0 };
-        match node
-            .state
-            .compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => break new,
-            Err(actual) => s = actual,
-        }
-    };
+    let gen = generation(node.life.load(Ordering::Relaxed));
+    let prev = node.state.fetch_or(ZOMBIE, Ordering::AcqRel);
     fence(Ordering::SeqCst);
-    if marked & PINNED != 0 {
+    if prev & PENDING != 0 {
+        // I11: the parent's cancel left a note before we became a zombie: we propagate it,
+        // pinned so that the last child cannot tear the node down meanwhile. If the pin fails,
+        // a child already claimed it: no leased child is left to tell.
+        if !node.life.try_pin(gen) {
+            return false;
+        }
         // SAFETY: the node still keeps its parent from being torn down (I1), and the parent
         // is cancelled (it left the note).
         let parent = unsafe { pool.node(node.meta().parent) };
         cancel(pool, idx, recorded(parent).inherited());
-        return unpin_check(pool, idx);
+        return unpin_check(pool, idx, gen);
     }
-    let gen = generation(node.life.load(Ordering::Relaxed));
-    pool.lease_sum(idx, gen, marked) == 0 && claim(node)
+    let s = node.state.load(Ordering::Acquire);
+    pool.lease_sum(idx, gen, s) == 0 && node.life.try_claim(gen)
 }
 
-/// For a registered child that a cancel found with no references left (I11): leaves a note
-/// for the thread releasing it, or, if it is already a zombie, pins it; `true` when pinned (the
-/// caller then propagates the cancel into it and unpins it).
-fn pin_pending(node: &Node) -> bool {
-    let mut s = node.state.load(Ordering::Relaxed);
-    loop {
-        let new = if s & ZOMBIE == 0 {
-            s | PENDING
-        } else if s & RECLAIMED == 0 {
-            s | PENDING | PINNED
-        } else {
-            // Being torn down: its leased children are gone, nobody is left to tell.
-            return false;
-        };
-        match node
-            .state
-            .compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Relaxed)
-        {
-            Ok(_) => return new & PINNED != 0,
-            Err(actual) => s = actual,
-        }
-    }
+/// For a registered child of generation `gen` that a cancel found with no references left
+/// (I11), under its parent's LOCK with its `REG` still set: leaves a note for the thread
+/// releasing it or, if it already is a zombie, pins it. `true` when pinned: the caller then
+/// propagates the cancel into it and unpins it.
+fn pin_pending(node: &Node, gen: u32) -> bool {
+    let prev = node.state.fetch_or(PENDING, Ordering::AcqRel);
+    prev & ZOMBIE != 0 && node.life.try_pin(gen)
 }
 
 /// Unpins a zombie and tears it down if its last leased child is gone (I10, I11). Called by a
 /// canceller that holds a reference above `idx`, so the teardown cannot reach the pool.
 fn unpin(pool: &PoolInner, idx: u32) {
-    if unpin_check(pool, idx) {
+    // SAFETY: pinned, so not retired: the generation is current (L4).
+    let gen = generation(unsafe { pool.node(idx) }.life.load(Ordering::Relaxed));
+    if unpin_check(pool, idx, gen) {
         drop(tear_down(pool, idx));
     }
 }
 
-fn unpin_check(pool: &PoolInner, idx: u32) -> bool {
+/// Releases a pin, then (after a `SeqCst` fence, I11) claims the zombie if no leased child is
+/// left.
+fn unpin_check(pool: &PoolInner, idx: u32, gen: u32) -> bool {
     // SAFETY: pinned: not torn down until this unpin (I11).
     let node = unsafe { pool.node(idx) };
-    let s = node.state.fetch_and(!PINNED, Ordering::AcqRel) & !PINNED;
+    node.life.unpin();
     fence(Ordering::SeqCst);
-    let gen = generation(node.life.load(Ordering::Relaxed));
-    pool.lease_sum(idx, gen, s) == 0 && claim(node)
-}
-
-/// Wins the teardown of an unpinned zombie: exactly one caller gets `true` (I10, I11).
-fn claim(node: &Node) -> bool {
-    let mut s = node.state.load(Ordering::Relaxed);
-    loop {
-        if s & (RECLAIMED | PINNED) != 0 {
-            return false;
-        }
-        match node.state.compare_exchange_weak(
-            s,
-            s | RECLAIMED,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        ) {
-            Ok(_) => return true,
-            Err(actual) => s = actual,
-        }
-    }
+    let s = node.state.load(Ordering::Acquire);
+    pool.lease_sum(idx, gen, s) == 0 && node.life.try_claim(gen)
 }
 
 /// Tears down a node that nothing can reach any more, returns its slot, and releases what it
@@ -592,11 +560,12 @@ fn tear_down(pool: &PoolInner, mut idx: u32) -> Deferred {
         let node = unsafe { pool.node(idx) };
         // SAFETY: owned (P2).
         let (meta, (shard, flags)) = unsafe { (node.meta(), node.shard_flags()) };
-        // SAFETY: owned (P2): nobody else reads or writes the payload of a dying slot, and
-        // F_VALUE says the custom value was written at creation.
         let custom = (flags & F_VALUE != 0).then(|| {
-            node.payload
-                .with(|p| unsafe { (*p).values.custom.assume_init() })
+            node.payload.with(|p| {
+                // SAFETY: owned (P2): nobody else reads or writes the payload of a dying slot,
+                // and F_VALUE says the custom value was written at creation.
+                unsafe { (*p).values.custom.assume_init() }
+            })
         });
         debug_assert_eq!(node.children.load(Ordering::Relaxed), NIL);
         node.state.store(0, Ordering::Relaxed);
@@ -627,11 +596,14 @@ fn tear_down(pool: &PoolInner, mut idx: u32) -> Deferred {
         // SAFETY: the node kept its parent live or a zombie (I1, I10).
         let pn = unsafe { pool.node(parent) };
         let next = if shard & LEASED != 0 {
-            // I10: the last leased child of a zombie tears it down.
+            // I10: the last leased child of a zombie tears it down. The generation is read
+            // while our lease still holds the parent; after `unlease` the parent may be torn
+            // down (and its slot reused) at any moment, so everything below is atomic reads
+            // and a claim that fails on a stale generation (L4).
+            let pgen = generation(pn.life.load(Ordering::Relaxed));
             pool.unlease(tid, shard & SHARD_MASK, parent) && {
-                let gen = generation(pn.life.load(Ordering::Relaxed));
                 let ps = pn.state.load(Ordering::Acquire);
-                ps & RECLAIMED == 0 && pool.lease_sum(parent, gen, ps) == 0 && claim(pn)
+                pool.lease_sum(parent, pgen, ps) == 0 && pn.life.try_claim(pgen)
             }
         } else {
             pn.life.drop_ref() && may_tear_down(pool, parent)

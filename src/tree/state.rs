@@ -15,9 +15,10 @@
 //! - `REG` says the node sits in its parent's registered-children list; it changes only while
 //!   the *parent's* `LOCK` is held (tree I6).
 //! - `LESSEE` (bits 12..25: a shard id + 1) and `MULTI` (bit 3) say which shards count
-//!   children of this node in their leases (pool S5..S7); `ZOMBIE` (bit 9) and `RECLAIMED`
-//!   (bit 10) drive the teardown of a node released before its leased children (tree I10);
-//!   `PENDING` (bit 11) and `PINNED` (bit 25) hand a cancel over to such a node (tree I11).
+//!   children of this node in their leases (pool S5..S7); `ZOMBIE` (bit 9) marks a node
+//!   released before its leased children (tree I10); `PENDING` (bit 11) hands a cancel over to
+//!   such a node (tree I11). The claim and the pin live in the lifecycle word, next to the
+//!   generation (slot L4).
 //! - A `Reason::Message` stores its length in the payload and its pointer in the node's `msg`
 //!   field, written under `LOCK` by the cancel winner before `LOCK` is released.
 
@@ -31,13 +32,10 @@ pub(crate) const REGISTERED: u64 = 1 << 2;
 pub(crate) const MULTI: u64 = 1 << 3;
 /// Released (no references) while leased children may live: torn down by the last of them.
 pub(crate) const ZOMBIE: u64 = 1 << 9;
-/// The zombie's teardown was claimed (exactly one thread wins this bit).
-pub(crate) const RECLAIMED: u64 = 1 << 10;
 /// The parent's cancel popped this node from its registered list while the node had no
 /// references left: whoever sees this together with `ZOMBIE` propagates the cancel (tree I11).
 pub(crate) const PENDING: u64 = 1 << 11;
-/// A zombie pinned by the thread propagating a cancel into it: not torn down until unpinned.
-pub(crate) const PINNED: u64 = 1 << 25;
+
 const LESSEE_SHIFT: u32 = 12;
 const LESSEE_MASK: u64 = 0x1FFF << LESSEE_SHIFT;
 const TAG_SHIFT: u32 = 4;
