@@ -255,7 +255,28 @@ impl PoolInner {
                 return Some(self.adopt(head, shard_id, me));
             }
         }
-        None
+        // 5. Take over the local lists that exited threads left behind (tid T3).
+        let mut found = NIL;
+        tid::for_each_free(|id| {
+            if found != NIL {
+                return;
+            }
+            let ptr = self.shards[id].load(Ordering::Acquire);
+            if ptr.is_null() {
+                return;
+            }
+            // SAFETY: published shard, freed only in `drop`.
+            let other = unsafe { &*ptr };
+            // SAFETY: S1 via tid T3: no thread holds `id` while the registry lock is held, and
+            // the last holder's accesses happen before it returned the id under that lock.
+            let list = other
+                .local
+                .with_mut(|l| unsafe { core::mem::replace(&mut *l, FreeList::EMPTY) });
+            if list.head != NIL {
+                found = self.adopt(list.head, shard_id, me);
+            }
+        });
+        (found != NIL).then_some(found)
     }
 
     /// Takes ownership of a detached chain of free slots: returns its head and keeps the rest

@@ -15,7 +15,8 @@
 //!
 //! Invariants:
 //!
-//! - **S1** `local` is read and written only by the thread holding the shard's id (tid T1).
+//! - **S1** `local` is read and written only by the thread holding the shard's id (tid T1), or,
+//!   when the id is free, by a thread holding the id registry's lock (tid T3).
 //! - **S2** `remote` is a Treiber stack with push-only CAS and take-all `swap`: nothing pops a
 //!   single element, so there is no ABA: a pusher's `next` write is ordered before its `Release`
 //!   CAS, and the taker's `Acquire` swap sees the whole chain.
