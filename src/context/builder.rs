@@ -5,11 +5,11 @@ use core::panic::Location;
 
 use super::{CancelGuard, Context, EXHAUSTED};
 use crate::pool::slot::generation;
-use crate::pool::{PoolInner, PoolRef};
+use crate::pool::{Local, PoolInner, PoolRef};
 use crate::sync::Ordering;
 use crate::tree::cause::PoolExhausted;
 use crate::tree::node::{
-    Custom, Func, Meta, Payload, Values, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_REQ, F_TRACE,
+    Custom, Func, Meta, Node, Payload, Values, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_REQ, F_TRACE,
     F_USER, F_VALUE, NIL,
 };
 use crate::values::{self, Op, RequestId, TraceContext, UserId};
@@ -158,101 +158,159 @@ impl<'a> ChildBuilder<'a> {
     }
 
     fn create(self, kind: Kind) -> Result<Context, PoolExhausted> {
-        let parent = self.parent;
-        if parent.idx == EXHAUSTED {
-            // A child of a context born cancelled is born cancelled too (no slot to link to).
-            return Ok(Context::exhausted(parent.pool_ref(), true));
-        }
-        let pool = parent.inner();
-        let tid = crate::pool::tid::current();
-        let Some(idx) = pool.acquire(tid) else {
-            return Err(PoolExhausted {
-                capacity: pool.capacity(),
-            });
+        let spec = Spec {
+            op: self.op,
+            trace: self.trace,
+            request_id: self.request_id,
+            user_id: self.user_id,
         };
-        let parent_idx = parent.node_idx().unwrap_or(NIL);
-        let (mut values, inherited) = match parent.values() {
-            Some((v, flags)) => (v, flags & (F_TRACE | F_REQ | F_USER | 0xFF00)),
-            None => (Values::EMPTY, 0),
-        };
-        let mut flags = inherited;
-        if let Some(op) = self.op {
-            values.op = Some(op);
-        }
-        if let Some(t) = self.trace {
-            values.trace_id = [(t.trace_id >> 64) as u64, t.trace_id as u64];
-            values.span_id = t.span_id;
-            flags = (flags & 0x00FF) | F_TRACE | (u16::from(t.flags) << 8);
-        }
-        if let Some(r) = self.request_id {
-            values.request_id = r.0;
-            flags |= F_REQ;
-        }
-        if let Some(u) = self.user_id {
-            values.user_id = u.0;
-            flags |= F_USER;
-        }
-        let parent_never = parent.is_never_cancelled();
-        match kind {
-            Kind::Cancel => {}
-            Kind::Plain => {
-                if parent_never {
-                    flags |= F_NEVER;
-                }
-            }
-            Kind::Detached => flags |= F_DETACHED | F_NEVER,
-            Kind::Value(custom) => {
-                if parent_never {
-                    flags |= F_NEVER;
-                }
-                flags |= F_VALUE;
-                values.custom = MaybeUninit::new(custom);
-            }
-        }
-        let gen = init(
-            pool,
-            tid,
-            idx,
-            parent_idx,
-            self.location,
-            flags,
-            Payload { values },
-        );
-        Ok(Context::from_node(parent.pool, idx, gen))
+        create(self.parent, self.location, &spec, kind)
     }
 }
 
-/// Initialises acquired slot `idx` and publishes it with one reference; takes the reference
-/// the new node holds on its parent (or, for a root, on the pool). Returns the generation.
-fn init(
-    pool: &PoolInner,
-    tid: Option<usize>,
-    idx: u32,
-    parent: u32,
+/// Values a builder overrides.
+pub(crate) struct Spec {
+    op: Option<&'static Op>,
+    trace: Option<TraceContext>,
+    request_id: Option<RequestId>,
+    user_id: Option<UserId>,
+}
+
+impl Spec {
+    /// Nothing overridden: everything inherited.
+    pub(crate) const NONE: Spec = Spec {
+        op: None,
+        trace: None,
+        request_id: None,
+        user_id: None,
+    };
+}
+
+/// A cancellable child of `parent` with inherited values: `Context::with_cancel`'s fast path.
+#[inline]
+pub(crate) fn create_cancel(
+    parent: &Context,
     location: &'static Location<'static>,
-    mut flags: u16,
-    payload: Payload,
-) -> u32 {
+) -> Result<Context, PoolExhausted> {
+    create(parent, location, &Spec::NONE, Kind::Cancel)
+}
+
+/// Makes a child of `parent`.
+#[inline]
+fn create(
+    parent: &Context,
+    location: &'static Location<'static>,
+    spec: &Spec,
+    kind: Kind,
+) -> Result<Context, PoolExhausted> {
+    if parent.idx == EXHAUSTED {
+        // A child of a context born cancelled is born cancelled too (no slot to link to).
+        return Ok(Context::exhausted(parent.pool_ref(), true));
+    }
+    let pool = parent.inner();
+    let me = pool.local();
+    let Some(idx) = pool.acquire(me) else {
+        return Err(PoolExhausted {
+            capacity: pool.capacity(),
+        });
+    };
     // SAFETY: `idx` was just acquired: we own the free slot (pool P2).
     let node = unsafe { pool.node(idx) };
-    if parent == NIL {
-        // A root holds a reference on its pool (P4), released by `tree::release`.
-        // SAFETY: the caller's handle keeps the pool alive.
-        let _ = unsafe { PoolRef::acquire(core::ptr::NonNull::from(pool)) }.into_raw();
-        flags |= F_POOL_REF;
-    } else {
-        // SAFETY: the parent index comes from a live handle of this pool (slot L1).
-        let pnode = unsafe { pool.node(parent) };
-        let pgen = generation(pnode.life.load(Ordering::Relaxed));
-        // I1: counted in this thread's lease for the parent (I10), or else a reference; the
-        // caller's handle keeps the parent live meanwhile.
-        let leased = pool.lease(tid, parent, pgen);
-        if !leased {
-            pnode.life.clone_ref();
+    // The parent, if it is a node; the caller's handle keeps it live (slot L1).
+    // SAFETY: the index comes from a live handle of this pool.
+    let pnode = parent.node_idx().map(|p| (p, unsafe { pool.node(p) }));
+    let (mut flags, parent_never) = match pnode {
+        Some((_, pn)) => {
+            // SAFETY: live (L1): its flags are immutable.
+            let pf = unsafe { pn.flags() };
+            (pf & (F_TRACE | F_REQ | F_USER | 0xFF00), pf & F_NEVER != 0)
         }
-        // SAFETY: we own the slot (P2).
-        unsafe { node.set_leased(leased) };
+        None => (0, true),
+    };
+    match kind {
+        Kind::Cancel => {}
+        Kind::Plain => {
+            if parent_never {
+                flags |= F_NEVER;
+            }
+        }
+        Kind::Detached => flags |= F_DETACHED | F_NEVER,
+        Kind::Value(_) => {
+            if parent_never {
+                flags |= F_NEVER;
+            }
+            flags |= F_VALUE;
+        }
     }
+    // SAFETY: we own the slot (P2); nobody reads its payload until `publish`. The parent's
+    // payload is immutable while it is live (P2, L1).
+    node.payload.with_mut(|dst| unsafe {
+        match pnode {
+            Some((_, pn)) => pn.payload.with(|src| core::ptr::copy_nonoverlapping(src, dst, 1)),
+            None => dst.write(Payload {
+                values: Values::EMPTY,
+            }),
+        }
+        let v = &mut (*dst).values;
+        if let Some(op) = spec.op {
+            v.op = Some(op);
+        }
+        if let Some(t) = spec.trace {
+            v.trace_id = [(t.trace_id >> 64) as u64, t.trace_id as u64];
+            v.span_id = t.span_id;
+            flags = (flags & 0x00FF) | F_TRACE | (u16::from(t.flags) << 8);
+        }
+        if let Some(r) = spec.request_id {
+            v.request_id = r.0;
+            flags |= F_REQ;
+        }
+        if let Some(u) = spec.user_id {
+            v.user_id = u.0;
+            flags |= F_USER;
+        }
+        if let Kind::Value(custom) = kind {
+            v.custom = MaybeUninit::new(custom);
+        }
+    });
+    let gen = publish(pool, me, node, pnode, location, flags);
+    Ok(Context::from_node(parent.pool, idx, gen))
+}
+
+/// Finishes an acquired slot whose payload is written: takes what the new node holds on its
+/// parent (a lease or a reference, I1, I10) or, for a root, on the pool (P4); writes its
+/// metadata; and publishes it with one reference. Returns the generation.
+#[inline]
+fn publish(
+    pool: &PoolInner,
+    me: Option<Local<'_>>,
+    node: &Node,
+    pnode: Option<(u32, &Node)>,
+    location: &'static Location<'static>,
+    mut flags: u16,
+) -> u32 {
+    let parent = match pnode {
+        None => {
+            // A root holds a reference on its pool (P4), released by its teardown.
+            // SAFETY: the caller's handle keeps the pool alive.
+            let _ = unsafe { PoolRef::acquire(core::ptr::NonNull::from(pool)) }.into_raw();
+            flags |= F_POOL_REF;
+            // SAFETY: we own the slot (P2).
+            unsafe { node.set_leased(false) };
+            NIL
+        }
+        Some((p, pn)) => {
+            let pgen = generation(pn.life.load(Ordering::Relaxed));
+            // I1: counted in this thread's lease for the parent (I10), or else a reference;
+            // the caller's handle keeps the parent live meanwhile.
+            let leased = pool.lease(me, pn, p, pgen);
+            if !leased {
+                pn.life.clone_ref();
+            }
+            // SAFETY: we own the slot (P2).
+            unsafe { node.set_leased(leased) };
+            p
+        }
+    };
     // SAFETY: we own the slot (P2); nobody reads these fields until `init` publishes it.
     unsafe {
         node.meta.with_mut(|m| {
@@ -263,19 +321,22 @@ fn init(
             }
         });
         node.set_flags(flags);
-        node.payload.with_mut(|p| *p = payload);
     }
     node.life.init()
 }
 
-/// Initialises acquired slot `idx` as an `after_func` node under `parent`.
+/// Initialises acquired slot `idx` as an `after_func` node under live node `parent`.
 pub(crate) fn init_func(
     pool: &PoolInner,
-    tid: Option<usize>,
+    me: Option<Local<'_>>,
     idx: u32,
     parent: u32,
     location: &'static Location<'static>,
     func: Func,
 ) -> u32 {
-    init(pool, tid, idx, parent, location, F_FUNC, Payload { func })
+    // SAFETY: `idx` was just acquired (P2); `parent` comes from the caller's live handle.
+    let (node, pn) = unsafe { (pool.node(idx), pool.node(parent)) };
+    // SAFETY: we own the slot (P2).
+    node.payload.with_mut(|p| unsafe { p.write(Payload { func }) });
+    publish(pool, me, node, Some((parent, pn)), location, F_FUNC)
 }

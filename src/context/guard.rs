@@ -86,7 +86,9 @@ impl Drop for CancelGuard {
             // it (no handle, child, waiter or registration): release it without cancelling.
             let unleased = !state::is_leased(node.state.load(Ordering::Acquire));
             if unleased && node.life.try_drop_sole(self.ctx.gen) {
-                let deferred = tree::release(pool, idx);
+                // Unleased (checked above; only this guard could have leased it since), so no
+                // child can read it: no zombie protocol needed (tree I10).
+                let deferred = tree::tear_down(pool, idx);
                 // Dropped after the call that borrowed the pool returned (P4).
                 drop(deferred);
                 return;

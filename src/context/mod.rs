@@ -140,14 +140,19 @@ impl Context {
     /// the child is born cancelled with [`Cause::PoolExhausted`]; see
     /// [`try_with_cancel`](Context::try_with_cancel).
     #[track_caller]
+    #[inline]
     pub fn with_cancel(&self) -> CancelGuard {
-        self.child().with_cancel()
+        match builder::create_cancel(self, Location::caller()) {
+            Ok(ctx) => CancelGuard::new(ctx),
+            Err(_) => CancelGuard::new(Context::exhausted(self.pool_ref(), false)),
+        }
     }
 
     /// Like [`with_cancel`](Context::with_cancel), but fails when the pool is exhausted.
     #[track_caller]
+    #[inline]
     pub fn try_with_cancel(&self) -> Result<CancelGuard, PoolExhausted> {
-        self.child().try_with_cancel()
+        builder::create_cancel(self, Location::caller()).map(CancelGuard::new)
     }
 
     /// A child that keeps this context's values but is never cancelled (Go's
@@ -376,8 +381,8 @@ impl Context {
             unreachable!("background and exhausted contexts were handled above")
         };
         let pool = self.inner();
-        let tid = crate::pool::tid::current();
-        let Some(fidx) = pool.acquire(tid) else {
+        let me = pool.local();
+        let Some(fidx) = pool.acquire(me) else {
             return Err((
                 PoolExhausted {
                     capacity: pool.capacity(),
@@ -385,7 +390,7 @@ impl Context {
                 f,
             ));
         };
-        let gen = builder::init_func(pool, tid, fidx, idx, Location::caller(), func::pack(f));
+        let gen = builder::init_func(pool, me, fidx, idx, Location::caller(), func::pack(f));
         // Hold a reference while registering: the callback may fire, and release the
         // registration, as soon as it is linked.
         // SAFETY: `fidx` was acquired from this pool and published by `init_func`.

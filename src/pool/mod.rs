@@ -58,6 +58,13 @@ pub(crate) const SHARD_MASK: u16 = 0x0FFF;
 /// parent (shard S5..S7) rather than holding a reference on the parent.
 pub(crate) const LEASED: u16 = 0x1000;
 
+/// The calling thread's id and its shard in one pool: looked up once per operation.
+#[derive(Clone, Copy)]
+pub(crate) struct Local<'a> {
+    pub(crate) tid: usize,
+    pub(crate) shard: &'a Shard,
+}
+
 pub(crate) struct PoolInner {
     pages: Pages,
     capacity: u32,
@@ -115,6 +122,16 @@ impl PoolInner {
         self.capacity
     }
 
+    /// The calling thread's id and shard, or `None` for a thread without an id (tid T2).
+    #[inline]
+    pub(crate) fn local(&self) -> Option<Local<'_>> {
+        let tid = tid::current()?;
+        Some(Local {
+            tid,
+            shard: self.shard(tid),
+        })
+    }
+
     /// This thread's shard, allocated on first use.
     #[inline]
     fn shard(&self, tid: usize) -> &Shard {
@@ -147,21 +164,20 @@ impl PoolInner {
         }
     }
 
-    /// Takes a free slot for the thread with id `tid` (the caller's, `tid::current()`); the
-    /// caller owns it (P2) until it publishes a handle.
+    /// Takes a free slot for the calling thread (`me` is `self.local()`); the caller owns it
+    /// (P2) until it publishes a handle.
     #[inline]
-    pub(crate) fn acquire(&self, tid: Option<usize>) -> Option<u32> {
-        let idx = match tid {
-            Some(t) => {
-                let shard = self.shard(t);
-                // SAFETY: S1: only the holder of id `t` touches this local list.
-                let popped = shard.local.with_mut(|l| unsafe { self.pop(&mut *l) });
+    pub(crate) fn acquire(&self, me: Option<Local<'_>>) -> Option<u32> {
+        let idx = match me {
+            Some(l) => {
+                // SAFETY: S1: only the holder of id `l.tid` touches this local list.
+                let popped = l.shard.local.with_mut(|list| unsafe { self.pop(&mut *list) });
                 let idx = match popped {
                     Some(idx) => Some(idx),
-                    None => self.acquire_slow(Some((t, shard))),
+                    None => self.acquire_slow(Some((l.tid, l.shard))),
                 };
                 if idx.is_some() {
-                    Shard::bump(&shard.acquired);
+                    Shard::bump(&l.shard.acquired);
                 }
                 idx
             }
@@ -338,31 +354,26 @@ impl PoolInner {
         self.spill_len.store(spill.len, Ordering::Relaxed);
     }
 
-    /// Returns a retired slot (slot L2) to its owner shard's list (P1); `tid` is the caller's.
+    /// Returns retired slot `idx` (`node`, slot L2) to its owner shard's list (P1); `me` is the
+    /// caller's `self.local()`.
     #[inline]
-    pub(crate) fn free(&self, tid: Option<usize>, idx: u32) {
-        // SAFETY: the caller owns the dying slot (P2), which came from `fresh`.
-        let node = unsafe { self.node(idx) };
-        // SAFETY: we own the slot (P2), so its owner shard cannot change under us.
+    pub(crate) fn free(&self, me: Option<Local<'_>>, idx: u32, node: &Node) {
+        // SAFETY: the caller owns the dying slot (P2), so its owner shard cannot change.
         let owner = unsafe { node.shard_flags() }.0 & SHARD_MASK;
-        match tid {
-            Some(t) => {
-                let shard = self.shard(t);
-                Shard::bump(&shard.released);
-                if t as u16 == owner {
-                    node.next.store(
-                        // SAFETY: S1.
-                        shard.local.with(|l| unsafe { (*l).head }),
-                        Ordering::Relaxed,
-                    );
-                    // SAFETY: S1, we hold id `t`.
-                    let len = shard.local.with_mut(|l| unsafe {
-                        (*l).head = idx;
-                        (*l).len += 1;
-                        (*l).len
+        match me {
+            Some(l) => {
+                Shard::bump(&l.shard.released);
+                if l.tid as u16 == owner {
+                    // SAFETY: S1, we hold id `l.tid`.
+                    let len = l.shard.local.with_mut(|list| unsafe {
+                        let list = &mut *list;
+                        node.next.store(list.head, Ordering::Relaxed);
+                        list.head = idx;
+                        list.len += 1;
+                        list.len
                     });
                     if len > self.thread_cache {
-                        self.spill_half(shard);
+                        self.spill_half(l.shard);
                     }
                     return;
                 }
@@ -413,17 +424,17 @@ impl PoolInner {
         }
     }
 
-    /// Counts a new child of live parent `(p, gen)` in this thread's lease for `p` (shard
-    /// S5..S7) and marks the parent as leased by this shard. Returns `false` when no lease is
-    /// available (a thread without an id, or the entry busy with another parent): the caller
-    /// then takes a reference on the parent instead. The caller holds a handle to `p` (S7).
+    /// Counts a new child of live parent `p` (`pnode`, generation `gen`) in the calling
+    /// thread's lease for `p` (shard S5..S7) and marks the parent as leased by this shard.
+    /// Returns `false` when no lease is available (a thread without an id, or the entry busy
+    /// with another parent): the caller then takes a reference on the parent instead. The
+    /// caller holds a handle to `p` (S7).
     #[inline]
-    pub(crate) fn lease(&self, tid: Option<usize>, p: u32, gen: u32) -> bool {
-        let Some(t) = tid else {
+    pub(crate) fn lease(&self, me: Option<Local<'_>>, pnode: &Node, p: u32, gen: u32) -> bool {
+        let Some(l) = me else {
             return false;
         };
-        let shard = self.shard(t);
-        let lease = &shard.leases[p as usize % LEASES];
+        let lease = &l.shard.leases[p as usize % LEASES];
         let key = Lease::key(p, gen);
         if lease.key.load(Ordering::Relaxed) == key {
             // S5: owner-only counter.
@@ -431,11 +442,11 @@ impl PoolInner {
             lease.local.store(n.wrapping_add(1), Ordering::Relaxed);
             return true;
         }
-        self.lease_slow(t, lease, p, key)
+        self.lease_slow(l.tid, lease, pnode, key)
     }
 
     #[cold]
-    fn lease_slow(&self, t: usize, lease: &Lease, p: u32, key: u64) -> bool {
+    fn lease_slow(&self, t: usize, lease: &Lease, parent: &Node, key: u64) -> bool {
         let live = lease
             .local
             .load(Ordering::Relaxed)
@@ -449,29 +460,33 @@ impl PoolInner {
         lease.remote.store(0, Ordering::Relaxed);
         lease.local.store(1, Ordering::Relaxed);
         lease.key.store(key, Ordering::Release);
-        // SAFETY: the caller holds a handle to `p` (S7), so it is live (slot L1).
-        let parent = unsafe { self.node(p) };
+        // The caller holds a handle to the parent (S7), so it is live (slot L1).
         mark_lessee(parent, t);
         true
     }
 
-    /// Uncounts a released child made by shard `owner` of parent `p` (S5), then, with a
-    /// `SeqCst` fence, says whether the parent is a zombie waiting for its children (tree I10).
+    /// Uncounts a released child made by shard `owner` of parent `p` (`pnode`) (S5), then,
+    /// after a `SeqCst` fence, says whether the parent is a zombie waiting for its children
+    /// (tree I10). `me` is the caller's `self.local()`.
     #[inline]
-    pub(crate) fn unlease(&self, tid: Option<usize>, owner: u16, p: u32) -> bool {
+    pub(crate) fn unlease(&self, me: Option<Local<'_>>, owner: u16, p: u32, pnode: &Node) -> bool {
         let owner = owner as usize;
-        // The shard exists: the child was counted in it.
-        let shard = self.shard(owner);
-        let lease = &shard.leases[p as usize % LEASES];
-        if tid == Some(owner) {
-            let n = lease.local.load(Ordering::Relaxed);
-            lease.local.store(n.wrapping_sub(1), Ordering::Release);
-        } else {
-            lease.remote.fetch_add(1, Ordering::Release);
+        match me {
+            Some(l) if l.tid == owner => {
+                let lease = &l.shard.leases[p as usize % LEASES];
+                let n = lease.local.load(Ordering::Relaxed);
+                lease.local.store(n.wrapping_sub(1), Ordering::Release);
+            }
+            _ => {
+                // The shard exists: the child was counted in it.
+                let lease = &self.shard(owner).leases[p as usize % LEASES];
+                lease.remote.fetch_add(1, Ordering::Release);
+            }
         }
         fence(Ordering::SeqCst);
-        // SAFETY: the parent is live or a zombie while this child's lease counted it (I1).
-        unsafe { self.node(p) }.state.load(Ordering::Acquire) & ZOMBIE != 0
+        // The parent is live or a zombie, or was torn down just now (then its slot is still
+        // addressable, P3, and the caller's claim fails on the generation, slot L4).
+        pnode.state.load(Ordering::Acquire) & ZOMBIE != 0
     }
 
     /// Live children of `(p, gen)` counted in leases, given its state word `s` (tree I10). Only

@@ -550,14 +550,16 @@ fn unpin_check(pool: &PoolInner, idx: u32, gen: u32) -> bool {
 
 /// Tears down a node that nothing can reach any more, returns its slot, and releases what it
 /// held on its parent (iteratively, so a long chain cannot overflow the stack).
-fn tear_down(pool: &PoolInner, mut idx: u32) -> Deferred {
+pub(crate) fn tear_down(pool: &PoolInner, mut idx: u32) -> Deferred {
     let mut panic = None;
     let mut deferred = Deferred(None);
-    let tid = crate::pool::tid::current();
+    let me = pool.local();
+    // SAFETY: we own the dying slot (L1, P2, I10).
+    let mut node = unsafe { pool.node(idx) };
     loop {
-        unregister(pool, idx);
-        // SAFETY: we own the dying slot (L1, P2, I10).
-        let node = unsafe { pool.node(idx) };
+        if node.state.load(Ordering::Relaxed) & REGISTERED != 0 {
+            unregister(pool, idx);
+        }
         // SAFETY: owned (P2).
         let (meta, (shard, flags)) = unsafe { (node.meta(), node.shard_flags()) };
         let custom = (flags & F_VALUE != 0).then(|| {
@@ -572,7 +574,7 @@ fn tear_down(pool: &PoolInner, mut idx: u32) -> Deferred {
         node.msg.store(0, Ordering::Relaxed);
         node.life
             .retire(generation(node.life.load(Ordering::Relaxed)));
-        pool.free(tid, idx);
+        pool.free(me, idx, node);
         if let Some(custom) = custom {
             let mut data = custom.data;
             // SAFETY: `with_value` stored a value with this vtable; the slot was retired above,
@@ -601,7 +603,7 @@ fn tear_down(pool: &PoolInner, mut idx: u32) -> Deferred {
             // down (and its slot reused) at any moment, so everything below is atomic reads
             // and a claim that fails on a stale generation (L4).
             let pgen = generation(pn.life.load(Ordering::Relaxed));
-            pool.unlease(tid, shard & SHARD_MASK, parent) && {
+            pool.unlease(me, shard & SHARD_MASK, parent, pn) && {
                 let ps = pn.state.load(Ordering::Acquire);
                 pool.lease_sum(parent, pgen, ps) == 0 && pn.life.try_claim(pgen)
             }
@@ -612,6 +614,7 @@ fn tear_down(pool: &PoolInner, mut idx: u32) -> Deferred {
             break;
         }
         idx = parent;
+        node = pn;
     }
     if let Some(p) = panic {
         // Release the pool reference before unwinding (nothing below uses `pool` any more
