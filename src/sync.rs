@@ -72,3 +72,99 @@ pub(crate) mod cell {
         }
     }
 }
+
+/// Asymmetric fences for a Dekker handshake whose two sides run at very different rates.
+///
+/// The lease protocol (tree I10, I11) needs "store, full fence, load" on both sides: a child
+/// released (often) and a parent becoming a zombie (rarely). [`light`](barrier::light) is what
+/// the frequent side runs; [`heavy`](barrier::heavy) is what the rare side runs. Together they
+/// give the guarantee of a `SeqCst` fence on each side: on Linux, `heavy` is
+/// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, which runs a full memory barrier on every CPU
+/// currently running a thread of this process, so `light` only has to stop the compiler from
+/// reordering (`compiler_fence`). Where membarrier is unavailable (other systems, old kernels,
+/// or registration refused), and under loom, both are `fence(SeqCst)`.
+pub(crate) mod barrier {
+    #[cfg(all(target_os = "linux", not(loom)))]
+    mod imp {
+        use std::sync::atomic::{compiler_fence, fence, AtomicU8, Ordering};
+
+        const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+        const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+        const UNKNOWN: u8 = 0;
+        const ASYMMETRIC: u8 = 1;
+        const SYMMETRIC: u8 = 2;
+
+        /// Decided once, by `init`, before any pool exists; never changes afterwards.
+        static MODE: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+        /// Registers for expedited membarrier; called when a pool is made, so that the mode is
+        /// fixed (and published by the pool's own publication) before either side runs.
+        pub(crate) fn init() {
+            if MODE.load(Ordering::Acquire) != UNKNOWN {
+                return;
+            }
+            // SAFETY: membarrier(2) takes (cmd, flags, cpu_id) integers and touches no memory
+            // of ours; an unsupported command returns -1.
+            let ok = unsafe {
+                libc::syscall(
+                    libc::SYS_membarrier,
+                    MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+                    0,
+                    0,
+                )
+            } == 0;
+            let _ = MODE.compare_exchange(
+                UNKNOWN,
+                if ok { ASYMMETRIC } else { SYMMETRIC },
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+
+        /// The frequent side's fence.
+        #[inline]
+        pub(crate) fn light() {
+            if MODE.load(Ordering::Relaxed) == ASYMMETRIC {
+                compiler_fence(Ordering::SeqCst);
+            } else {
+                fence(Ordering::SeqCst);
+            }
+        }
+
+        /// The rare side's fence.
+        pub(crate) fn heavy() {
+            if MODE.load(Ordering::Relaxed) == ASYMMETRIC {
+                // SAFETY: as in `init`; registration succeeded, so the command is permitted.
+                let r = unsafe {
+                    libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0)
+                };
+                if r == 0 {
+                    return;
+                }
+                // Refused after a successful registration cannot happen; if it did, the light
+                // side would be unprotected, so fail loudly rather than corrupt memory.
+                std::process::abort();
+            }
+            fence(Ordering::SeqCst);
+        }
+    }
+
+    #[cfg(not(all(target_os = "linux", not(loom))))]
+    mod imp {
+        use super::super::{fence, Ordering};
+
+        pub(crate) fn init() {}
+
+        #[inline]
+        pub(crate) fn light() {
+            fence(Ordering::SeqCst);
+        }
+
+        pub(crate) fn heavy() {
+            fence(Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) use imp::{heavy, init, light};
+}

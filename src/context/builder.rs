@@ -9,8 +9,8 @@ use crate::pool::{Local, PoolInner, PoolRef};
 use crate::sync::Ordering;
 use crate::tree::cause::PoolExhausted;
 use crate::tree::node::{
-    Custom, Func, Meta, Node, Payload, Values, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_REQ, F_TRACE,
-    F_USER, F_VALUE, NIL,
+    Custom, Func, Meta, Node, Payload, Values, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_REQ,
+    F_TRACE, F_USER, F_VALUE, NIL,
 };
 use crate::values::{self, Op, RequestId, TraceContext, UserId};
 
@@ -246,7 +246,9 @@ fn create(
     // payload is immutable while it is live (P2, L1).
     node.payload.with_mut(|dst| unsafe {
         match pnode {
-            Some((_, pn)) => pn.payload.with(|src| core::ptr::copy_nonoverlapping(src, dst, 1)),
+            Some((_, pn)) => pn
+                .payload
+                .with(|src| core::ptr::copy_nonoverlapping(src, dst, 1)),
             None => dst.write(Payload {
                 values: Values::EMPTY,
             }),
@@ -337,6 +339,7 @@ pub(crate) fn init_func(
     // SAFETY: `idx` was just acquired (P2); `parent` comes from the caller's live handle.
     let (node, pn) = unsafe { (pool.node(idx), pool.node(parent)) };
     // SAFETY: we own the slot (P2).
-    node.payload.with_mut(|p| unsafe { p.write(Payload { func }) });
+    node.payload
+        .with_mut(|p| unsafe { p.write(Payload { func }) });
     publish(pool, me, node, Some((parent, pn)), location, F_FUNC)
 }

@@ -42,7 +42,8 @@ impl CancelGuard {
     /// Cancels the context and every descendant with `reason`; returns whether this call
     /// recorded the cause (`false` if it was already cancelled). Returns after every
     /// descendant reads as cancelled and every waiter and `after_func` below it was woken or
-    /// run (tree I4).
+    /// run, except where another thread is at that moment registering a waiter or dropping the
+    /// last handle of a context in between: that thread completes the wake-up (tree I4).
     pub fn cancel(&self, reason: impl Into<Reason>) -> bool {
         self.cancel_with(Origin::Cancelled(reason.into()))
     }
@@ -81,15 +82,30 @@ impl Drop for CancelGuard {
             let pool = self.ctx.inner();
             // SAFETY: the guard holds a reference (slot L1).
             let node = unsafe { pool.node(idx) };
-            // Only this guard can make children while it is the sole reference, so with no
-            // lease ever taken on the node (I10) and a count of one, nobody else can observe
-            // it (no handle, child, waiter or registration): release it without cancelling.
-            let unleased = !state::is_leased(node.state.load(Ordering::Acquire));
-            if unleased && node.life.try_drop_sole(self.ctx.gen) {
-                // Unleased (checked above; only this guard could have leased it since), so no
-                // child can read it: no zombie protocol needed (tree I10).
-                let deferred = tree::tear_down(pool, idx);
-                // Dropped after the call that borrowed the pool returned (P4).
+            if node.life.try_drop_sole(self.ctx.gen) {
+                // We dropped the last reference in one CAS, so we own the dying node (slot L1).
+                // A clone dropped just before may have made children through it (leases, I10):
+                // the CAS read that clone's release, so its lessee mark is visible here.
+                let deferred = if !state::is_leased(node.state.load(Ordering::Acquire)) {
+                    // No child, handle, waiter or registration can observe it: release it
+                    // without cancelling, and with no zombie protocol needed.
+                    tree::tear_down(pool, idx)
+                } else {
+                    // Children live or lived: cancel as the owner's drop must (they read it
+                    // lazily through this node), then release it (maybe as a zombie).
+                    let r = tree::catch(|| {
+                        if !tree::is_cancelled(pool, idx) {
+                            tree::cancel(pool, idx, Packed::from_cause(Cause::OwnerDropped));
+                        }
+                    });
+                    let deferred = tree::release(pool, idx);
+                    if let Err(p) = r {
+                        drop(deferred);
+                        std::panic::resume_unwind(p);
+                    }
+                    deferred
+                };
+                // Dropped after the calls that borrowed the pool returned (P4).
                 drop(deferred);
                 return;
             }

@@ -89,6 +89,7 @@ pub(crate) struct PoolInner {
 
 impl PoolInner {
     fn new(capacity: u32, thread_cache: u32, is_global: bool) -> Self {
+        crate::sync::barrier::init();
         PoolInner {
             pages: Pages::new(capacity),
             capacity,
@@ -171,7 +172,10 @@ impl PoolInner {
         let idx = match me {
             Some(l) => {
                 // SAFETY: S1: only the holder of id `l.tid` touches this local list.
-                let popped = l.shard.local.with_mut(|list| unsafe { self.pop(&mut *list) });
+                let popped = l
+                    .shard
+                    .local
+                    .with_mut(|list| unsafe { self.pop(&mut *list) });
                 let idx = match popped {
                     Some(idx) => Some(idx),
                     None => self.acquire_slow(Some((l.tid, l.shard))),
@@ -466,8 +470,8 @@ impl PoolInner {
     }
 
     /// Uncounts a released child made by shard `owner` of parent `p` (`pnode`) (S5), then,
-    /// after a `SeqCst` fence, says whether the parent is a zombie waiting for its children
-    /// (tree I10). `me` is the caller's `self.local()`.
+    /// after the light side of an asymmetric fence (`sync::barrier`), says whether the parent
+    /// is a zombie waiting for its children (tree I10). `me` is the caller's `self.local()`.
     #[inline]
     pub(crate) fn unlease(&self, me: Option<Local<'_>>, owner: u16, p: u32, pnode: &Node) -> bool {
         let owner = owner as usize;
@@ -483,7 +487,8 @@ impl PoolInner {
                 lease.remote.fetch_add(1, Ordering::Release);
             }
         }
-        fence(Ordering::SeqCst);
+        // The frequent side of the Dekker handshake with `may_tear_down` (tree I10).
+        crate::sync::barrier::light();
         // The parent is live or a zombie, or was torn down just now (then its slot is still
         // addressable, P3, and the caller's claim fails on the generation, slot L4).
         pnode.state.load(Ordering::Acquire) & ZOMBIE != 0

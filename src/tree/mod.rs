@@ -42,7 +42,9 @@
 //!   descendant D (made after, in happens-before order) walks through A, because I1 keeps the
 //!   chain D → A alive and A's `CANCELLED` store happens before the read. Every waiter and
 //!   `after_func` in A's subtree has been woken or run when `cancel(A)` returns, except those
-//!   whose registration is still in flight on another thread, which that thread completes (I8).
+//!   whose registration is still in flight on another thread, which that thread completes (I8),
+//!   and those below a node whose last reference another thread is dropping at that moment,
+//!   to which the cancel is handed over and which that thread completes (I11).
 //! - **I5** a node's waiter list is guarded by its `LOCK`. A waiter is linked only while the
 //!   node is not cancelled (checked under `LOCK`). A cancel sets `CANCELLED` and `LOCK` in one
 //!   CAS, then unlinks waiters under `LOCK`, taking each one's wake handle and setting its
@@ -71,9 +73,12 @@
 //!   the zombie mark, with `try_claim` on the lifecycle word electing exactly one (slot L4: the
 //!   claim carries the generation read while the node was still held, so a late claimer
 //!   cannot claim a retired or reused slot). The mark and a
-//!   child's decrement are each followed by a `SeqCst` fence before the other side is read
-//!   (Dekker), so the last child cannot miss the mark and the parent cannot miss the last
-//!   decrement.
+//!   child's decrement are each followed by a fence before the other side is read (Dekker):
+//!   the asymmetric pair of `sync::barrier`, heavy on the rare side (the mark, an unpin) and
+//!   light on the frequent one (a child's release). So the last child cannot miss the mark
+//!   and the parent cannot miss the last decrement. Before marking, the parent reads the
+//!   counts once: once it has no references they only go down (pool S7) and a stale read
+//!   only overestimates, so a zero is final and the common case needs no mark and no fence.
 //! - **I11** a cancel that pops a registered child with no references left (dying, or a
 //!   zombie) cannot take a reference on it; it sets `PENDING` on the child, and pins it
 //!   if it is already a zombie. The thread that makes a dying node a zombie sets `ZOMBIE` with
@@ -82,7 +87,7 @@
 //!   its registered children: no lost wake-up), and unpins it. The pin is a CAS on the
 //!   lifecycle word from exactly `(g, 0)` (slot L4), so it fails once a claim won (then no
 //!   leased child is left to tell) and no claim wins while it is held; unpinning is followed by
-//!   a `SeqCst` fence and a lease re-check, so the teardown a pin deferred is done by the
+//!   a heavy fence (`sync::barrier`) and a lease re-check, so the teardown a pin deferred is done by the
 //!   pinner or by the last child.
 //! - **I9** a node flagged `F_NEVER` (no owner, no cancellable ancestor: a child of the
 //!   background, a `without_cancel` node) is never cancelled; walks, registration and
@@ -96,7 +101,7 @@ pub(crate) mod wait;
 
 use crate::pool::slot::generation;
 use crate::pool::{PoolInner, PoolRef, LEASED, SHARD_MASK};
-use crate::sync::{fence, spin_hint, Ordering};
+use crate::sync::{spin_hint, Ordering};
 use cause::Cause;
 use node::{Node, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_VALUE, NIL};
 use state::{Packed, CANCELLED, CAUSE_BITS, LOCKED, PENDING, REGISTERED, ZOMBIE};
@@ -199,13 +204,7 @@ pub(crate) fn catch(f: impl FnOnce()) -> Result<(), Panic> {
 
 /// After a won `set_cancelled` (LOCK held): runs an `after_func` closure, or wakes the node's
 /// waiters and queues its registered children.
-fn settle(
-    pool: &PoolInner,
-    idx: u32,
-    node: &Node,
-    work: &mut u32,
-    panic: &mut Option<Panic>,
-) {
+fn settle(pool: &PoolInner, idx: u32, node: &Node, work: &mut u32, panic: &mut Option<Panic>) {
     // SAFETY: the caller holds a reference, so the flags are stable (I1).
     if unsafe { node.flags() } & F_FUNC != 0 {
         unlock(node);
@@ -499,8 +498,17 @@ fn may_tear_down(pool: &PoolInner, idx: u32) -> bool {
         return true;
     }
     let gen = generation(node.life.load(Ordering::Relaxed));
+    // Common case: every leased child is already gone. Counts only go down once the node has
+    // no references (pool S7) and a stale read only overestimates them, so a zero here is
+    // final: no zombie, no fence.
+    // (A `PENDING` note does not matter then: with no leased child left, nothing below this
+    // node is registered, since registered children are leased or hold a reference.)
+    if pool.lease_sum(idx, gen, node.state.load(Ordering::Acquire)) == 0 {
+        return true;
+    }
     let prev = node.state.fetch_or(ZOMBIE, Ordering::AcqRel);
-    fence(Ordering::SeqCst);
+    // The rare side of the Dekker handshake with `PoolInner::unlease` (I10).
+    crate::sync::barrier::heavy();
     if prev & PENDING != 0 {
         // I11: the parent's cancel left a note before we became a zombie: we propagate it,
         // pinned so that the last child cannot tear the node down meanwhile. If the pin fails,
@@ -511,8 +519,22 @@ fn may_tear_down(pool: &PoolInner, idx: u32) -> bool {
         // SAFETY: the node still keeps its parent from being torn down (I1), and the parent
         // is cancelled (it left the note).
         let parent = unsafe { pool.node(node.meta().parent) };
-        cancel(pool, idx, recorded(parent).inherited());
-        return unpin_check(pool, idx, gen);
+        // A panicking callback below must not leave the pin (and so the zombie and every
+        // ancestor) in place forever: unpin first, then re-raise.
+        let r = catch(|| {
+            cancel(pool, idx, recorded(parent).inherited());
+        });
+        let claimed = unpin_check(pool, idx, gen);
+        if let Err(p) = r {
+            if claimed {
+                // The teardown may end at a root whose pool reference is the last one; the
+                // callers up the stack still borrow the pool, so that reference is leaked
+                // rather than dropped here (only on this panic path).
+                core::mem::forget(tear_down(pool, idx));
+            }
+            std::panic::resume_unwind(p);
+        }
+        return claimed;
     }
     let s = node.state.load(Ordering::Acquire);
     pool.lease_sum(idx, gen, s) == 0 && node.life.try_claim(gen)
@@ -537,13 +559,14 @@ fn unpin(pool: &PoolInner, idx: u32) {
     }
 }
 
-/// Releases a pin, then (after a `SeqCst` fence, I11) claims the zombie if no leased child is
+/// Releases a pin, then (after a heavy fence, I11) claims the zombie if no leased child is
 /// left.
 fn unpin_check(pool: &PoolInner, idx: u32, gen: u32) -> bool {
     // SAFETY: pinned: not torn down until this unpin (I11).
     let node = unsafe { pool.node(idx) };
     node.life.unpin();
-    fence(Ordering::SeqCst);
+    // The rare side of the Dekker handshake with `PoolInner::unlease` (I10, I11).
+    crate::sync::barrier::heavy();
     let s = node.state.load(Ordering::Acquire);
     pool.lease_sum(idx, gen, s) == 0 && node.life.try_claim(gen)
 }
