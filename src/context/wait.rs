@@ -9,7 +9,8 @@ use core::task::{Context as TaskContext, Poll};
 
 use super::Context;
 use crate::sync::thread;
-use crate::tree::state::CANCELLED;
+use crate::sync::Ordering;
+use crate::tree::state::{CANCELLED, LISTENED};
 use crate::tree::wait::{lock, push, unlink, unlock, Waiter, Wake};
 use crate::tree::{self as tree};
 
@@ -70,6 +71,9 @@ unsafe fn link(ctx: &Context, waiter: &Waiter, wake: Wake) -> bool {
     unsafe {
         waiter.set_wake(wake);
         push(node, waiter as *const Waiter as *mut Waiter);
+    }
+    if s & LISTENED == 0 {
+        node.state.fetch_or(LISTENED, Ordering::Relaxed);
     }
     unlock(node);
     true

@@ -22,7 +22,7 @@ use crate::pool::{PoolInner, PoolRef};
 use crate::sync::{AtomicBool, Ordering};
 use crate::tree::node::{Func, FUNC_WORDS};
 use crate::tree::state::Packed;
-use crate::tree::{drop_ref, set_cancelled, unregister, wait::unlock};
+use crate::tree::{drop_ref, set_cancelled, unregister, wait::unlock, Won};
 
 type Words = [MaybeUninit<usize>; FUNC_WORDS];
 
@@ -153,8 +153,10 @@ impl AfterFunc {
             return false;
         }
         let won = set_cancelled(node, Packed::STOPPED);
-        if won {
-            unlock(node);
+        if won != Won::Lost {
+            if won == Won::Locked {
+                unlock(node);
+            }
             unregister(pool, idx);
             let f = take(pool, idx);
             let mut data = f.data;
@@ -171,7 +173,7 @@ impl AfterFunc {
         } else {
             drop(drop_ref(pool, idx));
         }
-        won
+        won != Won::Lost
     }
 }
 

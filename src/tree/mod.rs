@@ -104,33 +104,50 @@ use crate::pool::{PoolInner, PoolRef, LEASED, SHARD_MASK};
 use crate::sync::{spin_hint, Ordering};
 use cause::Cause;
 use node::{Node, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_VALUE, NIL};
-use state::{Packed, CANCELLED, CAUSE_BITS, LOCKED, PENDING, REGISTERED, ZOMBIE};
+use state::{Packed, CANCELLED, CAUSE_BITS, LISTENED, LOCKED, PENDING, REGISTERED, ZOMBIE};
 use wait::{lock, take_batch, unlock};
 
-/// Sets `CANCELLED | LOCK` and the cause in one CAS (I2, I3). On success the caller holds
-/// `LOCK` and must release it (via `drain`).
+/// Outcome of [`set_cancelled`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[must_use]
+pub(crate) enum Won {
+    /// Another cause was recorded first.
+    Lost,
+    /// Recorded; nothing ever listened on the node and the cause has no message, so no LOCK
+    /// was taken and there is nothing to drain.
+    Quiet,
+    /// Recorded with LOCK held: the caller must drain (or unlock) the node.
+    Locked,
+}
+
+/// Sets `CANCELLED` and the cause in one CAS (I2, I3). A node that somebody listened on
+/// (`LISTENED`: a waiter or a registered child was ever linked) or a cause with a message also
+/// takes `LOCK` in the same CAS, to drain the lists or publish the message under it.
 #[inline]
-fn set_cancelled(node: &Node, cause: Packed) -> bool {
+pub(crate) fn set_cancelled(node: &Node, cause: Packed) -> Won {
     let mut s = node.state.load(Ordering::Relaxed);
     loop {
         if s & CANCELLED != 0 {
-            return false;
+            return Won::Lost;
         }
         if s & LOCKED != 0 {
             spin_hint();
             s = node.state.load(Ordering::Relaxed);
             continue;
         }
+        let quiet = cause.msg == 0 && s & LISTENED == 0;
+        let lock = if quiet { 0 } else { LOCKED };
         match node.state.compare_exchange_weak(
             s,
-            s | CANCELLED | LOCKED | cause.bits,
+            s | CANCELLED | lock | cause.bits,
             Ordering::AcqRel,
             Ordering::Relaxed,
         ) {
+            Ok(_) if quiet => return Won::Quiet,
             Ok(_) => {
                 // I3: the message pointer, under LOCK, before LOCK is first released.
                 node.msg.store(cause.msg, Ordering::Relaxed);
-                return true;
+                return Won::Locked;
             }
             Err(actual) => s = actual,
         }
@@ -158,20 +175,22 @@ fn recorded(node: &Node) -> Packed {
 pub(crate) fn cancel(pool: &PoolInner, idx: u32, cause: Packed) -> bool {
     // SAFETY: the caller holds a reference (I1, P3).
     let node = unsafe { pool.node(idx) };
-    if !set_cancelled(node, cause) {
+    let won = set_cancelled(node, cause);
+    if won == Won::Lost {
         return false;
     }
     let inherited = cause.inherited();
     let mut work = NIL;
     let mut panic = None;
-    settle(pool, idx, node, &mut work, &mut panic);
+    settle(pool, idx, node, won, &mut work, &mut panic);
     while work != NIL {
         let c = work;
         // SAFETY: `drain` took a reference on every node it put on the work list (I6).
         let cn = unsafe { pool.node(c) };
         work = cn.next.load(Ordering::Relaxed);
-        if set_cancelled(cn, inherited) {
-            settle(pool, c, cn, &mut work, &mut panic);
+        let won = set_cancelled(cn, inherited);
+        if won != Won::Lost {
+            settle(pool, c, cn, won, &mut work, &mut panic);
         }
         // A panicking value drop must not stop the propagation (the rest of `work` would keep
         // its references and never be woken): note it, finish, then re-raise.
@@ -202,16 +221,25 @@ pub(crate) fn catch(f: impl FnOnce()) -> Result<(), Panic> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
 }
 
-/// After a won `set_cancelled` (LOCK held): runs an `after_func` closure, or wakes the node's
-/// waiters and queues its registered children.
-fn settle(pool: &PoolInner, idx: u32, node: &Node, work: &mut u32, panic: &mut Option<Panic>) {
+/// After a won `set_cancelled`: runs an `after_func` closure, or wakes the node's waiters and
+/// queues its registered children (when it took LOCK; a quiet node has neither).
+fn settle(
+    pool: &PoolInner,
+    idx: u32,
+    node: &Node,
+    won: Won,
+    work: &mut u32,
+    panic: &mut Option<Panic>,
+) {
     // SAFETY: the caller holds a reference, so the flags are stable (I1).
     if unsafe { node.flags() } & F_FUNC != 0 {
-        unlock(node);
+        if won == Won::Locked {
+            unlock(node);
+        }
         if let Err(p) = func::fire(pool, idx) {
             panic.get_or_insert(p);
         }
-    } else {
+    } else if won == Won::Locked {
         drain(pool, node, work, panic);
     }
 }
@@ -421,6 +449,9 @@ pub(crate) fn ensure_registered(pool: &PoolInner, mut idx: u32) {
                 .store(idx, Ordering::Relaxed);
         }
         pn.children.store(idx, Ordering::Relaxed);
+        if ps & LISTENED == 0 {
+            pn.state.fetch_or(LISTENED, Ordering::Relaxed);
+        }
         node.state.fetch_or(REGISTERED, Ordering::Release);
         unlock(pn);
         idx = meta.parent;

@@ -32,6 +32,9 @@ pub(crate) const REGISTERED: u64 = 1 << 2;
 pub(crate) const MULTI: u64 = 1 << 3;
 /// Released (no references) while leased children may live: torn down by the last of them.
 pub(crate) const ZOMBIE: u64 = 1 << 9;
+/// A waiter or a registered child was linked on this node at some point: a cancel must take
+/// `LOCK` to drain it. Set under `LOCK`, cleared only when the slot is retired.
+pub(crate) const LISTENED: u64 = 1 << 26;
 /// The parent's cancel popped this node from its registered list while the node had no
 /// references left: whoever sees this together with `ZOMBIE` propagates the cancel (tree I11).
 pub(crate) const PENDING: u64 = 1 << 11;
