@@ -1,0 +1,740 @@
+//! A simulated server: worker threads handle "requests", each with a request context (a child
+//! of a long-lived server root, labelled and carrying its request id), a few sub-operation
+//! children (some nested two or three deep), random cancellations (clients hanging up,
+//! sub-operations timing out) and a few contexts handed to another thread to be dropped there.
+//!
+//! The same workload then runs on a naive implementation (an `Arc` node per context with a
+//! `Mutex<Vec<Weak<_>>>` of children), and a counting global allocator reports the heap
+//! allocations per request of each. Finally the pool's counters are checked: every context
+//! created was released.
+//!
+//! ```text
+//! cargo run --release --example demo [-- --secs 4 --threads 2]
+//! ```
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::hint::black_box;
+use std::io::Write;
+use std::ops::Deref;
+use std::process::exit;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ctxpool::{CancelGuard, Context, Op, Pool, Reason, RequestId};
+
+// ---------------------------------------------------------------------------------------------
+// Counting allocator: every thread counts its own allocations in a thread-local (no shared
+// counter, so counting adds no contention to either implementation); the threads publish
+// their counts with their other counters.
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note_alloc() {
+    // `try_with`: an allocation during thread-local teardown must not panic.
+    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+}
+
+/// Allocations made by the calling thread so far.
+fn thread_allocs() -> u64 {
+    ALLOCS.try_with(Cell::get).unwrap_or(0)
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; it only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_alloc();
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+// ---------------------------------------------------------------------------------------------
+// The naive implementation compared against (the same as in `benches/context.rs`, plus the
+// operation label and request id that the workload reads).
+
+mod naive {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+    use ctxpool::Op;
+
+    pub struct Node {
+        cancelled: AtomicBool,
+        parent: Option<Arc<Node>>,
+        children: Mutex<Vec<Weak<Node>>>,
+        op: Option<&'static Op>,
+        request_id: Option<u64>,
+    }
+
+    impl Node {
+        fn children(&self) -> MutexGuard<'_, Vec<Weak<Node>>> {
+            self.children.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        /// Sets the flag under the children lock (so a concurrent child is either on the list
+        /// taken here or born cancelled), then cancels the live children, depth first.
+        fn cancel(&self) -> bool {
+            let children = {
+                let mut list = self.children();
+                if self.cancelled.swap(true, Ordering::AcqRel) {
+                    return false;
+                }
+                std::mem::take(&mut *list)
+            };
+            for child in children {
+                if let Some(child) = child.upgrade() {
+                    child.cancel();
+                }
+            }
+            true
+        }
+    }
+
+    /// A cloneable handle to a node.
+    #[derive(Clone)]
+    pub struct Ctx(Arc<Node>);
+
+    impl Ctx {
+        pub fn is_cancelled(&self) -> bool {
+            self.0.cancelled.load(Ordering::Acquire)
+        }
+
+        pub fn request_id(&self) -> Option<u64> {
+            self.0.request_id
+        }
+
+        pub fn op(&self) -> Option<&'static Op> {
+            self.0.op
+        }
+
+        /// A cancellable child, registered on this node's children list.
+        pub fn child(&self, op: &'static Op, request_id: Option<u64>) -> Guard {
+            let node = Arc::new(Node {
+                cancelled: AtomicBool::new(false),
+                parent: Some(self.0.clone()),
+                children: Mutex::new(Vec::new()),
+                op: Some(op),
+                request_id: request_id.or(self.0.request_id),
+            });
+            {
+                let mut list = self.0.children();
+                if self.0.cancelled.load(Ordering::Acquire) {
+                    node.cancelled.store(true, Ordering::Release);
+                } else {
+                    list.push(Arc::downgrade(&node));
+                }
+            }
+            Guard(Ctx(node))
+        }
+    }
+
+    /// The owner of a node: dropping it cancels the node and unlinks it from its parent.
+    pub struct Guard(Ctx);
+
+    impl Guard {
+        pub fn root(op: &'static Op) -> Guard {
+            Guard(Ctx(Arc::new(Node {
+                cancelled: AtomicBool::new(false),
+                parent: None,
+                children: Mutex::new(Vec::new()),
+                op: Some(op),
+                request_id: None,
+            })))
+        }
+
+        pub fn cancel(&self) -> bool {
+            (self.0).0.cancel()
+        }
+
+        /// (references to the node, children still linked to it): (1, 0) once all else is gone.
+        pub fn leftovers(&self) -> (usize, usize) {
+            let node = &(self.0).0;
+            (Arc::strong_count(node), node.children().len())
+        }
+    }
+
+    impl std::ops::Deref for Guard {
+        type Target = Ctx;
+
+        fn deref(&self) -> &Ctx {
+            &self.0
+        }
+    }
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let node = &(self.0).0;
+            node.cancel();
+            if let Some(parent) = &node.parent {
+                // Unlink by pointer identity, searching from the most recent child.
+                let me = std::sync::Arc::as_ptr(node);
+                let mut list = parent.children();
+                if let Some(i) = list.iter().rposition(|w| w.as_ptr() == me) {
+                    list.swap_remove(i);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two implementations behind one interface, so that both run exactly the same workload.
+
+trait Model: 'static {
+    const NAME: &'static str;
+    /// A cloneable handle.
+    type Ctx: Clone + Send + Sync + 'static;
+    /// The owner of a cancellable context: dropping it cancels and releases.
+    type Guard: Deref<Target = Self::Ctx> + Send + 'static;
+    fn request(server: &Self::Ctx, id: u64) -> Self::Guard;
+    fn child(parent: &Self::Ctx, op: &'static Op) -> Self::Guard;
+    fn cancel(owner: &Self::Guard, why: &'static str);
+    fn is_cancelled(ctx: &Self::Ctx) -> bool;
+    /// The values a log line would read.
+    fn values(ctx: &Self::Ctx) -> (Option<u64>, Option<&'static Op>);
+}
+
+struct Pooled;
+
+impl Model for Pooled {
+    const NAME: &'static str = "ctxpool";
+    type Ctx = Context;
+    type Guard = CancelGuard;
+    fn request(server: &Context, id: u64) -> CancelGuard {
+        server
+            .child()
+            .op(&HANDLE_REQUEST)
+            .request_id(RequestId(id))
+            .with_cancel()
+    }
+    fn child(parent: &Context, op: &'static Op) -> CancelGuard {
+        parent.child().op(op).with_cancel()
+    }
+    fn cancel(owner: &CancelGuard, why: &'static str) {
+        owner.cancel(Reason::Message(why));
+    }
+    fn is_cancelled(ctx: &Context) -> bool {
+        ctx.is_cancelled()
+    }
+    fn values(ctx: &Context) -> (Option<u64>, Option<&'static Op>) {
+        (ctx.request_id().map(|r| r.0), ctx.op())
+    }
+}
+
+struct Naive;
+
+impl Model for Naive {
+    const NAME: &'static str = "naive";
+    type Ctx = naive::Ctx;
+    type Guard = naive::Guard;
+    fn request(server: &naive::Ctx, id: u64) -> naive::Guard {
+        server.child(&HANDLE_REQUEST, Some(id))
+    }
+    fn child(parent: &naive::Ctx, op: &'static Op) -> naive::Guard {
+        parent.child(op, None)
+    }
+    fn cancel(owner: &naive::Guard, _why: &'static str) {
+        owner.cancel();
+    }
+    fn is_cancelled(ctx: &naive::Ctx) -> bool {
+        ctx.is_cancelled()
+    }
+    fn values(ctx: &naive::Ctx) -> (Option<u64>, Option<&'static Op>) {
+        (ctx.request_id(), ctx.op())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The workload.
+
+static SERVER: Op = Op::new("server");
+static HANDLE_REQUEST: Op = Op::new("handle_request");
+static SUB_OPS: [Op; 4] = [
+    Op::new("auth"),
+    Op::new("db.query"),
+    Op::new("cache.get"),
+    Op::new("render"),
+];
+static DB_ROW: Op = Op::new("db.row");
+static RPC: Op = Op::new("rpc.call");
+
+const WARM_UP: Duration = Duration::from_millis(500);
+const TICK: Duration = Duration::from_millis(250);
+/// A run in which no request completes for this long, or whose threads do not stop within it,
+/// is reported as stuck (exit status 1) instead of hanging.
+const STALL: Duration = Duration::from_secs(5);
+
+/// xorshift64: a tiny PRNG, good enough to pick what happens to a request.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// A context handed to the reaper thread, which drops it there.
+enum Handoff<M: Model> {
+    /// A sub-operation's owner (the work "finishes in the background").
+    Owner(M::Guard),
+    /// A clone of a request's handle (e.g. kept by an access logger).
+    Handle(M::Ctx),
+}
+
+/// Per-thread counters, kept locally and published after every request.
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    requests: u64,
+    contexts: u64,
+    aborted: u64,
+    handed_off: u64,
+    allocs: u64,
+}
+
+impl std::ops::Sub for Counts {
+    type Output = Counts;
+    fn sub(self, o: Counts) -> Counts {
+        Counts {
+            requests: self.requests - o.requests,
+            contexts: self.contexts - o.contexts,
+            aborted: self.aborted - o.aborted,
+            handed_off: self.handed_off - o.handed_off,
+            allocs: self.allocs - o.allocs,
+        }
+    }
+}
+
+/// One thread's published counters, on a cache line of its own.
+#[repr(align(128))]
+#[derive(Default)]
+struct Slot {
+    requests: AtomicU64,
+    contexts: AtomicU64,
+    aborted: AtomicU64,
+    handed_off: AtomicU64,
+    allocs: AtomicU64,
+}
+
+impl Slot {
+    fn publish(&self, c: &Counts) {
+        self.requests.store(c.requests, Relaxed);
+        self.contexts.store(c.contexts, Relaxed);
+        self.aborted.store(c.aborted, Relaxed);
+        self.handed_off.store(c.handed_off, Relaxed);
+        self.allocs.store(c.allocs, Relaxed);
+    }
+}
+
+fn total(slots: &[Slot]) -> Counts {
+    let mut t = Counts::default();
+    for s in slots {
+        t.requests += s.requests.load(Relaxed);
+        t.contexts += s.contexts.load(Relaxed);
+        t.aborted += s.aborted.load(Relaxed);
+        t.handed_off += s.handed_off.load(Relaxed);
+        t.allocs += s.allocs.load(Relaxed);
+    }
+    t
+}
+
+/// A little CPU work on behalf of `ctx`, reading its values as a log line would.
+fn work<M: Model>(ctx: &M::Ctx, seed: u64) {
+    if M::is_cancelled(ctx) {
+        return;
+    }
+    let mut x = seed | 1;
+    for _ in 0..16 + seed % 32 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    black_box((x, M::values(ctx)));
+}
+
+fn handle_request<M: Model>(
+    server: &M::Ctx,
+    id: u64,
+    rng: &mut Rng,
+    reaper: &SyncSender<Handoff<M>>,
+    c: &mut Counts,
+) {
+    let req = M::request(server, id);
+    c.contexts += 1;
+    let rq = rng.next();
+    // 2 to 4 sub-operations; in one request in 16 the client hangs up during one of them.
+    let subs = 2 + (rq % 3) as usize;
+    let hangup = ((rq >> 8) % 16 == 0).then_some((rq >> 12) as usize % subs);
+    for i in 0..subs {
+        if M::is_cancelled(&req) {
+            c.aborted += 1;
+            break;
+        }
+        let r = rng.next();
+        let sub = M::child(&req, &SUB_OPS[r as usize % SUB_OPS.len()]);
+        c.contexts += 1;
+        work::<M>(&sub, r);
+        // Half the sub-operations go one level deeper, a quarter two.
+        let nested = (r >> 8) % 4;
+        if nested >= 2 {
+            let row = M::child(&sub, &DB_ROW);
+            c.contexts += 1;
+            work::<M>(&row, r >> 16);
+            if nested == 3 {
+                let rpc = M::child(&row, &RPC);
+                c.contexts += 1;
+                work::<M>(&rpc, r >> 24);
+                if (r >> 32) % 8 == 0 {
+                    M::cancel(&sub, "sub-operation deadline");
+                    assert!(
+                        M::is_cancelled(&rpc),
+                        "a grandchild missed its cancellation"
+                    );
+                }
+            }
+        }
+        if hangup == Some(i) {
+            M::cancel(&req, "client closed the connection");
+            assert!(
+                M::is_cancelled(&sub),
+                "a child missed its request's cancellation"
+            );
+        }
+        // One sub-operation in 8 is finished (dropped) by another thread; if the channel is
+        // full, the error hands it back and it is dropped here.
+        if (r >> 40) % 8 == 0 && reaper.try_send(Handoff::Owner(sub)).is_ok() {
+            c.handed_off += 1;
+        }
+    }
+    // One request in 16 leaves a handle to another thread, which may release it last.
+    if (rq >> 20) % 16 == 0 && reaper.try_send(Handoff::Handle((*req).clone())).is_ok() {
+        c.handed_off += 1;
+    }
+}
+
+fn worker<M: Model>(
+    w: usize,
+    server: &M::Ctx,
+    reaper: SyncSender<Handoff<M>>,
+    slot: &Slot,
+    stop: &AtomicBool,
+) {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut c = Counts::default();
+    while !stop.load(Relaxed) {
+        c.requests += 1;
+        handle_request::<M>(
+            server,
+            ((w as u64) << 48) | c.requests,
+            &mut rng,
+            &reaper,
+            &mut c,
+        );
+        c.allocs = thread_allocs();
+        slot.publish(&c);
+    }
+}
+
+/// Drops whatever it is handed, on its own thread.
+fn reaper<M: Model>(rx: Receiver<Handoff<M>>, slot: &Slot) {
+    let mut c = Counts::default();
+    for h in rx {
+        match h {
+            Handoff::Owner(owner) => black_box(M::is_cancelled(&owner)),
+            Handoff::Handle(ctx) => black_box(M::is_cancelled(&ctx)),
+        };
+        c.allocs = thread_allocs();
+        slot.publish(&c);
+    }
+}
+
+/// Counts a thread's exit, panicking or not.
+struct Exit<'a>(&'a AtomicUsize);
+
+impl Drop for Exit<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+}
+
+/// Reports a run that stopped making progress and exits without waiting for it.
+fn stuck(name: &str, what: &str) -> ! {
+    eprintln!(
+        "\n[{name}] STUCK: {what} within {} s (deadlock or livelock?)",
+        STALL.as_secs()
+    );
+    exit(1)
+}
+
+struct Outcome {
+    secs: f64,
+    /// Counters over the measured phase.
+    delta: Counts,
+}
+
+/// Runs the workload on `threads` workers plus a reaper for `WARM_UP` + `secs`, printing a
+/// progress line every `TICK`; `live` gives (contexts in use, pool high water) if known.
+fn run<M: Model>(
+    server: &M::Ctx,
+    threads: usize,
+    secs: f64,
+    live: &dyn Fn() -> Option<(u64, u32)>,
+) -> Outcome {
+    let stop = AtomicBool::new(false);
+    let exited = AtomicUsize::new(0);
+    let slots: Vec<Slot> = (0..=threads).map(|_| Slot::default()).collect();
+    let (workers, reaper_slot) = slots.split_at(threads);
+    let (tx, rx) = mpsc::sync_channel::<Handoff<M>>(256);
+    thread::scope(|s| {
+        s.spawn(|| {
+            let _exit = Exit(&exited);
+            reaper::<M>(rx, &reaper_slot[0])
+        });
+        for (w, slot) in workers.iter().enumerate() {
+            let (tx, stop, exited) = (tx.clone(), &stop, &exited);
+            s.spawn(move || {
+                let _exit = Exit(exited);
+                worker::<M>(w, server, tx, slot, stop)
+            });
+        }
+        drop(tx);
+
+        thread::sleep(WARM_UP);
+        let main_allocs = thread_allocs();
+        let start = total(&slots);
+        let t0 = Instant::now();
+        let end = t0 + Duration::from_secs_f64(secs);
+        let (mut last, mut last_t, mut last_progress) = (start, t0, t0);
+        let mut out = std::io::stdout().lock();
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            thread::sleep(TICK.min(end - now));
+            let (cur, now) = (total(&slots), Instant::now());
+            let rps = (cur.requests - last.requests) as f64 / (now - last_t).as_secs_f64();
+            let _ = write!(
+                out,
+                "\r  [{:<7}] {:>5.2} s  {:>6.2} M req/s",
+                M::NAME,
+                (now - t0).as_secs_f64(),
+                rps / 1e6
+            );
+            let _ = match live() {
+                Some((in_use, high)) => {
+                    write!(
+                        out,
+                        "  active contexts {in_use:>5}  pool high water {high:>6}"
+                    )
+                }
+                None => write!(out, "  (no pool: contexts are heap nodes)"),
+            };
+            let _ = out.flush();
+            if cur.requests != last.requests {
+                last_progress = now;
+            } else if now - last_progress >= STALL {
+                stuck(M::NAME, "no request completed");
+            }
+            (last, last_t) = (cur, now);
+        }
+        let delta = total(&slots) - start;
+        let secs = t0.elapsed().as_secs_f64();
+        let main_allocs = thread_allocs() - main_allocs;
+        stop.store(true, Relaxed);
+        let _ = writeln!(out);
+        let stopping = Instant::now();
+        while exited.load(Relaxed) <= threads {
+            if stopping.elapsed() >= STALL {
+                stuck(M::NAME, "the worker threads did not stop");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        Outcome {
+            secs,
+            delta: Counts {
+                allocs: delta.allocs + main_allocs,
+                ..delta
+            },
+        }
+    })
+}
+
+fn parse_args() -> (f64, usize) {
+    let usage = "usage: demo [--secs N] [--threads N]\n  \
+                 --secs N     seconds of measured load per implementation (default 4)\n  \
+                 --threads N  worker threads (default 2)";
+    let (mut secs, mut threads) = (4.0_f64, 2_usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| match args.next() {
+            Some(v) => v,
+            None => {
+                eprintln!("demo: {name} needs a value\n{usage}");
+                exit(2)
+            }
+        };
+        match arg.as_str() {
+            "--secs" => match value("--secs").parse::<f64>() {
+                Ok(s) if s > 0.0 && s.is_finite() => secs = s,
+                _ => {
+                    eprintln!("demo: --secs must be a positive number\n{usage}");
+                    exit(2)
+                }
+            },
+            "--threads" => match value("--threads").parse::<usize>() {
+                Ok(t) if (1..=256).contains(&t) => threads = t,
+                _ => {
+                    eprintln!("demo: --threads must be between 1 and 256\n{usage}");
+                    exit(2)
+                }
+            },
+            "-h" | "--help" => {
+                println!("{usage}");
+                exit(0)
+            }
+            other => {
+                eprintln!("demo: unknown argument {other:?}\n{usage}");
+                exit(2)
+            }
+        }
+    }
+    (secs, threads)
+}
+
+fn main() {
+    let (secs, threads) = parse_args();
+    let pool = Pool::global();
+    let before = pool.stats();
+    println!(
+        "ctxpool demo: {threads} worker thread(s) + 1 reaper thread, {secs} s measured per \
+         implementation after a {} ms warm-up",
+        WARM_UP.as_millis()
+    );
+    println!(
+        "context node: {} bytes, global pool capacity {}",
+        ctxpool::NODE_SIZE,
+        before.capacity
+    );
+
+    // ctxpool: every request is a child of one long-lived server context.
+    let server = Context::background().child().op(&SERVER).with_cancel();
+    let pooled = run::<Pooled>(&server.context(), threads, secs, &|| {
+        let s = pool.stats();
+        Some((s.in_use, s.high_water))
+    });
+    drop(server);
+    let after = pool.stats();
+
+    // The same workload on the naive tree.
+    let server = naive::Guard::root(&SERVER);
+    let naive_run = run::<Naive>(&server, threads, secs, &|| None);
+    let naive_leftovers = server.leftovers();
+    drop(server);
+
+    let per_sec = |o: &Outcome, n: u64| n as f64 / o.secs / 1e6;
+    let per_req = |o: &Outcome| o.delta.allocs as f64 / o.delta.requests.max(1) as f64;
+    let (p, n) = (&pooled.delta, &naive_run.delta);
+    println!("                          ctxpool        naive");
+    println!(
+        "  contexts/s          {:>9.2} M  {:>9.2} M   ctxpool {:.2}x",
+        per_sec(&pooled, p.contexts),
+        per_sec(&naive_run, n.contexts),
+        per_sec(&pooled, p.contexts) / per_sec(&naive_run, n.contexts)
+    );
+    println!(
+        "  requests/s          {:>9.2} M  {:>9.2} M",
+        per_sec(&pooled, p.requests),
+        per_sec(&naive_run, n.requests)
+    );
+    println!(
+        "  allocations/request {:>11.4}  {:>11.4}   ({} vs {} allocations in total)",
+        per_req(&pooled),
+        per_req(&naive_run),
+        p.allocs,
+        n.allocs
+    );
+    println!(
+        "  contexts/request    {:>11.2}  {:>11.2}",
+        p.contexts as f64 / p.requests.max(1) as f64,
+        n.contexts as f64 / n.requests.max(1) as f64,
+    );
+    println!(
+        "  hung up (aborted)   {:>10.1}%  {:>10.1}%   handed to the reaper: {} vs {}",
+        100.0 * p.aborted as f64 / p.requests.max(1) as f64,
+        100.0 * n.aborted as f64 / n.requests.max(1) as f64,
+        p.handed_off,
+        n.handed_off
+    );
+    println!(
+        "pool: created {} released {}, in use {} -> {}, high water {}, exhausted {}, \
+         reserved {} KiB",
+        after.created,
+        after.released,
+        before.in_use,
+        after.in_use,
+        after.high_water,
+        after.exhausted,
+        after.reserved_bytes / 1024
+    );
+
+    let mut problems = Vec::new();
+    if after.created - before.created != after.released - before.released {
+        problems.push(format!(
+            "pool created {} contexts but released {}",
+            after.created - before.created,
+            after.released - before.released
+        ));
+    }
+    if after.in_use != before.in_use {
+        problems.push(format!(
+            "pool in use went from {} to {}",
+            before.in_use, after.in_use
+        ));
+    }
+    if naive_leftovers != (1, 0) {
+        problems.push(format!(
+            "naive server root still has {} references and {} linked children",
+            naive_leftovers.0, naive_leftovers.1
+        ));
+    }
+    if problems.is_empty() {
+        println!(
+            "conservation: OK (every pooled context created was released; \
+             naive root back to 1 reference, 0 children)"
+        );
+    } else {
+        for p in &problems {
+            eprintln!("conservation FAILED: {p}");
+        }
+        exit(1);
+    }
+}
