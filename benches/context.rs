@@ -4,7 +4,8 @@
 //! - `ctxpool`: this crate.
 //! - `naive`: the textbook design (an `Arc` node with an `AtomicBool` cancelled flag and a
 //!   `Mutex<Vec<Weak<Node>>>` of children; creating a child pushes onto its parent's list,
-//!   dropping it removes it from there, cancelling walks the list). See [`naive`] below.
+//!   dropping it removes it from there, cancelling walks the list). It lives in
+//!   `benches/support/naive.rs`, shared with `examples/demo.rs`.
 //! - `tokio_util`: `tokio_util::sync::CancellationToken::child_token`.
 //!
 //! Groups (the ids are compared over time; do not rename them):
@@ -25,121 +26,9 @@ use criterion::{BatchSize, Bencher, Criterion, SamplingMode, Throughput};
 use ctxpool::{CancelGuard, Context, Pool, Reason};
 use tokio_util::sync::CancellationToken;
 
-/// The textbook cancellation tree: what `ctxpool` is measured against.
-///
-/// Every node is its own `Arc` allocation; a parent keeps `Weak` links to its children under a
-/// mutex so that cancelling it can reach them, and a child keeps a strong link to its parent.
-/// This is the shape of Go's `context.cancelCtx` (a mutex-guarded children set) with Rust
-/// ownership: the [`Guard`](naive::Guard) owns a cancellable node like `CancelGuard` does.
-mod naive {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-
-    pub struct Node {
-        cancelled: AtomicBool,
-        parent: Option<Arc<Node>>,
-        children: Mutex<Vec<Weak<Node>>>,
-    }
-
-    impl Node {
-        fn children(&self) -> MutexGuard<'_, Vec<Weak<Node>>> {
-            self.children.lock().unwrap_or_else(PoisonError::into_inner)
-        }
-
-        /// Sets the flag and cancels every live child, depth first. The flag is set under the
-        /// children lock so that a child made concurrently is either on the list taken here or
-        /// sees the flag (and is born cancelled).
-        fn cancel(&self) -> bool {
-            let children = {
-                let mut list = self.children();
-                if self.cancelled.swap(true, Ordering::AcqRel) {
-                    return false;
-                }
-                std::mem::take(&mut *list)
-            };
-            for child in children {
-                if let Some(child) = child.upgrade() {
-                    child.cancel();
-                }
-            }
-            true
-        }
-    }
-
-    /// A cloneable handle (`Arc`) to a node.
-    #[derive(Clone)]
-    pub struct Ctx(Arc<Node>);
-
-    impl Ctx {
-        /// Whether this node or an ancestor was cancelled (propagation is eager: one load).
-        #[inline]
-        pub fn is_cancelled(&self) -> bool {
-            self.0.cancelled.load(Ordering::Acquire)
-        }
-
-        /// A cancellable child, registered on this node's children list.
-        pub fn with_cancel(&self) -> Guard {
-            let node = Arc::new(Node {
-                cancelled: AtomicBool::new(false),
-                parent: Some(self.0.clone()),
-                children: Mutex::new(Vec::new()),
-            });
-            {
-                let mut list = self.0.children();
-                if self.0.cancelled.load(Ordering::Acquire) {
-                    node.cancelled.store(true, Ordering::Release);
-                } else {
-                    list.push(Arc::downgrade(&node));
-                }
-            }
-            Guard(Ctx(node))
-        }
-    }
-
-    /// The owner of a cancellable node: dropping it cancels the node and unlinks it from its
-    /// parent's children list.
-    pub struct Guard(Ctx);
-
-    impl Guard {
-        /// A cancellable root.
-        pub fn root() -> Guard {
-            Guard(Ctx(Arc::new(Node {
-                cancelled: AtomicBool::new(false),
-                parent: None,
-                children: Mutex::new(Vec::new()),
-            })))
-        }
-
-        /// Cancels this node and its subtree; whether this call did it.
-        pub fn cancel(&self) -> bool {
-            (self.0).0.cancel()
-        }
-    }
-
-    impl std::ops::Deref for Guard {
-        type Target = Ctx;
-
-        fn deref(&self) -> &Ctx {
-            &self.0
-        }
-    }
-
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let node = &(self.0).0;
-            node.cancel();
-            if let Some(parent) = &node.parent {
-                // Unlink by pointer identity, searching from the back (the most recent child
-                // is the likeliest to go first), then swap_remove: O(1) for LIFO drops.
-                let me = Arc::as_ptr(node);
-                let mut list = parent.children();
-                if let Some(i) = list.iter().rposition(|w| w.as_ptr() == me) {
-                    list.swap_remove(i);
-                }
-            }
-        }
-    }
-}
+/// The textbook cancellation tree `ctxpool` is measured against (shared with the demo).
+#[path = "support/naive.rs"]
+mod naive;
 
 const CHILDREN: usize = 100_000;
 const THREADS: usize = 2;

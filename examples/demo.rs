@@ -73,133 +73,11 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 // ---------------------------------------------------------------------------------------------
-// The naive implementation compared against (the same as in `benches/context.rs`, plus the
-// operation label and request id that the workload reads).
+// The naive implementation compared against (shared with `benches/context.rs`; its nodes
+// here carry the operation label and request id that the workload reads).
 
-mod naive {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-
-    use ctxpool::Op;
-
-    pub struct Node {
-        cancelled: AtomicBool,
-        parent: Option<Arc<Node>>,
-        children: Mutex<Vec<Weak<Node>>>,
-        op: Option<&'static Op>,
-        request_id: Option<u64>,
-    }
-
-    impl Node {
-        fn children(&self) -> MutexGuard<'_, Vec<Weak<Node>>> {
-            self.children.lock().unwrap_or_else(PoisonError::into_inner)
-        }
-
-        /// Sets the flag under the children lock (so a concurrent child is either on the list
-        /// taken here or born cancelled), then cancels the live children, depth first.
-        fn cancel(&self) -> bool {
-            let children = {
-                let mut list = self.children();
-                if self.cancelled.swap(true, Ordering::AcqRel) {
-                    return false;
-                }
-                std::mem::take(&mut *list)
-            };
-            for child in children {
-                if let Some(child) = child.upgrade() {
-                    child.cancel();
-                }
-            }
-            true
-        }
-    }
-
-    /// A cloneable handle to a node.
-    #[derive(Clone)]
-    pub struct Ctx(Arc<Node>);
-
-    impl Ctx {
-        pub fn is_cancelled(&self) -> bool {
-            self.0.cancelled.load(Ordering::Acquire)
-        }
-
-        pub fn request_id(&self) -> Option<u64> {
-            self.0.request_id
-        }
-
-        pub fn op(&self) -> Option<&'static Op> {
-            self.0.op
-        }
-
-        /// A cancellable child, registered on this node's children list.
-        pub fn child(&self, op: &'static Op, request_id: Option<u64>) -> Guard {
-            let node = Arc::new(Node {
-                cancelled: AtomicBool::new(false),
-                parent: Some(self.0.clone()),
-                children: Mutex::new(Vec::new()),
-                op: Some(op),
-                request_id: request_id.or(self.0.request_id),
-            });
-            {
-                let mut list = self.0.children();
-                if self.0.cancelled.load(Ordering::Acquire) {
-                    node.cancelled.store(true, Ordering::Release);
-                } else {
-                    list.push(Arc::downgrade(&node));
-                }
-            }
-            Guard(Ctx(node))
-        }
-    }
-
-    /// The owner of a node: dropping it cancels the node and unlinks it from its parent.
-    pub struct Guard(Ctx);
-
-    impl Guard {
-        pub fn root(op: &'static Op) -> Guard {
-            Guard(Ctx(Arc::new(Node {
-                cancelled: AtomicBool::new(false),
-                parent: None,
-                children: Mutex::new(Vec::new()),
-                op: Some(op),
-                request_id: None,
-            })))
-        }
-
-        pub fn cancel(&self) -> bool {
-            (self.0).0.cancel()
-        }
-
-        /// (references to the node, children still linked to it): (1, 0) once all else is gone.
-        pub fn leftovers(&self) -> (usize, usize) {
-            let node = &(self.0).0;
-            (Arc::strong_count(node), node.children().len())
-        }
-    }
-
-    impl std::ops::Deref for Guard {
-        type Target = Ctx;
-
-        fn deref(&self) -> &Ctx {
-            &self.0
-        }
-    }
-
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let node = &(self.0).0;
-            node.cancel();
-            if let Some(parent) = &node.parent {
-                // Unlink by pointer identity, searching from the most recent child.
-                let me = std::sync::Arc::as_ptr(node);
-                let mut list = parent.children();
-                if let Some(i) = list.iter().rposition(|w| w.as_ptr() == me) {
-                    list.swap_remove(i);
-                }
-            }
-        }
-    }
-}
+#[path = "../benches/support/naive.rs"]
+mod naive;
 
 // ---------------------------------------------------------------------------------------------
 // The two implementations behind one interface, so that both run exactly the same workload.
@@ -249,21 +127,21 @@ struct Naive;
 
 impl Model for Naive {
     const NAME: &'static str = "naive";
-    type Ctx = naive::Ctx;
-    type Guard = naive::Guard;
-    fn request(server: &naive::Ctx, id: u64) -> naive::Guard {
+    type Ctx = naive::Ctx<naive::Labels>;
+    type Guard = naive::Guard<naive::Labels>;
+    fn request(server: &Self::Ctx, id: u64) -> Self::Guard {
         server.child(&HANDLE_REQUEST, Some(id))
     }
-    fn child(parent: &naive::Ctx, op: &'static Op) -> naive::Guard {
+    fn child(parent: &Self::Ctx, op: &'static Op) -> Self::Guard {
         parent.child(op, None)
     }
-    fn cancel(owner: &naive::Guard, _why: &'static str) {
+    fn cancel(owner: &Self::Guard, _why: &'static str) {
         owner.cancel();
     }
-    fn is_cancelled(ctx: &naive::Ctx) -> bool {
+    fn is_cancelled(ctx: &Self::Ctx) -> bool {
         ctx.is_cancelled()
     }
-    fn values(ctx: &naive::Ctx) -> (Option<u64>, Option<&'static Op>) {
+    fn values(ctx: &Self::Ctx) -> (Option<u64>, Option<&'static Op>) {
         (ctx.request_id(), ctx.op())
     }
 }
@@ -655,7 +533,7 @@ fn main() {
     let after = pool.stats();
 
     // The same workload on the naive tree.
-    let server = naive::Guard::root(&SERVER);
+    let server = naive::Guard::labelled_root(&SERVER);
     let naive_run = run::<Naive>(&server, threads, secs, &|| None);
     let naive_leftovers = server.leftovers();
     drop(server);
