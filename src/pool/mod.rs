@@ -459,7 +459,10 @@ impl PoolInner {
             return false;
         }
         // S6: re-key with the seqlock pattern.
-        lease.key.store(0, Ordering::Relaxed);
+        // Release: a `lease_sum` that reads the cleared key (and so counts 0 for the old
+        // parent) must happen after the decrements that brought the old count to zero, which
+        // this thread acquired in the `live` check above.
+        lease.key.store(0, Ordering::Release);
         fence(Ordering::Release);
         lease.remote.store(0, Ordering::Relaxed);
         lease.local.store(1, Ordering::Relaxed);

@@ -44,8 +44,9 @@ const PINNED: u64 = 1 << 30;
 /// The zombie's teardown was won (tree I10).
 const CLAIMED: u64 = 1 << 31;
 const GEN_SHIFT: u32 = 32;
-/// Above this many references we abort, as `Arc` does, rather than risk an overflow.
-const MAX_REFS: u64 = REFS_MASK - 1;
+/// Above this many references we abort, as `Arc` does, rather than risk an overflow. Half the
+/// field, so that many threads racing past the check cannot carry into `PINNED`/`CLAIMED`.
+const MAX_REFS: u64 = REFS_MASK / 2;
 
 #[inline]
 pub(crate) fn generation(word: u64) -> u32 {

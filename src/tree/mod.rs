@@ -658,6 +658,10 @@ pub(crate) fn tear_down(pool: &PoolInner, mut idx: u32) -> Deferred {
             // and a claim that fails on a stale generation (L4).
             let pgen = generation(pn.life.load(Ordering::Relaxed));
             pool.unlease(me, shard & SHARD_MASK, parent, pn) && {
+                // Zombie path: two children released at once must not both miss each other's
+                // decrement (the light fence in `unlease` only pairs with the parent's heavy
+                // one), so a full fence on each of them before reading the counts.
+                crate::sync::fence(Ordering::SeqCst);
                 let ps = pn.state.load(Ordering::Acquire);
                 pool.lease_sum(parent, pgen, ps) == 0 && pn.life.try_claim(pgen)
             }
