@@ -426,7 +426,11 @@ fn callback_below_released_middle_runs_once_cancel_handed_over() {
         assert!(r.cancel(Reason::Code(3)));
         assert!(get(&ran) <= 1);
         t.join().unwrap();
-        assert_eq!(get(&ran), 1, "the handed-over cancel never ran the callback");
+        assert_eq!(
+            get(&ran),
+            1,
+            "the handed-over cancel never ran the callback"
+        );
         assert!(!af.stop());
         drop((af, c, r));
         assert_all_released(&pool);
