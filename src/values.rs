@@ -78,9 +78,11 @@ pub const INLINE_VALUE_BYTES: usize = size_of::<usize>();
 /// Type-erased operations on a stored custom value.
 pub(crate) struct ValueVTable {
     pub(crate) type_id: fn() -> TypeId,
-    /// Drops the value in place (or its box).
+    /// Drops the value in place (or its box). # Safety: the word holds a value stored by
+    /// `store_value` for this vtable's type, not dropped before (tree I7).
     pub(crate) drop: unsafe fn(*mut MaybeUninit<usize>),
-    /// A pointer to the value.
+    /// A pointer to the value. # Safety: the word holds a live value stored by `store_value`
+    /// for this vtable's type.
     pub(crate) get: unsafe fn(*const MaybeUninit<usize>) -> *const (),
 }
 
@@ -88,6 +90,10 @@ const fn is_inline<T>() -> bool {
     size_of::<T>() <= size_of::<usize>() && align_of::<T>() <= align_of::<usize>()
 }
 
+/// Drops the `T` stored in `data`.
+///
+/// # Safety
+/// `data` holds a `T` stored by `store_value::<T>`, not dropped before (tree I7).
 unsafe fn drop_value<T>(data: *mut MaybeUninit<usize>) {
     if is_inline::<T>() {
         // SAFETY: `store_value::<T>` wrote a `T` in place (it fits, checked by `is_inline`);
@@ -99,6 +105,10 @@ unsafe fn drop_value<T>(data: *mut MaybeUninit<usize>) {
     }
 }
 
+/// A pointer to the `T` stored in `data`.
+///
+/// # Safety
+/// `data` holds a live `T` stored by `store_value::<T>`.
 unsafe fn get_value<T>(data: *const MaybeUninit<usize>) -> *const () {
     if is_inline::<T>() {
         data.cast()

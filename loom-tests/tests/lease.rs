@@ -453,7 +453,7 @@ fn callback_below_released_middle_runs_once_cancel_handed_over() {
 /// (rounds: env `CTXPOOL_STRESS_ROUNDS`, default 2,000,000).
 #[cfg(not(loom))]
 #[test]
-#[ignore = "native stress (about 15 s in release)"]
+#[ignore = "native stress, run by .ci/run in release (too slow in a debug build)"]
 fn stress_two_leased_children_released_at_once_after_zombie_mark() {
     use std::sync::atomic::Ordering::{Acquire, Release};
     use std::sync::Mutex;

@@ -30,6 +30,10 @@ const fn is_inline<F>() -> bool {
     size_of::<F>() <= size_of::<Words>() && align_of::<F>() <= align_of::<usize>()
 }
 
+/// Moves the closure out of `data` and calls it.
+///
+/// # Safety
+/// `data` holds an `F` packed by `pack::<F>`, owned by the caller and not taken before (I7).
 unsafe fn call<F: FnOnce()>(data: *mut Words) {
     // SAFETY: `pack::<F>` wrote an `F` (or a `Box<F>`) into `data`, and the caller took
     // ownership of it by winning the func node's cancel CAS (I7), so it is read exactly once.
@@ -43,6 +47,10 @@ unsafe fn call<F: FnOnce()>(data: *mut Words) {
     f()
 }
 
+/// Drops the closure in `data` without calling it.
+///
+/// # Safety
+/// As for [`call`].
 unsafe fn drop_fn<F>(data: *mut Words) {
     // SAFETY: as for `call`: the caller owns the closure (I7) and drops it once.
     unsafe {

@@ -93,7 +93,10 @@ pub(crate) const FUNC_WORDS: usize = 6;
 /// An `after_func` closure: how to call or drop it, and its bytes.
 #[derive(Clone, Copy)]
 pub(crate) struct Func {
+    /// Moves the closure out and calls it. # Safety: `data` holds the closure this entry was
+    /// packed with, owned by the caller, not taken before (tree I7).
     pub(crate) call: unsafe fn(*mut [MaybeUninit<usize>; FUNC_WORDS]),
+    /// Drops the closure uncalled. # Safety: as for `call`.
     pub(crate) drop: unsafe fn(*mut [MaybeUninit<usize>; FUNC_WORDS]),
     pub(crate) data: [MaybeUninit<usize>; FUNC_WORDS],
 }
