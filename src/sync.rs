@@ -84,7 +84,7 @@ pub(crate) mod cell {
 /// reordering (`compiler_fence`). Where membarrier is unavailable (other systems, old kernels,
 /// or registration refused), and under loom, both are `fence(SeqCst)`.
 pub(crate) mod barrier {
-    #[cfg(all(target_os = "linux", not(loom)))]
+    #[cfg(all(target_os = "linux", not(loom), not(miri)))]
     mod imp {
         use std::sync::atomic::{compiler_fence, fence, AtomicU8, Ordering};
 
@@ -150,7 +150,7 @@ pub(crate) mod barrier {
         }
     }
 
-    #[cfg(not(all(target_os = "linux", not(loom))))]
+    #[cfg(not(all(target_os = "linux", not(loom), not(miri))))]
     mod imp {
         use super::super::{fence, Ordering};
 

@@ -101,7 +101,7 @@ unsafe fn drop_value<T>(data: *mut MaybeUninit<usize>) {
         unsafe { core::ptr::drop_in_place(data.cast::<T>()) }
     } else {
         // SAFETY: `store_value::<T>` stored `Box::into_raw` of a `Box<T>`; dropped once (I7).
-        drop(unsafe { Box::from_raw((*data).assume_init() as *mut T) })
+        drop(unsafe { Box::from_raw(data.cast::<*mut T>().read()) })
     }
 }
 
@@ -113,8 +113,8 @@ unsafe fn get_value<T>(data: *const MaybeUninit<usize>) -> *const () {
     if is_inline::<T>() {
         data.cast()
     } else {
-        // SAFETY: `store_value::<T>` initialised the word with the box pointer.
-        unsafe { (*data).assume_init() as *const () }
+        // SAFETY: `store_value::<T>` wrote the box pointer into the word (as a pointer).
+        unsafe { data.cast::<*const ()>().read() }
     }
 }
 
@@ -138,7 +138,13 @@ pub(crate) fn store_value<T: Send + Sync + 'static>(value: T) -> MaybeUninit<usi
         // SAFETY: `T` fits in a `usize` in size and alignment (`is_inline`).
         unsafe { word.as_mut_ptr().cast::<T>().write(value) }
     } else {
-        word.write(Box::into_raw(Box::new(value)) as usize);
+        // A pointer written as bytes (not cast to an integer) keeps its provenance.
+        // SAFETY: a pointer fits in a `usize` word in size and alignment.
+        unsafe {
+            word.as_mut_ptr()
+                .cast::<*mut T>()
+                .write(Box::into_raw(Box::new(value)))
+        }
     }
     word
 }

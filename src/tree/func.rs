@@ -41,7 +41,7 @@ unsafe fn call<F: FnOnce()>(data: *mut Words) {
         if is_inline::<F>() {
             data.cast::<F>().read()
         } else {
-            *Box::from_raw((*data)[0].assume_init() as *mut F)
+            *Box::from_raw(data.cast::<*mut F>().read())
         }
     };
     f()
@@ -57,7 +57,7 @@ unsafe fn drop_fn<F>(data: *mut Words) {
         if is_inline::<F>() {
             core::ptr::drop_in_place(data.cast::<F>());
         } else {
-            drop(Box::from_raw((*data)[0].assume_init() as *mut F));
+            drop(Box::from_raw(data.cast::<*mut F>().read()));
         }
     }
 }
@@ -69,7 +69,13 @@ pub(crate) fn pack<F: FnOnce() + Send + 'static>(f: F) -> Func {
         // SAFETY: `F` fits in `Words` in size and alignment (`is_inline`).
         unsafe { data.as_mut_ptr().cast::<F>().write(f) }
     } else {
-        data[0].write(Box::into_raw(Box::new(f)) as usize);
+        // A pointer written as bytes (not cast to an integer) keeps its provenance.
+        // SAFETY: a pointer fits in the first word of `data` in size and alignment.
+        unsafe {
+            data.as_mut_ptr()
+                .cast::<*mut F>()
+                .write(Box::into_raw(Box::new(f)))
+        }
     }
     Func {
         call: call::<F>,

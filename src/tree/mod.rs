@@ -135,7 +135,7 @@ pub(crate) fn set_cancelled(node: &Node, cause: Packed) -> Won {
             s = node.state.load(Ordering::Relaxed);
             continue;
         }
-        let quiet = cause.msg == 0 && s & LISTENED == 0;
+        let quiet = cause.msg.is_null() && s & LISTENED == 0;
         let lock = if quiet { 0 } else { LOCKED };
         match node.state.compare_exchange_weak(
             s,
@@ -146,7 +146,7 @@ pub(crate) fn set_cancelled(node: &Node, cause: Packed) -> Won {
             Ok(_) if quiet => return Won::Quiet,
             Ok(_) => {
                 // I3: the message pointer, under LOCK, before LOCK is first released.
-                node.msg.store(cause.msg, Ordering::Relaxed);
+                node.msg.store(cause.msg.cast_mut(), Ordering::Relaxed);
                 return Won::Locked;
             }
             Err(actual) => s = actual,
@@ -166,7 +166,7 @@ fn recorded(node: &Node) -> Packed {
     }
     Packed {
         bits: s & CAUSE_BITS,
-        msg: node.msg.load(Ordering::Relaxed),
+        msg: node.msg.load(Ordering::Relaxed).cast_const(),
     }
 }
 
@@ -380,9 +380,9 @@ pub(crate) fn cause_now(pool: &PoolInner, idx: u32) -> Option<Cause> {
     };
     let s = node.state.load(Ordering::Acquire);
     let msg = if s & LOCKED == 0 {
-        node.msg.load(Ordering::Relaxed)
+        node.msg.load(Ordering::Relaxed).cast_const()
     } else {
-        0
+        core::ptr::null()
     };
     let c = state::decode(s & CAUSE_BITS, msg);
     Some(if inherit {
@@ -428,7 +428,7 @@ pub(crate) fn ensure_registered(pool: &PoolInner, mut idx: u32) {
             // LOCK is held, so the canceller released it at least once: `msg` is written (I3).
             let origin = Packed {
                 bits: ps & CAUSE_BITS,
-                msg: pn.msg.load(Ordering::Relaxed),
+                msg: pn.msg.load(Ordering::Relaxed).cast_const(),
             };
             unlock(pn);
             cancel(pool, idx, origin.inherited());
@@ -625,7 +625,7 @@ pub(crate) fn tear_down(pool: &PoolInner, mut idx: u32) -> Deferred {
         });
         debug_assert_eq!(node.children.load(Ordering::Relaxed), NIL);
         node.state.store(0, Ordering::Relaxed);
-        node.msg.store(0, Ordering::Relaxed);
+        node.msg.store(core::ptr::null_mut(), Ordering::Relaxed);
         node.life
             .retire(generation(node.life.load(Ordering::Relaxed)));
         pool.free(me, idx, node);

@@ -20,7 +20,7 @@ use core::panic::Location;
 
 use crate::pool::slot::Life;
 use crate::sync::cell::UnsafeCell;
-use crate::sync::{AtomicU32, AtomicU64, AtomicUsize};
+use crate::sync::{AtomicPtr, AtomicU32, AtomicU64};
 use crate::tree::wait::Waiter;
 use crate::values::{Op, ValueVTable};
 
@@ -114,7 +114,7 @@ pub(crate) struct Node {
     pub(crate) life: Life,
     pub(crate) state: AtomicU64,
     /// Pointer of a `Reason::Message` (its length is in `state`); written under `LOCK`.
-    pub(crate) msg: AtomicUsize,
+    pub(crate) msg: AtomicPtr<u8>,
     /// Head of the intrusive waiter list; guarded by `LOCK` (tree I5).
     pub(crate) waiters: UnsafeCell<*mut Waiter>,
     pub(crate) meta: UnsafeCell<Meta>,
@@ -144,7 +144,7 @@ impl Node {
         Node {
             life: Life::new(),
             state: AtomicU64::new(0),
-            msg: AtomicUsize::new(0),
+            msg: AtomicPtr::new(core::ptr::null_mut()),
             waiters: UnsafeCell::new(core::ptr::null_mut()),
             meta: UnsafeCell::new(Meta::EMPTY),
             shard_flags: UnsafeCell::new(0),

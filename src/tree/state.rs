@@ -65,14 +65,14 @@ const TAG_STOPPED: u64 = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Packed {
     pub(crate) bits: u64,
-    pub(crate) msg: usize,
+    pub(crate) msg: *const u8,
 }
 
 impl Packed {
     /// The internal "stopped" cause of an `after_func` registration.
     pub(crate) const STOPPED: Packed = Packed {
         bits: TAG_STOPPED << TAG_SHIFT,
-        msg: 0,
+        msg: core::ptr::null(),
     };
 
     pub(crate) fn from_cause(cause: Cause) -> Packed {
@@ -81,17 +81,19 @@ impl Packed {
             c => (c.origin(), 0),
         };
         let (tag, payload, msg) = match origin {
-            Origin::Cancelled(Reason::None) => (TAG_CANCELLED_NONE, 0, 0),
+            Origin::Cancelled(Reason::None) => (TAG_CANCELLED_NONE, 0, core::ptr::null()),
             Origin::Cancelled(Reason::Message(m)) => (
                 TAG_CANCELLED_MSG,
                 m.len().min(u32::MAX as usize) as u64,
-                m.as_ptr() as usize,
+                m.as_ptr(),
             ),
-            Origin::Cancelled(Reason::Code(c)) => (TAG_CANCELLED_CODE, u64::from(c), 0),
-            Origin::OwnerDropped => (TAG_OWNER_DROPPED, 0, 0),
-            Origin::DeadlineExceeded => (TAG_DEADLINE, 0, 0),
-            Origin::PoolExhausted => (TAG_EXHAUSTED, 0, 0),
-            Origin::Shutdown => (TAG_SHUTDOWN, 0, 0),
+            Origin::Cancelled(Reason::Code(c)) => {
+                (TAG_CANCELLED_CODE, u64::from(c), core::ptr::null())
+            }
+            Origin::OwnerDropped => (TAG_OWNER_DROPPED, 0, core::ptr::null()),
+            Origin::DeadlineExceeded => (TAG_DEADLINE, 0, core::ptr::null()),
+            Origin::PoolExhausted => (TAG_EXHAUSTED, 0, core::ptr::null()),
+            Origin::Shutdown => (TAG_SHUTDOWN, 0, core::ptr::null()),
         };
         Packed {
             bits: (tag << TAG_SHIFT) | inherited | (payload << PAYLOAD_SHIFT),
@@ -154,18 +156,15 @@ pub(crate) fn needs_msg(state: u64) -> bool {
 
 /// Decodes the cause recorded in a cancelled state word. `msg` is the node's message pointer,
 /// read after `LOCKED` was seen clear (so the cancel winner's write is visible).
-pub(crate) fn decode(state: u64, msg: usize) -> Cause {
+pub(crate) fn decode(state: u64, msg: *const u8) -> Cause {
     let payload = (state >> PAYLOAD_SHIFT) as u32;
     let origin = match (state & TAG_MASK) >> TAG_SHIFT {
-        TAG_CANCELLED_MSG if msg != 0 => {
+        TAG_CANCELLED_MSG if !msg.is_null() => {
             // SAFETY: `msg` and `payload` are the pointer and length of a `&'static str` that
             // `Packed::from_cause` split; the cancel winner stored the pointer before releasing
             // LOCK and the caller read it after observing LOCK clear (state.rs header).
             let s = unsafe {
-                core::str::from_utf8_unchecked(core::slice::from_raw_parts(
-                    msg as *const u8,
-                    payload as usize,
-                ))
+                core::str::from_utf8_unchecked(core::slice::from_raw_parts(msg, payload as usize))
             };
             Origin::Cancelled(Reason::Message(s))
         }
