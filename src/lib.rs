@@ -41,18 +41,21 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![doc(test(attr(deny(warnings))))]
 
-mod clock;
+pub mod config;
 mod context;
 mod pool;
 mod sync;
+mod time;
 mod tree;
 mod values;
 
+pub use config::Config;
 pub use context::{CancelGuard, Cancelled, ChildBuilder, Context, ContextId, WeakContext};
-pub use pool::{BuildError, Pool, PoolBuilder, PoolStats};
+pub use pool::{BuildError, Pool, PoolBuilder, PoolStats, MAX_TIMEOUT_LIMIT};
+pub use time::{DriverMode, ManualClock, TimerStats};
 pub use tree::cause::{Cause, ContextError, Origin, PoolExhausted, Reason};
 pub use tree::func::AfterFunc;
-pub use values::{Op, RequestId, TraceContext, UserId, INLINE_VALUE_BYTES};
+pub use values::{Op, RequestId, TraceContext, UserId, INLINE_VALUE_BYTES, MAX_OPS};
 
 /// Size in bytes of one pooled context node (two cache lines).
 pub const NODE_SIZE: usize = core::mem::size_of::<tree::node::Node>();

@@ -21,6 +21,11 @@ pub(crate) use std::sync::atomic::{
 
 pub(crate) use std::sync::atomic::Ordering;
 
+/// Atomics that must live in `static`s (loom's cannot be built in a `const`): the operation
+/// label registry (`values.rs`), which publishes write-once entries under a mutex and is not
+/// part of any protocol the loom models check.
+pub(crate) use std::sync::atomic::{AtomicPtr as StaticAtomicPtr, AtomicU32 as StaticAtomicU32};
+
 #[cfg(loom)]
 pub(crate) use loom::sync::Mutex;
 #[cfg(not(loom))]

@@ -9,7 +9,14 @@ use core::any::TypeId;
 use core::fmt;
 use core::mem::{align_of, size_of, MaybeUninit};
 
+use crate::sync::{Ordering, StaticAtomicPtr, StaticAtomicU32};
+
 /// An operation label, declared once as a `static` and carried by reference.
+///
+/// Each label gets a small numeric id the first time a context uses it (a relaxed load
+/// afterwards); a context stores that 4-byte id inline, and per-operation metrics index their
+/// tables by it. At most [`MAX_OPS`] labels get their own id; later ones share the last id
+/// and read back as the label `"other"`.
 ///
 /// ```
 /// use ctxpool::{Context, Op};
@@ -22,17 +29,82 @@ use core::mem::{align_of, size_of, MaybeUninit};
 #[derive(Debug)]
 pub struct Op {
     name: &'static str,
+    /// 0 until registered, then the id (1..=MAX_OPS).
+    id: StaticAtomicU32,
 }
+
+/// The most operation labels with an id of their own (see [`Op`]).
+pub const MAX_OPS: usize = 1024;
+
+/// Registered labels by id - 1; written once each under `OPS_LOCK`.
+static OPS: [StaticAtomicPtr<Op>; MAX_OPS] = [const { StaticAtomicPtr::new(core::ptr::null_mut()) }; MAX_OPS];
+static OPS_LEN: StaticAtomicU32 = StaticAtomicU32::new(0);
+static OPS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// What the labels beyond `MAX_OPS` read back as.
+static OTHER: Op = Op::new("other");
 
 impl Op {
     /// Declares an operation label.
     pub const fn new(name: &'static str) -> Self {
-        Op { name }
+        Op {
+            name,
+            id: StaticAtomicU32::new(0),
+        }
     }
 
     /// The label.
     pub const fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// This label's id (1..=[`MAX_OPS`]), registering it on first use.
+    #[inline]
+    pub fn id(&'static self) -> u32 {
+        let id = self.id.load(Ordering::Relaxed);
+        if id != 0 {
+            return id;
+        }
+        self.register()
+    }
+
+    #[cold]
+    fn register(&'static self) -> u32 {
+        let _g = OPS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let id = self.id.load(Ordering::Relaxed);
+        if id != 0 {
+            return id;
+        }
+        let n = OPS_LEN.load(Ordering::Relaxed) as usize;
+        let id = if n < MAX_OPS - 1 {
+            OPS[n].store((self as *const Op).cast_mut(), Ordering::Release);
+            OPS_LEN.store(n as u32 + 1, Ordering::Release);
+            n as u32 + 1
+        } else {
+            MAX_OPS as u32
+        };
+        self.id.store(id, Ordering::Relaxed);
+        id
+    }
+
+    /// The label with id `id`, if any (0 means none).
+    pub fn by_id(id: u32) -> Option<&'static Op> {
+        match id as usize {
+            0 => None,
+            MAX_OPS => Some(&OTHER),
+            i if i < MAX_OPS => {
+                let p = OPS[i - 1].load(Ordering::Acquire);
+                // SAFETY: non-null entries are `&'static Op`s stored by `register`, never
+                // removed; the `Release` store published the pointee (it is `'static` anyway).
+                (!p.is_null()).then(|| unsafe { &*p })
+            }
+            _ => None,
+        }
+    }
+
+    /// Every label registered so far, by id.
+    pub fn registered() -> impl Iterator<Item = (u32, &'static Op)> {
+        let n = OPS_LEN.load(Ordering::Acquire);
+        (1..=n).filter_map(|i| Op::by_id(i).map(|op| (i, op)))
     }
 }
 

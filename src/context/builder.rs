@@ -2,15 +2,17 @@
 
 use core::mem::MaybeUninit;
 use core::panic::Location;
+use std::time::{Duration, Instant};
 
 use super::{CancelGuard, Context, EXHAUSTED};
 use crate::pool::slot::generation;
 use crate::pool::{Local, PoolInner, PoolRef};
 use crate::sync::Ordering;
 use crate::tree::cause::PoolExhausted;
+use crate::time::clock::{ceil_ms, widen};
 use crate::tree::node::{
-    Custom, Func, Meta, Node, Payload, Values, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_REQ,
-    F_TRACE, F_USER, F_VALUE, NIL,
+    Custom, Func, Meta, Node, Payload, Values, D_DEADLINE, D_TIMER, F_DETACHED, F_FUNC, F_NEVER,
+    F_POOL_REF, F_REQ, F_TRACE, F_USER, F_VALUE, NIL,
 };
 use crate::values::{self, Op, RequestId, TraceContext, UserId};
 
@@ -34,12 +36,31 @@ use crate::values::{self, Op, RequestId, TraceContext, UserId};
 #[must_use = "a ChildBuilder does nothing until with_cancel, without_cancel or build is called"]
 #[derive(Debug)]
 pub struct ChildBuilder<'a> {
-    parent: &'a Context,
+    parent: Parent<'a>,
+    /// A request root: `with_cancel` applies the pool's default timeout.
+    request: bool,
     location: &'static Location<'static>,
     op: Option<&'static Op>,
     trace: Option<TraceContext>,
     request_id: Option<RequestId>,
     user_id: Option<UserId>,
+}
+
+/// The parent a builder makes a child of: a caller's context, or a pool's background (request
+/// roots).
+#[derive(Debug)]
+enum Parent<'a> {
+    Borrowed(&'a Context),
+    Owned(Context),
+}
+
+/// A requested deadline.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Want {
+    After(Duration),
+    At(Instant),
+    /// The pool's default timeout (request roots).
+    Default,
 }
 
 /// What kind of node to make.
@@ -57,12 +78,34 @@ enum Kind {
 impl<'a> ChildBuilder<'a> {
     pub(crate) fn new(parent: &'a Context, location: &'static Location<'static>) -> Self {
         ChildBuilder {
-            parent,
+            parent: Parent::Borrowed(parent),
+            request: false,
             location,
             op: None,
             trace: None,
             request_id: None,
             user_id: None,
+        }
+    }
+
+    /// A builder for a request root of `pool`: a child of its background whose
+    /// [`with_cancel`](ChildBuilder::with_cancel) applies the pool's default timeout.
+    pub(crate) fn request(pool: &crate::Pool, location: &'static Location<'static>) -> Self {
+        ChildBuilder {
+            parent: Parent::Owned(pool.background()),
+            request: true,
+            location,
+            op: None,
+            trace: None,
+            request_id: None,
+            user_id: None,
+        }
+    }
+
+    fn parent(&self) -> &Context {
+        match &self.parent {
+            Parent::Borrowed(p) => p,
+            Parent::Owned(p) => p,
         }
     }
 
@@ -92,45 +135,83 @@ impl<'a> ChildBuilder<'a> {
 
     /// A cancellable child and its owner; born cancelled with
     /// [`Cause::PoolExhausted`](crate::Cause::PoolExhausted) if the pool is exhausted.
+    ///
+    /// On a request builder ([`Pool::request`](crate::Pool::request)) the child gets the
+    /// pool's default timeout.
     pub fn with_cancel(self) -> CancelGuard {
-        let parent = self.parent;
-        match self.try_with_cancel() {
-            Ok(g) => g,
-            Err(_) => CancelGuard::new(Context::exhausted(parent.pool_ref(), false)),
-        }
+        let want = self.request.then_some(Want::Default);
+        self.guarded(want)
     }
 
     /// A cancellable child and its owner, or an error if the pool is exhausted.
     pub fn try_with_cancel(self) -> Result<CancelGuard, PoolExhausted> {
-        self.create(Kind::Cancel).map(CancelGuard::new)
+        let want = self.request.then_some(Want::Default);
+        self.create(Kind::Cancel, want).map(CancelGuard::new)
+    }
+
+    /// A cancellable child whose deadline is `timeout` from now (Go's `WithTimeout`), or its
+    /// parent's if that is earlier; cut to the pool's maximum timeout. See
+    /// [`Context::with_timeout`].
+    pub fn with_timeout(self, timeout: Duration) -> CancelGuard {
+        self.guarded(Some(Want::After(timeout)))
+    }
+
+    /// Like [`with_timeout`](ChildBuilder::with_timeout), but fails if the pool is exhausted.
+    pub fn try_with_timeout(self, timeout: Duration) -> Result<CancelGuard, PoolExhausted> {
+        self.create(Kind::Cancel, Some(Want::After(timeout)))
+            .map(CancelGuard::new)
+    }
+
+    /// A cancellable child with deadline `at` (Go's `WithDeadline`), or its parent's if that is
+    /// earlier; cut to the pool's maximum timeout from now.
+    pub fn with_deadline(self, at: Instant) -> CancelGuard {
+        self.guarded(Some(Want::At(at)))
+    }
+
+    /// Like [`with_deadline`](ChildBuilder::with_deadline), but fails if the pool is exhausted.
+    pub fn try_with_deadline(self, at: Instant) -> Result<CancelGuard, PoolExhausted> {
+        self.create(Kind::Cancel, Some(Want::At(at)))
+            .map(CancelGuard::new)
+    }
+
+    /// A guarded child, born cancelled at exhaustion.
+    fn guarded(self, want: Option<Want>) -> CancelGuard {
+        let pool = self.parent().pool_ref();
+        match self.create(Kind::Cancel, want) {
+            Ok(c) => CancelGuard::new(c),
+            Err(_) => CancelGuard::new(Context::exhausted(pool, false)),
+        }
     }
 
     /// A child with these values, cancelled with its parent, without an owner of its own.
+    ///
+    /// It has no deadline of its own (it has no owner to cancel it), but inherits its
+    /// parent's.
     pub fn build(self) -> Context {
-        let parent = self.parent;
-        self.create(Kind::Plain)
-            .unwrap_or_else(|_| Context::exhausted(parent.pool_ref(), false))
+        let pool = self.parent().pool_ref();
+        self.create(Kind::Plain, None)
+            .unwrap_or_else(|_| Context::exhausted(pool, false))
     }
 
     /// Like [`build`](ChildBuilder::build), but fails if the pool is exhausted.
     pub fn try_build(self) -> Result<Context, PoolExhausted> {
-        self.create(Kind::Plain)
+        self.create(Kind::Plain, None)
     }
 
     /// A child with these values that is never cancelled (Go's `WithoutCancel`). At pool
-    /// exhaustion it is born cancelled.
+    /// exhaustion it is born cancelled. Like Go's, it has no deadline.
     pub fn without_cancel(self) -> Context {
-        let parent = self.parent;
-        self.create(Kind::Detached)
-            .unwrap_or_else(|_| Context::exhausted(parent.pool_ref(), false))
+        let pool = self.parent().pool_ref();
+        self.create(Kind::Detached, None)
+            .unwrap_or_else(|_| Context::exhausted(pool, false))
     }
 
     /// A child carrying `value` (see [`Context::with_value`]). At pool exhaustion it is born
     /// cancelled.
     pub fn with_value<T: Send + Sync + 'static>(self, value: T) -> Context {
-        let parent = self.parent;
+        let pool = self.parent().pool_ref();
         self.try_with_value(value)
-            .unwrap_or_else(|_| Context::exhausted(parent.pool_ref(), false))
+            .unwrap_or_else(|_| Context::exhausted(pool, false))
     }
 
     /// Like [`with_value`](ChildBuilder::with_value), but fails if the pool is exhausted.
@@ -138,16 +219,16 @@ impl<'a> ChildBuilder<'a> {
         self,
         value: T,
     ) -> Result<Context, PoolExhausted> {
-        if self.parent.idx == EXHAUSTED {
+        if self.parent().idx == EXHAUSTED {
             // Born cancelled, no slot: the value has nowhere to live.
             drop(value);
-            return Ok(Context::exhausted(self.parent.pool_ref(), true));
+            return Ok(Context::exhausted(self.parent().pool_ref(), true));
         }
         let custom = Custom {
             vt: values::vtable::<T>(),
             data: values::store_value(value),
         };
-        let r = self.create(Kind::Value(custom));
+        let r = self.create(Kind::Value(custom), None);
         if r.is_err() {
             let mut data = custom.data;
             // SAFETY: the node was never made, so the value stored above is still ours, and
@@ -157,14 +238,15 @@ impl<'a> ChildBuilder<'a> {
         r
     }
 
-    fn create(self, kind: Kind) -> Result<Context, PoolExhausted> {
+    fn create(self, kind: Kind, deadline: Option<Want>) -> Result<Context, PoolExhausted> {
         let spec = Spec {
             op: self.op,
             trace: self.trace,
             request_id: self.request_id,
             user_id: self.user_id,
+            deadline,
         };
-        create(self.parent, self.location, &spec, kind)
+        create(self.parent(), self.location, &spec, kind)
     }
 }
 
@@ -174,6 +256,8 @@ pub(crate) struct Spec {
     trace: Option<TraceContext>,
     request_id: Option<RequestId>,
     user_id: Option<UserId>,
+    /// An own deadline (only for `Kind::Cancel`: a deadline needs an owner, time D2).
+    deadline: Option<Want>,
 }
 
 impl Spec {
@@ -183,7 +267,22 @@ impl Spec {
         trace: None,
         request_id: None,
         user_id: None,
+        deadline: None,
     };
+}
+
+/// A cancellable child of `parent` with a deadline and inherited values.
+#[inline]
+pub(crate) fn create_timed(
+    parent: &Context,
+    location: &'static Location<'static>,
+    want: Want,
+) -> Result<Context, PoolExhausted> {
+    let spec = Spec {
+        deadline: Some(want),
+        ..Spec::NONE
+    };
+    create(parent, location, &spec, Kind::Cancel)
 }
 
 /// A cancellable child of `parent` with inherited values: `Context::with_cancel`'s fast path.
@@ -219,13 +318,17 @@ fn create(
     // The parent, if it is a node; the caller's handle keeps it live (slot L1).
     // SAFETY: the index comes from a live handle of this pool.
     let pnode = parent.node_idx().map(|p| (p, unsafe { pool.node(p) }));
-    let (mut flags, parent_never) = match pnode {
+    let (mut flags, parent_never, mut dbits) = match pnode {
         Some((_, pn)) => {
-            // SAFETY: live (L1): its flags are immutable.
-            let pf = unsafe { pn.flags() };
-            (pf & (F_TRACE | F_REQ | F_USER | 0xFF00), pf & F_NEVER != 0)
+            // SAFETY: live (L1): its flags and deadline bits are immutable.
+            let (ps, pf) = unsafe { pn.shard_flags() };
+            (
+                pf & (F_TRACE | F_REQ | F_USER | 0xFF00),
+                pf & F_NEVER != 0,
+                ps & D_DEADLINE,
+            )
         }
-        None => (0, true),
+        None => (0, true, 0),
     };
     match kind {
         Kind::Cancel => {}
@@ -234,7 +337,10 @@ fn create(
                 flags |= F_NEVER;
             }
         }
-        Kind::Detached => flags |= F_DETACHED | F_NEVER,
+        Kind::Detached => {
+            flags |= F_DETACHED | F_NEVER;
+            dbits = 0;
+        }
         Kind::Value(_) => {
             if parent_never {
                 flags |= F_NEVER;
@@ -255,7 +361,7 @@ fn create(
         }
         let v = &mut (*dst).values;
         if let Some(op) = spec.op {
-            v.op = Some(op);
+            v.op = op.id();
         }
         if let Some(t) = spec.trace {
             v.trace_id = [(t.trace_id >> 64) as u64, t.trace_id as u64];
@@ -274,8 +380,51 @@ fn create(
             v.custom = MaybeUninit::new(custom);
         }
     });
-    let gen = publish(pool, me, node, pnode, location, flags);
+    let mut arm = None;
+    if let Some(want) = spec.deadline {
+        // SAFETY: we own the slot (P2); its payload holds the parent's deadline, if any.
+        let inherited = node.payload.with(|p| unsafe { (*p).values.deadline });
+        if let Some(dl) = own_deadline(pool, me, want, (dbits != 0).then_some(inherited)) {
+            // SAFETY: as above.
+            node.payload
+                .with_mut(|p| unsafe { (*p).values.deadline = dl });
+            dbits = D_DEADLINE | D_TIMER;
+            arm = Some(dl);
+        }
+    }
+    let gen = publish(pool, me, node, pnode, location, flags, dbits);
+    if let Some(dl) = arm {
+        pool.arm(me, idx, gen, dl);
+    }
     Ok(Context::from_node(parent.pool, idx, gen))
+}
+
+/// The stored deadline a child should own, clamped to the maximum timeout (counted), or
+/// `None` when the inherited deadline is as early (the child relies on its parent's timer).
+#[inline]
+fn own_deadline(
+    pool: &PoolInner,
+    me: Option<Local<'_>>,
+    want: Want,
+    inherited: Option<u32>,
+) -> Option<u32> {
+    let clock = &pool.timers.clock;
+    let now = clock.now64();
+    let (default_ms, max_ms) = pool.limits();
+    let mut dl = match want {
+        Want::After(d) => now.saturating_add(ceil_ms(d)),
+        Want::At(at) => clock.tick_of(at),
+        Want::Default => now + u64::from(default_ms),
+    };
+    let cap = now + u64::from(max_ms);
+    if dl > cap {
+        dl = cap;
+        pool.count_clamp(me);
+    }
+    match inherited {
+        Some(p) if widen(now, p) <= dl => None,
+        _ => Some(dl as u32),
+    }
 }
 
 /// Finishes an acquired slot whose payload is written: takes what the new node holds on its
@@ -289,6 +438,7 @@ fn publish(
     pnode: Option<(u32, &Node)>,
     location: &'static Location<'static>,
     mut flags: u16,
+    dbits: u16,
 ) -> u32 {
     let parent = match pnode {
         None => {
@@ -319,10 +469,11 @@ fn publish(
             *m = Meta {
                 location,
                 parent,
-                created: crate::clock::now(),
+                created: pool.timers.clock.now(),
             }
         });
         node.set_flags(flags);
+        node.set_deadline_bits(dbits);
     }
     node.life.init()
 }
@@ -341,5 +492,5 @@ pub(crate) fn init_func(
     // SAFETY: we own the slot (P2).
     node.payload
         .with_mut(|p| unsafe { p.write(Payload { func }) });
-    publish(pool, me, node, Some((parent, pn)), location, F_FUNC)
+    publish(pool, me, node, Some((parent, pn)), location, F_FUNC, 0)
 }

@@ -17,11 +17,12 @@ use core::any::TypeId;
 use core::fmt;
 use core::panic::Location;
 use core::ptr::NonNull;
+use std::time::{Duration, Instant};
 
 use crate::pool::{Pool, PoolInner, PoolRef};
 use crate::tree::cause::{Cause, ContextError, Origin, PoolExhausted};
 use crate::tree::func::{self, AfterFunc};
-use crate::tree::node::{Values, F_NEVER, F_REQ, F_TRACE, F_USER, F_VALUE, NIL};
+use crate::tree::node::{Values, D_DEADLINE, F_NEVER, F_REQ, F_TRACE, F_USER, F_VALUE, NIL};
 use crate::tree::{self as tree, Peek};
 use crate::values::{Op, RequestId, TraceContext, UserId};
 
@@ -148,6 +149,91 @@ impl Context {
         }
     }
 
+    /// A cancellable child whose deadline is `timeout` from now (Go's `WithTimeout`).
+    ///
+    /// The effective deadline is the earlier of this context's and the new one, and at most
+    /// the pool's maximum timeout from now (a longer one is cut and counted in
+    /// [`TimerStats::clamped`](crate::TimerStats::clamped)). Only a child whose own deadline
+    /// is earlier than the inherited one arms a timer; either way, once the deadline passes
+    /// the child reads as cancelled with [`Cause::DeadlineExceeded`] (or
+    /// `Parent(DeadlineExceeded)` when the deadline is inherited) on the next
+    /// `is_cancelled()`, even before the timer fires. Deadlines have the granularity of the
+    /// pool's clock, 1 ms, and are measured from its coarse tick, which lags real time by less
+    /// than one timer resolution. Dropping the guard cancels the child (and so disarms its
+    /// timer, at no cost).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxpool::Context;
+    ///
+    /// let req = Context::background().with_timeout(Duration::from_secs(30));
+    /// let db = req.with_timeout(Duration::from_millis(50)); // earlier: arms its own timer
+    /// let cache = req.with_timeout(Duration::from_secs(60)); // later: keeps the parent's 30 s
+    /// assert!(db.deadline() < cache.deadline());
+    /// assert_eq!(cache.deadline(), req.deadline());
+    /// assert!(req.remaining().unwrap() <= Duration::from_secs(30));
+    /// ```
+    #[track_caller]
+    #[inline]
+    pub fn with_timeout(&self, timeout: Duration) -> CancelGuard {
+        match builder::create_timed(self, Location::caller(), builder::Want::After(timeout)) {
+            Ok(ctx) => CancelGuard::new(ctx),
+            Err(_) => CancelGuard::new(Context::exhausted(self.pool_ref(), false)),
+        }
+    }
+
+    /// Like [`with_timeout`](Context::with_timeout), but fails when the pool is exhausted.
+    #[track_caller]
+    pub fn try_with_timeout(&self, timeout: Duration) -> Result<CancelGuard, PoolExhausted> {
+        builder::create_timed(self, Location::caller(), builder::Want::After(timeout))
+            .map(CancelGuard::new)
+    }
+
+    /// A cancellable child with deadline `at` (Go's `WithDeadline`); see
+    /// [`with_timeout`](Context::with_timeout) for how deadlines combine and are cut. An
+    /// instant in the past gives a child that is already expired.
+    #[track_caller]
+    pub fn with_deadline(&self, at: Instant) -> CancelGuard {
+        match builder::create_timed(self, Location::caller(), builder::Want::At(at)) {
+            Ok(ctx) => CancelGuard::new(ctx),
+            Err(_) => CancelGuard::new(Context::exhausted(self.pool_ref(), false)),
+        }
+    }
+
+    /// Like [`with_deadline`](Context::with_deadline), but fails when the pool is exhausted.
+    #[track_caller]
+    pub fn try_with_deadline(&self, at: Instant) -> Result<CancelGuard, PoolExhausted> {
+        builder::create_timed(self, Location::caller(), builder::Want::At(at))
+            .map(CancelGuard::new)
+    }
+
+    /// The effective deadline (own or inherited), if any (Go's `ctx.Deadline()`), at
+    /// millisecond granularity.
+    pub fn deadline(&self) -> Option<Instant> {
+        let dl = self.stored_deadline()?;
+        let clock = &self.inner().timers.clock;
+        Some(clock.instant(clock.widen(dl)))
+    }
+
+    /// Time left until the deadline, zero once it passed; `None` without a deadline. Read
+    /// from `Instant::now()` (not the coarse tick) on the real clock.
+    pub fn remaining(&self) -> Option<Duration> {
+        let dl = self.stored_deadline()?;
+        let clock = &self.inner().timers.clock;
+        Some(clock.remaining(clock.widen(dl)))
+    }
+
+    fn stored_deadline(&self) -> Option<u32> {
+        let idx = self.node_idx()?;
+        // SAFETY: this handle keeps the node live (I1); the deadline bits and the payload are
+        // immutable while it is (P2).
+        unsafe {
+            let node = self.inner().node(idx);
+            (node.shard_flags().0 & D_DEADLINE != 0)
+                .then(|| node.payload.with(|p| (*p).values.deadline))
+        }
+    }
+
     /// Like [`with_cancel`](Context::with_cancel), but fails when the pool is exhausted.
     #[track_caller]
     #[inline]
@@ -226,7 +312,7 @@ impl Context {
 
     /// The operation label, if one was set on this context or inherited.
     pub fn op(&self) -> Option<&'static Op> {
-        self.values().and_then(|(v, _)| v.op)
+        self.values().and_then(|(v, _)| Op::by_id(v.op))
     }
 
     /// The trace context, if set or inherited.
@@ -468,7 +554,7 @@ impl fmt::Debug for Context {
             .field(
                 "age",
                 &std::time::Duration::from_millis(u64::from(
-                    crate::clock::precise().wrapping_sub(meta.created),
+                    pool.timers.clock.now().wrapping_sub(meta.created),
                 )),
             )
             .field("cause", &tree::cause_now(pool, idx))

@@ -40,6 +40,7 @@ pub(crate) mod tid;
 
 use core::fmt;
 use core::ptr::NonNull;
+use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
@@ -47,6 +48,10 @@ use crate::sync::fence;
 use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::tree::node::{Node, NIL};
 use crate::tree::state::{lessee, mark_lessee, MULTI, ZOMBIE};
+use crate::time::clock::Clock;
+use crate::time::driver::Timers;
+use crate::time::ring::{Armed, Push, Ring};
+use crate::time::{DriverMode, ManualClock, TimerStats};
 use page::{Pages, MAX_CAPACITY};
 use shard::{FreeList, Lease, Shard, LEASES};
 
@@ -85,11 +90,26 @@ pub(crate) struct PoolInner {
     /// References to a built pool (P4); unused for the global pool.
     refs: AtomicUsize,
     is_global: bool,
+    /// Clock, spill list, wheel and driver (module `time`).
+    pub(crate) timers: Timers,
+    /// The hot-path limits of the configuration in one word, so that a reader sees one whole
+    /// configuration: `default_timeout` in ms (high half) and `max_timeout` in ms (low half).
+    limits: AtomicU64,
+}
+
+/// Packs the hot-path limits (see `PoolInner::limits`).
+pub(crate) fn pack_limits(default_ms: u32, max_ms: u32) -> u64 {
+    (u64::from(default_ms) << 32) | u64::from(max_ms)
 }
 
 impl PoolInner {
-    fn new(capacity: u32, thread_cache: u32, is_global: bool) -> Self {
+    fn new(b: &PoolBuilder, is_global: bool) -> Self {
+        let (capacity, thread_cache) = (b.capacity, b.thread_cache_value());
         crate::sync::barrier::init();
+        let clock = match &b.manual_clock {
+            Some(c) => Clock::manual(c),
+            None => Clock::real(),
+        };
         PoolInner {
             pages: Pages::new(capacity),
             capacity,
@@ -106,7 +126,94 @@ impl PoolInner {
             overflow_released: AtomicU64::new(0),
             refs: AtomicUsize::new(1),
             is_global,
+            timers: Timers::new(clock, b.resolution_ms),
+            limits: AtomicU64::new(pack_limits(b.default_timeout_ms, b.max_timeout_ms)),
         }
+    }
+
+    /// `(default_timeout, max_timeout)` in milliseconds, from one load (one whole config).
+    #[inline]
+    pub(crate) fn limits(&self) -> (u32, u32) {
+        let w = self.limits.load(Ordering::Acquire);
+        ((w >> 32) as u32, w as u32)
+    }
+
+    /// Publishes new hot-path limits (after the full configuration was swapped in).
+    pub(crate) fn set_limits(&self, default_ms: u32, max_ms: u32) {
+        self.limits
+            .store(pack_limits(default_ms, max_ms), Ordering::Release);
+    }
+
+    /// Calls `f` with every arm ring (the driver, under its lock).
+    pub(crate) fn for_each_ring(&self, mut f: impl FnMut(&Ring)) {
+        for t in 0..self.shards_hwm.load(Ordering::Acquire) {
+            let ptr = self.shards[t].load(Ordering::Acquire);
+            if ptr.is_null() {
+                continue;
+            }
+            // SAFETY: published shard, freed only in `drop`.
+            let ring = unsafe { &*ptr }.ring.load(Ordering::Acquire);
+            if !ring.is_null() {
+                // SAFETY: published by the shard's owner (`Shard::ring`), freed with the shard.
+                f(unsafe { &*ring });
+            }
+        }
+    }
+
+    /// Hands the timer of incarnation `(idx, gen)`, due at stored tick `deadline`, to the
+    /// driver: a plain store into this thread's arm ring (time R1..R3).
+    #[inline]
+    pub(crate) fn arm(&self, me: Option<Local<'_>>, idx: u32, gen: u32, deadline: u32) {
+        let a = Armed { idx, gen, deadline };
+        match me {
+            Some(l) => {
+                Shard::bump(&l.shard.armed);
+                // SAFETY: `me` is this thread's shard (S1): we are its ring's producer (R1).
+                match unsafe { l.shard.ring().push(a) } {
+                    Push::Ok => {}
+                    Push::Wake => self.timers.wake(),
+                    Push::Full => self.timers.spill(self, a),
+                }
+            }
+            None => self.timers.spill(self, a),
+        }
+    }
+
+    /// Counts a deadline cut to the maximum timeout.
+    #[inline]
+    pub(crate) fn count_clamp(&self, me: Option<Local<'_>>) {
+        if let Some(l) = me {
+            Shard::bump(&l.shard.clamped);
+        } else {
+            self.timers.counters.clamped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn timer_stats(&self) -> TimerStats {
+        let (mut armed, mut clamped) = (0, self.timers.counters.clamped.load(Ordering::Relaxed));
+        for slot in self.shards.iter() {
+            let ptr = slot.load(Ordering::Acquire);
+            if !ptr.is_null() {
+                // SAFETY: published shard, freed only in `drop`.
+                let shard = unsafe { &*ptr };
+                armed += shard.armed.load(Ordering::Relaxed);
+                clamped += shard.clamped.load(Ordering::Relaxed);
+            }
+        }
+        let c = &self.timers.counters;
+        let mut st = TimerStats::default();
+        st.armed = armed;
+        st.clamped = clamped;
+        st.fired = c.fired.load(Ordering::Relaxed);
+        st.stale = c.stale.load(Ordering::Relaxed);
+        st.pending = c.pending.load(Ordering::Relaxed);
+        st.wheel_bytes = c.wheel_bytes.load(Ordering::Relaxed);
+        st.spilled = c.spilled.load(Ordering::Relaxed);
+        st.compactions = c.compactions.load(Ordering::Relaxed);
+        st.turns = c.turns.load(Ordering::Relaxed);
+        st.lateness_p50 = c.lateness_quantile(0.5);
+        st.lateness_p99 = c.lateness_quantile(0.99);
+        st
     }
 
     /// The node at `idx`.
@@ -563,6 +670,8 @@ impl PoolInner {
 
 impl Drop for PoolInner {
     fn drop(&mut self) {
+        #[cfg(not(loom))]
+        self.stop_driver_thread();
         for slot in self.shards.iter() {
             let ptr = slot.load(Ordering::Acquire);
             if !ptr.is_null() {
@@ -607,6 +716,32 @@ impl PoolRef {
             inner.refs.fetch_add(1, Ordering::Relaxed);
         }
         PoolRef(ptr)
+    }
+
+    /// A reference to the pool at `ptr` unless its count already reached zero (it is being
+    /// freed); the global pool always succeeds.
+    ///
+    /// # Safety
+    /// The pool's memory is still allocated (the caller holds a `DriverLink`'s lock, time D4).
+    pub(crate) unsafe fn try_acquire(ptr: NonNull<PoolInner>) -> Option<PoolRef> {
+        // SAFETY: allocated per the contract.
+        let inner = unsafe { ptr.as_ref() };
+        if inner.is_global {
+            return Some(PoolRef(ptr));
+        }
+        let mut n = inner.refs.load(Ordering::Relaxed);
+        loop {
+            if n == 0 {
+                return None;
+            }
+            match inner
+                .refs
+                .compare_exchange_weak(n, n + 1, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(PoolRef(ptr)),
+                Err(actual) => n = actual,
+            }
+        }
     }
 
     /// Gives up this reference without dropping the pool: the caller keeps it inside a node
@@ -724,6 +859,39 @@ impl Pool {
     pub fn capacity(&self) -> u32 {
         self.inner.get().capacity
     }
+
+    /// A builder for a request root: a child of this pool's background whose
+    /// [`with_cancel`](crate::ChildBuilder::with_cancel) applies the configured default
+    /// timeout in the same node (no second timer, nothing else to cancel), and whose
+    /// [`with_timeout`](crate::ChildBuilder::with_timeout) overrides it (still cut to the
+    /// maximum timeout). The seed's `CreateRequestContext`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxpool::{Op, Pool};
+    ///
+    /// static HANDLE: Op = Op::new("handle");
+    /// let pool = Pool::builder().default_timeout(Duration::from_secs(2)).build().unwrap();
+    /// let req = pool.request().op(&HANDLE).with_cancel();
+    /// assert!(req.remaining().unwrap() <= Duration::from_secs(2));
+    /// ```
+    #[track_caller]
+    pub fn request(&self) -> crate::ChildBuilder<'static> {
+        crate::ChildBuilder::request(self, core::panic::Location::caller())
+    }
+
+    /// Runs one turn of the timer driver now: reads the clock, fires every timer that is due
+    /// and runs due periodic upkeep; returns how many timers fired. Needed only with
+    /// [`DriverMode::Manual`] or a [`ManualClock`]; harmless otherwise (a turn that finds
+    /// another in progress does nothing).
+    pub fn turn(&self) -> usize {
+        self.inner.get().turn()
+    }
+
+    /// Counters of this pool's timers; see [`TimerStats`].
+    pub fn timer_stats(&self) -> TimerStats {
+        self.inner.get().timer_stats()
+    }
 }
 
 impl fmt::Debug for Pool {
@@ -759,6 +927,27 @@ pub(crate) fn global_ptr() -> NonNull<PoolInner> {
 pub struct PoolBuilder {
     capacity: u32,
     thread_cache: Option<u32>,
+    resolution_ms: u32,
+    default_timeout_ms: u32,
+    max_timeout_ms: u32,
+    manual_clock: Option<ManualClock>,
+    driver: DriverMode,
+    problems: Vec<String>,
+}
+
+/// The longest timeout a pool accepts: 7 days (deadlines are 32-bit millisecond ticks compared
+/// with wrapping arithmetic, exact up to 24 days).
+pub const MAX_TIMEOUT_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A duration in whole milliseconds for a builder setting, or a problem.
+fn whole_ms(key: &str, d: Duration, problems: &mut Vec<String>) -> u32 {
+    if d > MAX_TIMEOUT_LIMIT {
+        problems.push(format!(
+            "{key}: {d:?} is above the limit of {MAX_TIMEOUT_LIMIT:?}"
+        ));
+        return 0;
+    }
+    u32::try_from(crate::time::clock::ceil_ms(d)).unwrap_or(u32::MAX)
 }
 
 impl Default for PoolBuilder {
@@ -767,6 +956,12 @@ impl Default for PoolBuilder {
         PoolBuilder {
             capacity: 1 << 20,
             thread_cache: None,
+            resolution_ms: 1,
+            default_timeout_ms: 30_000,
+            max_timeout_ms: 300_000,
+            manual_clock: None,
+            driver: DriverMode::Thread,
+            problems: Vec::new(),
         }
     }
 }
@@ -786,8 +981,64 @@ impl PoolBuilder {
         self
     }
 
+    /// The timer wheel's tick: whole milliseconds from 1 ms to 1 s (default 1 ms). A timer
+    /// fires within one tick after its deadline.
+    pub fn timer_resolution(mut self, d: Duration) -> Self {
+        if d.subsec_nanos() % 1_000_000 != 0 || d < Duration::from_millis(1) || d > Duration::from_secs(1) {
+            self.problems.push(format!(
+                "timer_resolution: {d:?} must be whole milliseconds from 1ms to 1s"
+            ));
+        } else {
+            self.resolution_ms = d.as_millis() as u32;
+        }
+        self
+    }
+
+    /// The deadline of request roots made by [`Pool::request`] (default 30 s).
+    pub fn default_timeout(mut self, d: Duration) -> Self {
+        self.default_timeout_ms = whole_ms("default_timeout", d, &mut self.problems);
+        self
+    }
+
+    /// The longest deadline any context may have, from now (default 5 min); longer requested
+    /// deadlines are cut to it and counted in [`TimerStats::clamped`].
+    pub fn max_timeout(mut self, d: Duration) -> Self {
+        self.max_timeout_ms = whole_ms("max_timeout", d, &mut self.problems);
+        self
+    }
+
+    /// Runs the pool on a [`ManualClock`]: time moves only when the clock is advanced, and
+    /// timers fire only in [`Pool::turn`] (no driver thread is started).
+    pub fn manual_clock(mut self, clock: &ManualClock) -> Self {
+        self.manual_clock = Some(clock.clone());
+        self.driver = DriverMode::Manual;
+        self
+    }
+
+    /// Who turns the timers (default: a background thread; a manual clock implies
+    /// [`DriverMode::Manual`]).
+    pub fn driver(mut self, mode: DriverMode) -> Self {
+        self.driver = mode;
+        self
+    }
+
     fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+        let mut problems = self.problems.clone();
+        if self.default_timeout_ms == 0 && !problems.iter().any(|p| p.starts_with("default_timeout")) {
+            problems.push("default_timeout: must be at least 1ms".to_string());
+        }
+        if self.max_timeout_ms == 0 && !problems.iter().any(|p| p.starts_with("max_timeout")) {
+            problems.push("max_timeout: must be at least 1ms".to_string());
+        }
+        if self.default_timeout_ms > self.max_timeout_ms && self.max_timeout_ms != 0 {
+            problems.push(format!(
+                "default_timeout: {}ms is above max_timeout {}ms",
+                self.default_timeout_ms, self.max_timeout_ms
+            ));
+        }
+        if self.manual_clock.is_some() && self.driver == DriverMode::Thread {
+            problems.push("driver: a pool on a manual clock is turned by Pool::turn, not a thread".to_string());
+        }
         if self.capacity == 0 {
             problems.push("capacity: must be at least 1".to_string());
         }
@@ -810,12 +1061,11 @@ impl PoolBuilder {
 
     #[cfg(not(loom))]
     fn leak_global(&self) -> GlobalPtr {
-        let inner = Box::new(PoolInner::new(
-            self.capacity,
-            self.thread_cache_value(),
-            true,
-        ));
-        GlobalPtr(NonNull::from(Box::leak(inner)))
+        let inner = NonNull::from(Box::leak(Box::new(PoolInner::new(self, true))));
+        if self.driver == DriverMode::Thread {
+            PoolInner::start_driver_thread(inner);
+        }
+        GlobalPtr(inner)
     }
 
     /// Builds the pool, or lists every problem with the settings.
@@ -824,13 +1074,13 @@ impl PoolBuilder {
         if !problems.is_empty() {
             return Err(BuildError { problems });
         }
-        let inner = Box::new(PoolInner::new(
-            self.capacity,
-            self.thread_cache_value(),
-            false,
-        ));
+        let inner = NonNull::from(Box::leak(Box::new(PoolInner::new(&self, false))));
+        #[cfg(not(loom))]
+        if self.driver == DriverMode::Thread {
+            PoolInner::start_driver_thread(inner);
+        }
         Ok(Pool {
-            inner: PoolRef(NonNull::from(Box::leak(inner))),
+            inner: PoolRef(inner),
         })
     }
 }

@@ -49,7 +49,8 @@
 //!   reference count is zero its lease counts only go down.
 
 use crate::sync::cell::UnsafeCell;
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use crate::time::ring::Ring;
 use crate::tree::node::NIL;
 
 /// A singly linked list of free slots: its head and length.
@@ -104,6 +105,24 @@ pub(crate) struct Shard {
     pub(crate) released: AtomicU64,
     /// Child counts by parent (S5..S7).
     pub(crate) leases: [Lease; LEASES],
+    /// This thread's arm ring (time ring R1), allocated by the owner on its first timer and
+    /// freed with the pool.
+    pub(crate) ring: AtomicPtr<Ring>,
+    /// Timers armed by this shard's owner (S4).
+    pub(crate) armed: AtomicU64,
+    /// Deadlines this shard's owner cut to the maximum timeout (S4).
+    pub(crate) clamped: AtomicU64,
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        let p = self.ring.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: allocated by `ring` with `Box::into_raw`; the shard is being freed with
+            // its pool, so no producer or driver can reach the ring any more.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
 }
 
 impl Shard {
@@ -114,7 +133,28 @@ impl Shard {
             acquired: AtomicU64::new(0),
             released: AtomicU64::new(0),
             leases: core::array::from_fn(|_| Lease::new()),
+            ring: AtomicPtr::new(core::ptr::null_mut()),
+            armed: AtomicU64::new(0),
+            clamped: AtomicU64::new(0),
         }
+    }
+
+    /// This shard's arm ring, allocated on first use.
+    ///
+    /// # Safety
+    /// The caller holds the shard's thread id (S1): it is the ring's producer.
+    #[inline]
+    pub(crate) unsafe fn ring(&self) -> &Ring {
+        let p = self.ring.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: published below from `Box::into_raw`, freed only with the pool.
+            return unsafe { &*p };
+        }
+        let fresh = Box::into_raw(Box::new(Ring::new()));
+        // Release: the driver's `Acquire` load sees an initialised ring. Only the owner stores.
+        self.ring.store(fresh, Ordering::Release);
+        // SAFETY: just published; freed only with the pool.
+        unsafe { &*fresh }
     }
 
     /// Bumps a single-writer counter (S4).

@@ -103,7 +103,7 @@ use crate::pool::slot::generation;
 use crate::pool::{PoolInner, PoolRef, LEASED, SHARD_MASK};
 use crate::sync::{spin_hint, Ordering};
 use cause::Cause;
-use node::{Node, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_VALUE, NIL};
+use node::{Node, D_DEADLINE, D_TIMER, F_DETACHED, F_FUNC, F_NEVER, F_POOL_REF, F_VALUE, NIL};
 use state::{Packed, CANCELLED, CAUSE_BITS, LISTENED, LOCKED, PENDING, REGISTERED, ZOMBIE};
 use wait::{lock, take_batch, unlock};
 
@@ -327,12 +327,67 @@ pub(crate) enum Peek {
 #[inline]
 pub(crate) fn is_cancelled(pool: &PoolInner, idx: u32) -> bool {
     match peek(pool, idx) {
-        Peek::Active => false,
+        Peek::Active => {
+            if !deadline_passed(pool, idx) {
+                return false;
+            }
+            expire(pool, idx);
+            // Now cancelled: by the expiry, or by whatever cancel won the race with it (I3).
+            if let Peek::Ancestor(_) = peek(pool, idx) {
+                adopt(pool, idx);
+            }
+            true
+        }
         Peek::Own => true,
         Peek::Ancestor(_) => {
             adopt(pool, idx);
             true
         }
+    }
+}
+
+/// Whether `idx` (referenced by the caller) has an effective deadline that has passed on the
+/// pool's clock (time K1: once true, stays true).
+#[inline]
+fn deadline_passed(pool: &PoolInner, idx: u32) -> bool {
+    // SAFETY: the caller holds a reference (I1); deadline bits and payload are immutable.
+    let node = unsafe { pool.node(idx) };
+    // SAFETY: as above.
+    if unsafe { node.shard_flags() }.0 & D_DEADLINE == 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    let dl = node.payload.with(|p| unsafe { (*p).values.deadline });
+    crate::time::clock::expired(pool.timers.clock.now(), dl)
+}
+
+/// Cancels the owner of `idx`'s expired deadline (the nearest node, `idx` or an ancestor, whose
+/// own timer set it) with `DeadlineExceeded`, exactly as its timer would (time D1): an expired
+/// deadline reads as such before the driver fires it.
+#[cold]
+fn expire(pool: &PoolInner, idx: u32) {
+    // SAFETY: reference held (I1).
+    let dl = unsafe { pool.node(idx) }
+        .payload
+        // SAFETY: immutable while referenced (P2).
+        .with(|p| unsafe { (*p).values.deadline });
+    let mut cur = idx;
+    while cur != NIL {
+        // SAFETY: `idx` or one of its ancestors: live (I1).
+        let node = unsafe { pool.node(cur) };
+        // SAFETY: live (I1).
+        let (bits, meta) = unsafe { (node.shard_flags().0, node.meta()) };
+        // SAFETY: live (I1), payload immutable.
+        let own = node.payload.with(|p| unsafe { (*p).values.deadline });
+        if bits & D_TIMER != 0 && own == dl {
+            cancel(
+                pool,
+                cur,
+                Packed::from_cause(Cause::DeadlineExceeded),
+            );
+            return;
+        }
+        cur = meta.parent;
     }
 }
 

@@ -3,9 +3,9 @@
 //! ```text
 //! line 0 (synchronisation)                      line 1 (payload, immutable while live)
 //! +------+-------+-----+---------+------+       +-----+-------+------+-----+------+--------+
-//! | life | state | msg | waiters | meta |  ...  | op  | trace | span | req | user | custom |
-//! +------+-------+-----+---------+------+       +-----+-------+------+-----+------+--------+
-//!   8      8       8      8        16 + 4 + 3x4   8     16      8      8     8      16
+//! | life | state | msg | waiters | meta |  ...  | op | dl | trace | span | req | user | custom |
+//! +------+-------+-----+---------+------+       +----+----+-------+------+-----+------+--------+
+//!   8      8       8      8        16 + 4 + 3x4   4    4    16      8      8     8      16
 //! ```
 //!
 //! `life` and `state` are the only words written after creation by anyone but the node's
@@ -22,7 +22,7 @@ use crate::pool::slot::Life;
 use crate::sync::cell::UnsafeCell;
 use crate::sync::{AtomicPtr, AtomicU32, AtomicU64};
 use crate::tree::wait::Waiter;
-use crate::values::{Op, ValueVTable};
+use crate::values::ValueVTable;
 
 /// "No slot": the end of a list, or the parent of a root.
 pub(crate) const NIL: u32 = u32::MAX;
@@ -40,6 +40,13 @@ pub(crate) const F_USER: u16 = 1 << 5;
 pub(crate) const F_VALUE: u16 = 1 << 6;
 /// Holds a reference on its pool (a root of a built pool).
 pub(crate) const F_POOL_REF: u16 = 1 << 7;
+
+// Deadline bits of a node's shard field (immutable per incarnation, written while owned).
+/// The node has an effective deadline (`Values::deadline`), its own or inherited.
+pub(crate) const D_DEADLINE: u16 = 0x2000;
+/// The node's own deadline is its effective one: it armed a timer, and a lazy expiry cancels
+/// this node (descendants that inherited the deadline adopt it).
+pub(crate) const D_TIMER: u16 = 0x4000;
 
 /// Per-incarnation metadata, written while the slot is owned (pool P2).
 #[derive(Clone, Copy, Debug)]
@@ -68,7 +75,11 @@ pub(crate) struct Custom {
 /// The well-known values, copied from parent to child.
 #[derive(Clone, Copy)]
 pub(crate) struct Values {
-    pub(crate) op: Option<&'static Op>,
+    /// [`Op::id`] of the operation label, 0 for none.
+    pub(crate) op: u32,
+    /// Effective deadline in clock ticks (wrapping; see `time::clock`); meaningful only when
+    /// the node's shard field has `D_DEADLINE`.
+    pub(crate) deadline: u32,
     pub(crate) trace_id: [u64; 2],
     pub(crate) span_id: u64,
     pub(crate) request_id: u64,
@@ -78,7 +89,8 @@ pub(crate) struct Values {
 
 impl Values {
     pub(crate) const EMPTY: Values = Values {
-        op: None,
+        op: 0,
+        deadline: 0,
         trace_id: [0; 2],
         span_id: 0,
         request_id: 0,
@@ -199,6 +211,18 @@ impl Node {
         // SAFETY: the caller owns the slot exclusively, so nobody else reads or writes it.
         self.shard_flags
             .with_mut(|p| unsafe { *p = (*p & 0xFFFF_0000) | u32::from(shard) });
+    }
+
+    /// Sets the deadline bits (`D_DEADLINE`, `D_TIMER`) of the shard field.
+    ///
+    /// # Safety
+    /// The caller owns the slot (pool P2).
+    #[inline]
+    pub(crate) unsafe fn set_deadline_bits(&self, bits: u16) {
+        let mask = u32::from(D_DEADLINE | D_TIMER);
+        // SAFETY: the caller owns the slot exclusively.
+        self.shard_flags
+            .with_mut(|p| unsafe { *p = (*p & !mask) | u32::from(bits) });
     }
 
     /// Sets or clears the `LEASED` bit of the shard field, keeping the owner shard.

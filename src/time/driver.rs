@@ -1,0 +1,481 @@
+//! The driver: one place that moves time forward, fires due timers and runs periodic upkeep.
+//!
+//! ```text
+//!   creating thread ── Ring::push (plain stores) ──►  per-shard arm ring ─┐
+//!   (ring full)     ── spill (mutex, rare) ───────►  pool spill list ─────┤ turn(): drain,
+//!                                                                          ▼ check generation
+//!                         wheel (driver lock) ◄── insert live entries ── accept()
+//!                              │ advance(now)
+//!                              ▼
+//!                         due entries ── fire(): try_upgrade → cancel(DeadlineExceeded)
+//! ```
+//!
+//! A `turn` (a) refreshes the clock's tick, (b) takes every ring and the spill list, dropping
+//! entries whose context is already released (most short-lived contexts never reach the
+//! wheel), (c) advances the wheel to the current tick, (d) fires the due entries outside the
+//! lock (a fired `after_func` may run user code, which may itself make contexts), and (e) runs
+//! periodic jobs that are due (metrics publication and leak scans of later components).
+//!
+//! Who turns: a background thread (`ctxpool-driver`, the default, and what the global pool
+//! uses), the caller ([`Pool::turn`](crate::Pool::turn), for a manual clock or an embedding
+//! event loop), or a tokio task (feature `tokio`).
+//!
+//! Invariants (cited as **D1**..**D4**):
+//!
+//! - **D1** a timer fires only through `try_upgrade` with the entry's generation, and only if
+//!   the node still owns a timer with the entry's deadline (`D_TIMER` and the same stored
+//!   deadline): never into a reused slot (slot L2), never early, at most once effectively
+//!   (cancel is idempotent and the first cause wins, tree I3).
+//! - **D2** every timer of a live context is in its ring, the spill list, the wheel or the
+//!   driver's due list; it leaves them only by firing or by being found stale. A context whose
+//!   last reference is gone has been cancelled (deadlines are set only on contexts with a
+//!   `CancelGuard`, whose drop cancels), so dropping its entry loses nothing.
+//! - **D3** the wheel never holds more than `max(2 × live entries at the last compaction,
+//!   MIN_COMPACT)` entries before it is compacted, so its memory is bounded by the pool's
+//!   capacity, not by the rate of timers.
+//! - **D4** a driver thread reaches its pool only through a `DriverLink`, which the pool clears
+//!   (under the link's lock) before it is freed; the thread takes a counted reference for each
+//!   turn, so the pool cannot be freed in the middle of one.
+
+use core::ptr::NonNull;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::clock;
+use super::ring::Armed;
+use super::wheel::{Entry, Wheel};
+use crate::pool::slot::{generation, refs};
+use crate::pool::{PoolInner, PoolRef};
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::tree::node::D_TIMER;
+
+/// Below this many entries the wheel is never compacted.
+const MIN_COMPACT: usize = 4096;
+
+/// Lateness histogram: 4 sub-buckets per power of two of microseconds, up to 2^26 µs.
+const LATE_BUCKETS: usize = 27 * 4;
+
+/// Counters of the timer machinery, summed without a lock.
+pub(crate) struct Counters {
+    pub(crate) fired: AtomicU64,
+    pub(crate) stale: AtomicU64,
+    pub(crate) spilled: AtomicU64,
+    pub(crate) compactions: AtomicU64,
+    /// Clamps counted by threads without a shard (tid T2).
+    pub(crate) clamped: AtomicU64,
+    pub(crate) turns: AtomicU64,
+    pub(crate) pending: AtomicUsize,
+    pub(crate) wheel_bytes: AtomicUsize,
+    pub(crate) late: [AtomicU64; LATE_BUCKETS],
+}
+
+impl Counters {
+    fn new() -> Self {
+        Counters {
+            fired: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            spilled: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
+            clamped: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
+            pending: AtomicUsize::new(0),
+            wheel_bytes: AtomicUsize::new(0),
+            late: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    fn record_lateness(&self, micros: f64) {
+        let us = micros.max(0.0) as u64;
+        let b = if us < 4 {
+            us as usize
+        } else {
+            let p = 63 - us.leading_zeros() as usize; // >= 2
+            let sub = ((us >> (p - 2)) & 3) as usize;
+            ((p - 1) * 4 + sub).min(LATE_BUCKETS - 1)
+        };
+        self.late[b].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Upper bound in microseconds of lateness bucket `b`.
+    fn bucket_upper(b: usize) -> u64 {
+        if b < 4 {
+            return b as u64 + 1;
+        }
+        let p = b / 4 + 1;
+        let sub = (b % 4) as u64;
+        ((4 + sub + 1) << p) >> 2
+    }
+
+    /// The `q` quantile of fire lateness (bucket upper bound), if anything fired.
+    pub(crate) fn lateness_quantile(&self, q: f64) -> Option<Duration> {
+        let counts: Vec<u64> = self.late.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (b, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Duration::from_micros(Counters::bucket_upper(b)));
+            }
+        }
+        None
+    }
+}
+
+/// A periodic job run by the driver (metrics publication, leak scans).
+pub(crate) struct Periodic {
+    pub(crate) every_ms: u64,
+    pub(crate) next_ms: u64,
+    pub(crate) job: Box<dyn FnMut(&PoolInner) + Send>,
+}
+
+pub(crate) struct DriverState {
+    wheel: Wheel,
+    /// Spare vector swapped with the spill list, keeping both allocations.
+    spare: Vec<Armed>,
+    /// Entries due, fired after the lock is released.
+    due: Vec<Entry>,
+    compact_at: usize,
+    periodic: Vec<Periodic>,
+}
+
+/// The pool's timer state: spill list, driver state and counters.
+pub(crate) struct Timers {
+    pub(crate) clock: clock::Clock,
+    /// Wheel tick in milliseconds (the timer resolution).
+    pub(crate) resolution_ms: u32,
+    spill: Mutex<Spill>,
+    spill_len: AtomicUsize,
+    state: Mutex<DriverState>,
+    pub(crate) counters: Counters,
+    /// The driver thread, to wake early and to stop.
+    #[cfg(not(loom))]
+    thread: std::sync::Mutex<Option<DriverThread>>,
+}
+
+struct Spill {
+    list: Vec<Armed>,
+    /// Compact when the list grows past this (D3's bound, for the spill list).
+    limit: usize,
+}
+
+impl Timers {
+    pub(crate) fn new(clock: clock::Clock, resolution_ms: u32) -> Self {
+        let now = clock.refresh();
+        Timers {
+            resolution_ms,
+            spill: Mutex::new(Spill {
+                list: Vec::new(),
+                limit: MIN_COMPACT,
+            }),
+            spill_len: AtomicUsize::new(0),
+            state: Mutex::new(DriverState {
+                wheel: Wheel::new(now / u64::from(resolution_ms)),
+                spare: Vec::new(),
+                due: Vec::new(),
+                compact_at: MIN_COMPACT,
+                periodic: Vec::new(),
+            }),
+            counters: Counters::new(),
+            clock,
+            #[cfg(not(loom))]
+            thread: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The driver thread's period.
+    pub(crate) fn period(&self) -> Duration {
+        Duration::from_millis(u64::from(self.resolution_ms))
+    }
+
+    /// Wakes the driver thread early (its ring is half full, or a timer was spilled).
+    pub(crate) fn wake(&self) {
+        #[cfg(not(loom))]
+        if let Some(t) = self
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            t.thread.unpark();
+        }
+    }
+
+    /// Hands a timer to the driver through the shared spill list (R3: a full ring, or a thread
+    /// without a shard).
+    #[cold]
+    pub(crate) fn spill(&self, pool: &PoolInner, a: Armed) {
+        let mut s = self.spill.lock().unwrap_or_else(|e| e.into_inner());
+        s.list.push(a);
+        if s.list.len() > s.limit {
+            // D3 for the spill list: drop entries of released contexts.
+            s.list.retain(|a| alive(pool, a.idx, a.gen));
+            s.limit = (s.list.len() * 2).max(MIN_COMPACT);
+        }
+        self.spill_len.store(s.list.len(), Ordering::Relaxed);
+        drop(s);
+        self.counters.spilled.fetch_add(1, Ordering::Relaxed);
+        self.wake();
+    }
+
+    /// Adds a periodic job, first run one interval from now.
+    pub(crate) fn every(&self, interval: Duration, job: Box<dyn FnMut(&PoolInner) + Send>) {
+        let every_ms = clock::ceil_ms(interval).max(1);
+        let next_ms = self.clock.now64() + every_ms;
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .periodic
+            .push(Periodic {
+                every_ms,
+                next_ms,
+                job,
+            });
+    }
+}
+
+/// Whether incarnation `gen` of slot `idx` may still be referenced (a hint: it can be released
+/// right after; firing re-checks with `try_upgrade`, D1).
+fn alive(pool: &PoolInner, idx: u32, gen: u32) -> bool {
+    // SAFETY: `idx` was handed out by this pool (it came from a handle), P3.
+    let w = unsafe { pool.node(idx) }.life.load(Ordering::Relaxed);
+    generation(w) == gen && refs(w) > 0
+}
+
+impl PoolInner {
+    /// One turn of the driver; returns how many timers fired. A turn that finds another turn
+    /// in progress (another thread, or a callback fired by this one) does nothing.
+    pub(crate) fn turn(&self) -> usize {
+        let t = &self.timers;
+        let now_ms = t.clock.refresh();
+        let res = u64::from(t.resolution_ms);
+        let Ok(mut guard) = t.state.try_lock() else {
+            return 0;
+        };
+        let st = &mut *guard;
+        t.counters.turns.fetch_add(1, Ordering::Relaxed);
+        let mut stale = 0u64;
+        let mut accept = |st: &mut DriverState, a: Armed| {
+            if !alive(self, a.idx, a.gen) {
+                stale += 1;
+                return;
+            }
+            // Due at the first wheel tick at or after the deadline (never early).
+            let dl = clock::widen(now_ms, a.deadline);
+            let e = Entry {
+                idx: a.idx,
+                gen: a.gen,
+                deadline: a.deadline,
+                when: dl.div_ceil(res),
+            };
+            if let Err(e) = st.wheel.insert(e) {
+                st.due.push(e);
+            }
+        };
+        // (b) rings, then the spill list.
+        self.for_each_ring(|ring| {
+            // SAFETY: R1: we hold the driver lock, so we are the rings' only consumer.
+            unsafe { ring.drain(|a| accept(st, a)) };
+        });
+        if t.spill_len.load(Ordering::Relaxed) > 0 {
+            let mut s = t.spill.lock().unwrap_or_else(|e| e.into_inner());
+            core::mem::swap(&mut s.list, &mut st.spare);
+            t.spill_len.store(0, Ordering::Relaxed);
+            drop(s);
+            let mut spare = core::mem::take(&mut st.spare);
+            for a in spare.drain(..) {
+                accept(st, a);
+            }
+            st.spare = spare;
+        }
+        // (c) advance.
+        let DriverState { wheel, due, .. } = st;
+        wheel.advance(now_ms / res, |e| due.push(e));
+        // D3: compact once stale entries could outnumber live ones.
+        if st.wheel.len() > st.compact_at {
+            stale += st.wheel.retain(|e| alive(self, e.idx, e.gen)) as u64;
+            st.compact_at = (st.wheel.len() * 2).max(MIN_COMPACT);
+            t.counters.compactions.fetch_add(1, Ordering::Relaxed);
+        }
+        t.counters.pending.store(st.wheel.len(), Ordering::Relaxed);
+        t.counters
+            .wheel_bytes
+            .store(st.wheel.heap_bytes(), Ordering::Relaxed);
+        let mut due = core::mem::take(&mut st.due);
+        let mut jobs = Vec::new();
+        if st.periodic.iter().any(|p| p.next_ms <= now_ms) {
+            jobs = core::mem::take(&mut st.periodic);
+        }
+        drop(guard);
+        // (d) fire, outside the lock.
+        let mut fired = 0;
+        for e in due.drain(..) {
+            match tree_fire(self, e) {
+                Fire::Fired => fired += 1,
+                Fire::Stale => stale += 1,
+                Fire::AlreadyCancelled => {}
+            }
+        }
+        t.counters.stale.fetch_add(stale, Ordering::Relaxed);
+        t.counters.fired.fetch_add(fired as u64, Ordering::Relaxed);
+        // (e) periodic jobs, outside the lock.
+        for p in jobs.iter_mut().filter(|p| p.next_ms <= now_ms) {
+            // A panicking job is skipped this round; the driver keeps going.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (p.job)(self)));
+            p.next_ms = now_ms + p.every_ms;
+        }
+        let mut guard = t.state.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.due.capacity() < due.capacity() {
+            guard.due = due;
+        }
+        if !jobs.is_empty() {
+            // Jobs added while these ran come after them.
+            jobs.append(&mut guard.periodic);
+            guard.periodic = jobs;
+        }
+        fired
+    }
+}
+
+enum Fire {
+    Fired,
+    Stale,
+    AlreadyCancelled,
+}
+
+/// Fires one due entry (D1).
+fn tree_fire(pool: &PoolInner, e: Entry) -> Fire {
+    // SAFETY: `e.idx` came from a handle of this pool (P3).
+    let node = unsafe { pool.node(e.idx) };
+    if !node.life.try_upgrade(e.gen) {
+        return Fire::Stale;
+    }
+    // The reference taken above, released when `ctx` drops (through the normal release path).
+    let ctx = crate::Context::from_node(NonNull::from(pool), e.idx, e.gen);
+    // SAFETY: we hold a reference, so the incarnation's fields are stable (slot L1).
+    let (own_timer, deadline) = unsafe {
+        (
+            node.shard_flags().0 & D_TIMER != 0,
+            node.payload.with(|p| (*p).values.deadline),
+        )
+    };
+    if !own_timer || deadline != e.deadline {
+        drop(ctx);
+        return Fire::Stale;
+    }
+    let packed = crate::tree::state::Packed::from_cause(crate::Cause::DeadlineExceeded);
+    let won = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::tree::cancel(pool, e.idx, packed)
+    }))
+    // A panicking `after_func` below still counts as fired: the cancel completed (tree I7).
+    .unwrap_or(true);
+    if won {
+        let late_ms = pool.timers.clock.precise_ms() - pool.timers.clock.widen(e.deadline) as f64;
+        pool.timers.counters.record_lateness(late_ms * 1e3);
+    }
+    drop(ctx);
+    if won {
+        Fire::Fired
+    } else {
+        Fire::AlreadyCancelled
+    }
+}
+
+/// How a driver thread or task reaches its pool (D4).
+pub(crate) struct DriverLink {
+    pool: std::sync::Mutex<Option<NonNull<PoolInner>>>,
+}
+
+// SAFETY: the pointer is only dereferenced under the link's lock while the pool is alive (D4),
+// and `PoolInner` is `Sync`.
+unsafe impl Send for DriverLink {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for DriverLink {}
+
+impl DriverLink {
+    pub(crate) fn new(pool: NonNull<PoolInner>) -> Arc<Self> {
+        Arc::new(DriverLink {
+            pool: std::sync::Mutex::new(Some(pool)),
+        })
+    }
+
+    /// A counted reference to the pool, unless it is gone or going (D4).
+    pub(crate) fn upgrade(&self) -> Option<PoolRef> {
+        let g = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let p = (*g)?;
+        // SAFETY: the pool clears this link before it is freed (D4), and we hold the link's
+        // lock, so it is still allocated; `try_acquire` refuses a pool whose count is zero.
+        unsafe { PoolRef::try_acquire(p) }
+    }
+
+    /// Called by the pool as it is freed (D4).
+    pub(crate) fn clear(&self) {
+        *self.pool.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+#[cfg(not(loom))]
+pub(crate) struct DriverThread {
+    link: Arc<DriverLink>,
+    thread: std::thread::Thread,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(not(loom))]
+impl PoolInner {
+    /// Starts the background driver of the pool at `me` (once, right after it is built).
+    pub(crate) fn start_driver_thread(me: NonNull<PoolInner>) {
+        let link = DriverLink::new(me);
+        let thread_link = link.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ctxpool-driver".into())
+            .spawn(move || loop {
+                let Some(pool) = thread_link.upgrade() else {
+                    return;
+                };
+                pool.get().turn();
+                let period = pool.get().timers.period();
+                // May be the last reference: the pool is then freed here, and clears the link.
+                drop(pool);
+                std::thread::park_timeout(period);
+            });
+        // SAFETY: the caller passes a pool it just built; nothing frees it before this returns.
+        let inner = unsafe { me.as_ref() };
+        match spawned {
+            Ok(join) => {
+                *inner.timers.thread.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(DriverThread {
+                        link,
+                        thread: join.thread().clone(),
+                        join: Some(join),
+                    });
+            }
+            // No thread (e.g. a sandbox without threads): deadlines still read as expired
+            // lazily, and `Pool::turn` fires them.
+            Err(_) => link.clear(),
+        }
+    }
+
+    /// Stops the driver thread (from `PoolInner::drop`): clears its link (D4), wakes it, and
+    /// joins it unless this is the driver thread itself (it dropped the last reference).
+    pub(crate) fn stop_driver_thread(&self) {
+        let t = self
+            .timers
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut t) = t {
+            t.link.clear();
+            t.thread.unpark();
+            if std::thread::current().id() != t.thread.id() {
+                if let Some(j) = t.join.take() {
+                    let _ = j.join();
+                }
+            }
+        }
+    }
+}

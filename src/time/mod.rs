@@ -1,0 +1,60 @@
+//! Time: clocks, the arm rings, the timer wheel and the driver.
+//!
+//! A deadline is a context's effective deadline (its own or inherited), stored as a 32-bit
+//! millisecond tick in the node. Only a context whose own deadline is earlier than the one it
+//! inherits arms a timer: a plain store into its thread's arm ring (`ring.rs`). The driver
+//! (`driver.rs`) moves armed timers into a hierarchical wheel (`wheel.rs`) and fires them by
+//! cancelling the context with [`Cause::DeadlineExceeded`](crate::Cause::DeadlineExceeded).
+//! Independently of the driver, a read of a context whose deadline has passed cancels it on
+//! the spot (`tree::is_cancelled`), so an expired deadline is observed even before the timer
+//! fires.
+
+pub(crate) mod clock;
+pub(crate) mod driver;
+pub(crate) mod ring;
+pub(crate) mod wheel;
+
+use std::time::Duration;
+
+pub use clock::ManualClock;
+
+/// Who moves a pool's timers forward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DriverMode {
+    /// A background thread, `ctxpool-driver`, woken every timer resolution (and early when
+    /// timers pile up). It stops when the pool is freed. The default, and the global pool's.
+    #[default]
+    Thread,
+    /// Nobody: call [`Pool::turn`](crate::Pool::turn) yourself (an embedding event loop, or
+    /// tests with a [`ManualClock`]), or spawn the tokio driver (feature `tokio`).
+    Manual,
+}
+
+/// Counters of a pool's timers; see [`Pool::timer_stats`](crate::Pool::timer_stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct TimerStats {
+    /// Timers armed (contexts whose own deadline was earlier than their parent's).
+    pub armed: u64,
+    /// Timers that cancelled their context.
+    pub fired: u64,
+    /// Entries dropped because their context was released (or had been reused) first.
+    pub stale: u64,
+    /// Entries in the wheel (some may be stale until they come due or a compaction runs).
+    pub pending: usize,
+    /// Bytes the wheel holds.
+    pub wheel_bytes: usize,
+    /// Timers handed over through the shared spill list because a ring was full.
+    pub spilled: u64,
+    /// Wheel compactions (each drops the stale entries).
+    pub compactions: u64,
+    /// Requested deadlines cut to the maximum timeout.
+    pub clamped: u64,
+    /// Driver turns.
+    pub turns: u64,
+    /// Median lateness of fired timers (deadline to cancel), as a bucket upper bound.
+    pub lateness_p50: Option<Duration>,
+    /// 99th percentile of the lateness.
+    pub lateness_p99: Option<Duration>,
+}

@@ -1,0 +1,330 @@
+//! Deadlines on a manual clock: the timer wheel, the driver, clamps and request roots.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ctxpool::{Cause, ContextError, DriverMode, ManualClock, Origin, Pool, Reason};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn manual() -> (ManualClock, Pool) {
+    let clock = ManualClock::new();
+    let pool = Pool::builder()
+        .capacity(4096)
+        .manual_clock(&clock)
+        .max_timeout(Duration::from_secs(60))
+        .default_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    (clock, pool)
+}
+
+/// Counts `after_func` runs: what only an eager (driver-fired) cancel triggers.
+fn counter(ctx: &ctxpool::Context) -> (Arc<AtomicUsize>, ctxpool::AfterFunc) {
+    let n = Arc::new(AtomicUsize::new(0));
+    let m = n.clone();
+    let f = ctx.after_func(move || {
+        m.fetch_add(1, Ordering::SeqCst);
+    });
+    (n, f)
+}
+
+#[test]
+fn fires_at_its_tick_and_not_before() {
+    let (clock, pool) = manual();
+    let ctx = pool.background().with_timeout(ms(30));
+    let (runs, _f) = counter(&ctx);
+    clock.advance(ms(29));
+    assert_eq!(pool.turn(), 0);
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    assert!(!ctx.is_cancelled());
+    clock.advance(ms(1));
+    assert_eq!(pool.turn(), 1);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the timer ran the callback");
+    assert_eq!(ctx.cause(), Some(Cause::DeadlineExceeded));
+    assert_eq!(ctx.err(), Some(ContextError::DeadlineExceeded));
+    // Later turns fire nothing more.
+    clock.advance(ms(100));
+    assert_eq!(pool.turn(), 0);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.timer_stats().fired, 1);
+}
+
+#[test]
+fn many_deadlines_each_fire_at_their_tick() {
+    let (clock, pool) = manual();
+    let root = pool.background();
+    let guards: Vec<_> = (1..=200u64).map(|i| root.with_timeout(ms(i * 7))).collect();
+    for t in 1..=1400u64 {
+        clock.advance(ms(1));
+        let fired = pool.turn();
+        let expected = usize::from(t % 7 == 0);
+        assert_eq!(fired, expected, "at {t} ms");
+        for (i, g) in guards.iter().enumerate() {
+            let due = (i as u64 + 1) * 7;
+            assert_eq!(g.cause().is_some(), due <= t, "context due at {due} read at {t}");
+        }
+    }
+}
+
+#[test]
+fn child_never_outlives_its_parent() {
+    let (clock, pool) = manual();
+    let parent = pool.background().with_timeout(ms(100));
+    let later = parent.with_timeout(ms(500));
+    let earlier = parent.with_timeout(ms(40));
+    assert_eq!(later.deadline(), parent.deadline());
+    assert!(earlier.deadline() < parent.deadline());
+    // Only the parent and the earlier child armed a timer.
+    assert_eq!(pool.timer_stats().armed, 2);
+    clock.advance(ms(40));
+    pool.turn();
+    assert_eq!(earlier.cause(), Some(Cause::DeadlineExceeded));
+    assert!(!later.is_cancelled());
+    clock.advance(ms(60));
+    pool.turn();
+    assert_eq!(parent.cause(), Some(Cause::DeadlineExceeded));
+    assert_eq!(
+        later.cause(),
+        Some(Cause::Parent(Origin::DeadlineExceeded)),
+        "relies on its parent's timer"
+    );
+    assert_eq!(later.err(), Some(ContextError::DeadlineExceeded));
+}
+
+#[test]
+fn max_timeout_clamps_and_counts() {
+    let (clock, pool) = manual();
+    let ctx = pool.background().with_timeout(Duration::from_secs(3600));
+    assert_eq!(ctx.remaining(), Some(Duration::from_secs(60)));
+    assert_eq!(pool.timer_stats().clamped, 1);
+    let at = pool
+        .background()
+        .with_deadline(clock.now() + Duration::from_secs(90));
+    assert_eq!(at.remaining(), Some(Duration::from_secs(60)));
+    assert_eq!(pool.timer_stats().clamped, 2);
+    let ok = pool.background().with_timeout(Duration::from_secs(59));
+    assert_eq!(pool.timer_stats().clamped, 2);
+    drop(ok);
+    clock.advance(Duration::from_secs(60));
+    pool.turn();
+    assert_eq!(ctx.cause(), Some(Cause::DeadlineExceeded));
+    assert_eq!(at.cause(), Some(Cause::DeadlineExceeded));
+}
+
+#[test]
+fn request_roots_get_the_default_timeout_in_the_same_node() {
+    let (clock, pool) = manual();
+    let before = pool.stats().in_use;
+    let req = pool.request().with_cancel();
+    assert_eq!(req.remaining(), Some(Duration::from_secs(2)));
+    assert_eq!(pool.stats().in_use, before + 1, "one node: no second timer context");
+    let short = pool.request().with_timeout(ms(10));
+    assert_eq!(short.remaining(), Some(ms(10)));
+    let long = pool.request().with_timeout(Duration::from_secs(3600));
+    assert_eq!(long.remaining(), Some(Duration::from_secs(60)), "still clamped");
+    clock.advance(Duration::from_secs(2));
+    pool.turn();
+    assert_eq!(req.cause(), Some(Cause::DeadlineExceeded));
+    assert!(!long.is_cancelled());
+    drop((req, short, long));
+    assert_eq!(pool.stats().in_use, before);
+}
+
+#[test]
+fn expired_deadline_reads_immediately_without_the_driver() {
+    let (clock, pool) = manual();
+    let parent = pool.background().with_timeout(ms(5));
+    let child = parent.with_cancel();
+    let grandchild = child.with_timeout(ms(50));
+    clock.advance(ms(5));
+    // No turn: nothing has fired, but the deadline has passed.
+    assert_eq!(pool.timer_stats().fired, 0);
+    assert!(grandchild.is_cancelled());
+    assert_eq!(
+        grandchild.cause(),
+        Some(Cause::Parent(Origin::DeadlineExceeded))
+    );
+    assert_eq!(parent.cause(), Some(Cause::DeadlineExceeded), "the owner was cancelled");
+    assert_eq!(child.cause(), Some(Cause::Parent(Origin::DeadlineExceeded)));
+    // A deadline in the past is expired at birth.
+    let past = pool.background().with_deadline(clock.now() - ms(1));
+    assert_eq!(past.cause(), Some(Cause::DeadlineExceeded));
+    assert_eq!(past.remaining(), Some(Duration::ZERO));
+    // The timer, when it comes, finds nothing left to do.
+    pool.turn();
+    assert_eq!(pool.timer_stats().fired, 0);
+}
+
+#[test]
+fn an_explicit_cancel_before_the_deadline_wins() {
+    let (clock, pool) = manual();
+    let ctx = pool.background().with_timeout(ms(10));
+    ctx.cancel(Reason::Code(7));
+    clock.advance(ms(10));
+    pool.turn();
+    assert_eq!(ctx.cause(), Some(Cause::Cancelled(Reason::Code(7))));
+}
+
+#[test]
+fn release_before_expiry_disarms_and_leaks_nothing() {
+    let (clock, pool) = manual();
+    let start = pool.stats().in_use;
+    let runs = Arc::new(AtomicUsize::new(0));
+    for _ in 0..1000 {
+        let ctx = pool.background().with_timeout(ms(20));
+        let r = runs.clone();
+        let f = ctx.after_func(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+        assert!(f.stop());
+        drop(ctx);
+    }
+    pool.turn();
+    // Slots are reused by new contexts with later deadlines: the old timers must not fire
+    // into them.
+    let survivors: Vec<_> = (0..1000)
+        .map(|_| pool.background().with_timeout(Duration::from_secs(30)))
+        .collect();
+    clock.advance(ms(20));
+    assert_eq!(pool.turn(), 0);
+    assert!(survivors.iter().all(|s| !s.is_cancelled()));
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    drop(survivors);
+    clock.advance(Duration::from_secs(31));
+    pool.turn();
+    let st = pool.timer_stats();
+    assert_eq!(st.fired, 0);
+    assert_eq!(st.pending, 0, "every stale entry was dropped: {st:?}");
+    assert_eq!(pool.stats().in_use, start);
+    assert_eq!(st.armed, 2000);
+    assert_eq!(st.stale, 2000, "every timer left as stale: {st:?}");
+}
+
+#[test]
+fn the_wheel_is_compacted_so_memory_stays_bounded() {
+    let (clock, pool) = manual();
+    // Contexts that live past one turn enter the wheel; released, they leave stale entries
+    // behind that a compaction removes long before their 60 s deadlines.
+    for round in 0..40 {
+        let batch: Vec<_> = (0..1000)
+            .map(|_| pool.background().with_timeout(Duration::from_secs(60)))
+            .collect();
+        pool.turn();
+        drop(batch);
+        clock.advance(ms(1));
+        let st = pool.timer_stats();
+        assert!(st.pending <= 2 * 4096 + 1000, "round {round}: {st:?}");
+    }
+    pool.turn();
+    assert!(pool.timer_stats().compactions > 0);
+}
+
+#[test]
+fn deadline_on_background_and_exhausted_contexts() {
+    let (_clock, pool) = manual();
+    assert_eq!(pool.background().deadline(), None);
+    assert_eq!(pool.background().remaining(), None);
+    let tiny = Pool::builder()
+        .capacity(1)
+        .manual_clock(&ManualClock::new())
+        .build()
+        .unwrap();
+    let a = tiny.background().with_timeout(ms(5));
+    let b = tiny.background().with_timeout(ms(5));
+    assert_eq!(b.cause(), Some(Cause::PoolExhausted));
+    assert_eq!(b.deadline(), None);
+    assert!(tiny.background().try_with_timeout(ms(5)).is_err());
+    drop(a);
+}
+
+#[test]
+fn without_cancel_drops_the_deadline() {
+    let (clock, pool) = manual();
+    let parent = pool.background().with_timeout(ms(5));
+    let detached = parent.without_cancel();
+    assert_eq!(detached.deadline(), None);
+    clock.advance(ms(10));
+    pool.turn();
+    assert!(parent.is_cancelled());
+    assert!(!detached.is_cancelled());
+}
+
+#[test]
+fn waiting_on_a_deadline_wakes_when_the_driver_fires() {
+    let clock = ManualClock::new();
+    let pool = Pool::builder().manual_clock(&clock).build().unwrap();
+    let ctx = pool.background().with_timeout(ms(50));
+    let child = ctx.context().child().build();
+    let waiter = std::thread::spawn(move || {
+        child.wait();
+        child.cause()
+    });
+    std::thread::sleep(ms(20));
+    clock.advance(ms(50));
+    pool.turn();
+    assert_eq!(
+        waiter.join().unwrap(),
+        Some(Cause::Parent(Origin::DeadlineExceeded))
+    );
+}
+
+#[test]
+fn turn_survives_a_panicking_callback() {
+    let (clock, pool) = manual();
+    let a = pool.background().with_timeout(ms(1));
+    let _f = a.after_func(|| panic!("callback panics"));
+    let b = pool.background().with_timeout(ms(1));
+    clock.advance(ms(1));
+    pool.turn();
+    assert!(a.is_cancelled());
+    assert!(b.is_cancelled());
+    assert_eq!(pool.timer_stats().fired, 2);
+}
+
+#[test]
+fn the_driver_thread_fires_on_the_real_clock() {
+    let pool = Pool::builder().build().unwrap();
+    let ctx = pool.background().with_timeout(ms(20));
+    let t0 = std::time::Instant::now();
+    ctx.wait();
+    assert!(t0.elapsed() >= ms(19), "not before the deadline: {:?}", t0.elapsed());
+    assert_eq!(ctx.cause(), Some(Cause::DeadlineExceeded));
+    assert!(pool.timer_stats().fired + pool.timer_stats().stale <= 1);
+}
+
+#[cfg(target_os = "linux")]
+fn driver_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "ctxpool-driver")
+        .count()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_driver_thread_stops_when_the_pool_is_freed() {
+    // Other tests in this binary run concurrently and have their own pools: count ours.
+    let pools: Vec<Pool> = (0..4).map(|_| Pool::builder().build().unwrap()).collect();
+    let ctxs: Vec<_> = pools
+        .iter()
+        .map(|p| p.background().with_timeout(Duration::from_secs(10)))
+        .collect();
+    let with = driver_threads();
+    assert!(with >= 4);
+    drop(pools);
+    // The contexts keep their pools alive (P4).
+    std::thread::sleep(ms(20));
+    drop(ctxs);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while driver_threads() > with - 4 {
+        assert!(std::time::Instant::now() < deadline, "driver threads did not stop");
+        std::thread::sleep(ms(5));
+    }
+    let manual = Pool::builder().driver(DriverMode::Manual).build().unwrap();
+    drop(manual);
+}
