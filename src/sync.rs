@@ -31,6 +31,43 @@ pub(crate) use loom::sync::Mutex;
 #[cfg(not(loom))]
 pub(crate) use std::sync::Mutex;
 
+/// A shared value replaced whole at run time (the pool's configuration): readers get an `Arc`
+/// of the old or the new value, never a mix. `arc-swap` normally (no lock for readers); a
+/// mutex under loom, whose models check the protocol around it (the packed hot-path word).
+pub(crate) struct Swap<T> {
+    #[cfg(not(loom))]
+    inner: arc_swap::ArcSwap<T>,
+    #[cfg(loom)]
+    inner: Mutex<std::sync::Arc<T>>,
+}
+
+impl<T> Swap<T> {
+    pub(crate) fn new(value: std::sync::Arc<T>) -> Self {
+        Swap {
+            #[cfg(not(loom))]
+            inner: arc_swap::ArcSwap::new(value),
+            #[cfg(loom)]
+            inner: Mutex::new(value),
+        }
+    }
+
+    pub(crate) fn load(&self) -> std::sync::Arc<T> {
+        #[cfg(not(loom))]
+        return self.inner.load_full();
+        #[cfg(loom)]
+        return self.inner.lock().unwrap().clone();
+    }
+
+    pub(crate) fn store(&self, value: std::sync::Arc<T>) {
+        #[cfg(not(loom))]
+        self.inner.store(value);
+        #[cfg(loom)]
+        {
+            *self.inner.lock().unwrap() = value;
+        }
+    }
+}
+
 /// Thread parking, for the blocking `wait`.
 pub(crate) mod thread {
     #[cfg(loom)]

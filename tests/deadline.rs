@@ -328,3 +328,49 @@ fn the_driver_thread_stops_when_the_pool_is_freed() {
     let manual = Pool::builder().driver(DriverMode::Manual).build().unwrap();
     drop(manual);
 }
+
+#[test]
+fn a_rejected_update_leaves_the_old_limits_in_force() {
+    let (clock, pool) = manual();
+    let mut bad = (*pool.config()).clone();
+    bad.default_timeout = Duration::from_secs(120); // above max (60 s)
+    bad.max_timeout = Duration::from_secs(30 * 24 * 3600); // absurd
+    bad.pool_capacity = 1; // fixed at build time
+    let err = pool.update_config(bad).unwrap_err();
+    let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"max_timeout"), "{err}");
+    assert!(keys.contains(&"pool_capacity"), "{err}");
+    assert_eq!(pool.config().default_timeout, Duration::from_secs(2));
+    let req = pool.request().with_cancel();
+    assert_eq!(req.remaining(), Some(Duration::from_secs(2)), "old default");
+    let long = pool.background().with_timeout(Duration::from_secs(3600));
+    assert_eq!(long.remaining(), Some(Duration::from_secs(60)), "old max");
+
+    let mut good = (*pool.config()).clone();
+    good.default_timeout = Duration::from_millis(500);
+    good.max_timeout = Duration::from_secs(10);
+    pool.update_config(good).unwrap();
+    let req2 = pool.request().with_cancel();
+    assert_eq!(req2.remaining(), Some(ms(500)));
+    let long2 = pool.background().with_timeout(Duration::from_secs(3600));
+    assert_eq!(long2.remaining(), Some(Duration::from_secs(10)));
+    // Contexts made before keep their deadlines.
+    assert_eq!(req.remaining(), Some(Duration::from_secs(2)));
+    clock.advance(ms(500));
+    pool.turn();
+    assert!(req2.is_cancelled() && !req.is_cancelled());
+}
+
+#[test]
+fn builder_takes_a_config_and_rejects_a_bad_one_with_every_problem() {
+    let mut c = ctxpool::Config::default();
+    c.default_timeout = Duration::from_secs(10);
+    c.pool_capacity = 64;
+    let pool = Pool::builder().config(&c).driver(DriverMode::Manual).build().unwrap();
+    assert_eq!(pool.capacity(), 64);
+    assert_eq!(*pool.config(), c);
+    c.pool_capacity = 0;
+    c.default_timeout = Duration::from_secs(3600);
+    let err = Pool::builder().config(&c).build().unwrap_err();
+    assert!(err.problems.len() >= 2, "{err}");
+}

@@ -45,7 +45,8 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 
 use crate::sync::fence;
-use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::config::{Config, ConfigError};
+use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering, Swap};
 use crate::tree::node::{Node, NIL};
 use crate::tree::state::{lessee, mark_lessee, MULTI, ZOMBIE};
 use crate::time::clock::Clock;
@@ -92,9 +93,20 @@ pub(crate) struct PoolInner {
     is_global: bool,
     /// Clock, spill list, wheel and driver (module `time`).
     pub(crate) timers: Timers,
+    /// The whole configuration, replaced atomically by `update_config`.
+    config: Swap<Config>,
+    /// Serialises `update_config` (check against the current, then store).
+    config_update: Mutex<()>,
+    /// `update_config` results: accepted, rejected.
+    pub(crate) config_updates: [AtomicU64; 2],
     /// The hot-path limits of the configuration in one word, so that a reader sees one whole
     /// configuration: `default_timeout` in ms (high half) and `max_timeout` in ms (low half).
     limits: AtomicU64,
+}
+
+/// Whole milliseconds of a validated duration (at most 7 days, so it fits).
+fn millis(d: Duration) -> u32 {
+    u32::try_from(crate::time::clock::ceil_ms(d)).unwrap_or(u32::MAX)
 }
 
 /// Packs the hot-path limits (see `PoolInner::limits`).
@@ -127,6 +139,9 @@ impl PoolInner {
             refs: AtomicUsize::new(1),
             is_global,
             timers: Timers::new(clock, b.resolution_ms),
+            config: Swap::new(std::sync::Arc::new(b.effective_config())),
+            config_update: Mutex::new(()),
+            config_updates: [AtomicU64::new(0), AtomicU64::new(0)],
             limits: AtomicU64::new(pack_limits(b.default_timeout_ms, b.max_timeout_ms)),
         }
     }
@@ -138,10 +153,29 @@ impl PoolInner {
         ((w >> 32) as u32, w as u32)
     }
 
-    /// Publishes new hot-path limits (after the full configuration was swapped in).
-    pub(crate) fn set_limits(&self, default_ms: u32, max_ms: u32) {
-        self.limits
-            .store(pack_limits(default_ms, max_ms), Ordering::Release);
+    /// The current configuration.
+    pub(crate) fn config(&self) -> std::sync::Arc<Config> {
+        self.config.load()
+    }
+
+    /// Validates `new` against the running configuration and, if it passes, makes it current:
+    /// first the whole `Config` (readers of `config()` see the old or the new one), then the
+    /// packed hot-path word (readers of `limits()` see the old or the new pair, never a mix).
+    pub(crate) fn update_config(&self, new: Config) -> Result<(), ConfigError> {
+        let _serial = self.config_update.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.config.load();
+        if let Err(e) = new.check_update(&current) {
+            self.config_updates[1].fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        let limits = pack_limits(
+            millis(new.default_timeout),
+            millis(new.max_timeout),
+        );
+        self.config.store(std::sync::Arc::new(new));
+        self.limits.store(limits, Ordering::Release);
+        self.config_updates[0].fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Calls `f` with every arm ring (the driver, under its lock).
@@ -888,6 +922,43 @@ impl Pool {
         self.inner.get().turn()
     }
 
+    /// The configuration in force.
+    pub fn config(&self) -> std::sync::Arc<Config> {
+        self.inner.get().config()
+    }
+
+    /// Replaces the configuration at run time, or explains why not.
+    ///
+    /// The new configuration is validated first, against every rule of
+    /// [`Config::validate`] and the settings that cannot change once the pool is built
+    /// (`pool_capacity`, `timer_resolution`; see [`Config::check_update`]). A rejected update
+    /// changes nothing. An accepted one is visible to the hot path at once, without a lock:
+    /// the whole configuration is swapped with `arc-swap` (readers never block or see a
+    /// mix), and the two values contexts read on creation (`default_timeout`,
+    /// `max_timeout`) are published together in one atomic word. Contexts already made keep
+    /// their deadlines.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxpool::{Config, Pool};
+    ///
+    /// let pool = Pool::builder().config(&Config::default()).build().unwrap();
+    /// let mut bad = (*pool.config()).clone();
+    /// bad.default_timeout = Duration::from_secs(600); // above max_timeout (5m)
+    /// bad.pool_capacity = 7; // fixed at build time
+    /// let err = pool.update_config(bad).unwrap_err();
+    /// assert_eq!(err.problems.len(), 2);
+    /// assert_eq!(pool.config().default_timeout, Duration::from_secs(30)); // unchanged
+    ///
+    /// let mut good = (*pool.config()).clone();
+    /// good.default_timeout = Duration::from_secs(5);
+    /// pool.update_config(good).unwrap();
+    /// assert!(pool.request().with_cancel().remaining().unwrap() <= Duration::from_secs(5));
+    /// ```
+    pub fn update_config(&self, config: Config) -> Result<(), ConfigError> {
+        self.inner.get().update_config(config)
+    }
+
     /// Counters of this pool's timers; see [`TimerStats`].
     pub fn timer_stats(&self) -> TimerStats {
         self.inner.get().timer_stats()
@@ -932,6 +1003,7 @@ pub struct PoolBuilder {
     max_timeout_ms: u32,
     manual_clock: Option<ManualClock>,
     driver: DriverMode,
+    config: Option<Config>,
     problems: Vec<String>,
 }
 
@@ -961,6 +1033,7 @@ impl Default for PoolBuilder {
             max_timeout_ms: 300_000,
             manual_clock: None,
             driver: DriverMode::Thread,
+            config: None,
             problems: Vec::new(),
         }
     }
@@ -1005,6 +1078,34 @@ impl PoolBuilder {
     pub fn max_timeout(mut self, d: Duration) -> Self {
         self.max_timeout_ms = whole_ms("max_timeout", d, &mut self.problems);
         self
+    }
+
+    /// Takes every setting a [`Config`] has for a pool: capacity, timer resolution, default
+    /// and maximum timeouts; the whole configuration is then what [`Pool::config`] returns.
+    /// An invalid configuration makes [`build`](PoolBuilder::build) fail with all its
+    /// problems.
+    pub fn config(mut self, config: &Config) -> Self {
+        if let Err(e) = config.validate() {
+            self.problems
+                .extend(e.problems.iter().map(|p| p.to_string()));
+        }
+        self.capacity = config.pool_capacity;
+        self.resolution_ms = millis(config.timer_resolution).max(1);
+        self.default_timeout_ms = millis(config.default_timeout);
+        self.max_timeout_ms = millis(config.max_timeout);
+        self.config = Some(config.clone());
+        self
+    }
+
+    /// The configuration the pool starts with: the one given to [`config`](PoolBuilder::config)
+    /// with this builder's settings applied over it (or the defaults).
+    fn effective_config(&self) -> Config {
+        let mut c = self.config.clone().unwrap_or_default();
+        c.pool_capacity = self.capacity;
+        c.timer_resolution = Duration::from_millis(u64::from(self.resolution_ms));
+        c.default_timeout = Duration::from_millis(u64::from(self.default_timeout_ms));
+        c.max_timeout = Duration::from_millis(u64::from(self.max_timeout_ms));
+        c
     }
 
     /// Runs the pool on a [`ManualClock`]: time moves only when the clock is advanced, and

@@ -119,10 +119,6 @@ impl Clock {
         }
     }
 
-    pub(crate) fn is_manual(&self) -> bool {
-        self.manual.is_some()
-    }
-
     #[inline]
     fn word(&self) -> &AtomicU64 {
         match &self.manual {

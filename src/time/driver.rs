@@ -221,7 +221,9 @@ impl Timers {
         self.wake();
     }
 
-    /// Adds a periodic job, first run one interval from now.
+    /// Adds a periodic job, first run one interval from now. For the upkeep of the metrics and
+    /// leak-detection components (a test covers it until they use it).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn every(&self, interval: Duration, job: Box<dyn FnMut(&PoolInner) + Send>) {
         let every_ms = clock::ceil_ms(interval).max(1);
         let next_ms = self.clock.now64() + every_ms;
@@ -476,6 +478,60 @@ impl PoolInner {
                     let _ = j.join();
                 }
             }
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::{ManualClock, Pool};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn periodic_jobs_run_when_due_and_survive_a_panic() {
+        let clock = ManualClock::new();
+        let pool = Pool::builder().manual_clock(&clock).build().unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let inner = pool.inner.get();
+        inner.timers.every(
+            Duration::from_millis(10),
+            Box::new(move |_| {
+                r.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        inner
+            .timers
+            .every(Duration::from_millis(10), Box::new(|_| panic!("job panics")));
+        pool.turn();
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+        clock.advance(Duration::from_millis(10));
+        pool.turn();
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        clock.advance(Duration::from_millis(5));
+        pool.turn();
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        clock.advance(Duration::from_millis(5));
+        pool.turn();
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn lateness_buckets_are_ordered_and_cover_their_values() {
+        let c = super::Counters::new();
+        for us in [0.0, 3.0, 5.0, 100.0, 1_000.0, 1_500.0, 2_000_000.0] {
+            c.record_lateness(us);
+        }
+        let p50 = c.lateness_quantile(0.5).unwrap();
+        assert!(p50 >= Duration::from_micros(100) && p50 < Duration::from_micros(200), "{p50:?}");
+        assert!(c.lateness_quantile(1.0).unwrap() >= Duration::from_secs(2));
+        let mut last = 0;
+        for b in 0..super::LATE_BUCKETS {
+            let up = super::Counters::bucket_upper(b);
+            assert!(up > last, "bucket {b}");
+            last = up;
         }
     }
 }

@@ -129,12 +129,4 @@ impl Ring {
         self.head.store(tail, Ordering::Release);
         n
     }
-
-    /// Entries waiting for the driver.
-    pub(crate) fn len(&self) -> usize {
-        self.tail
-            .load(Ordering::Relaxed)
-            .wrapping_sub(self.head.load(Ordering::Relaxed))
-            .min(CAPACITY)
-    }
 }

@@ -81,10 +81,6 @@ impl Wheel {
         }
     }
 
-    pub(crate) fn elapsed(&self) -> u64 {
-        self.elapsed
-    }
-
     /// Entries held, stale ones included (W2).
     pub(crate) fn len(&self) -> usize {
         self.len
