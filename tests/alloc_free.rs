@@ -9,7 +9,9 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context as TaskContext, Waker};
 
-use ctxpool::{Context, Op, Pool, Reason, RequestId, TraceContext, UserId};
+use std::time::Duration;
+
+use ctxpool::{Context, DriverMode, ManualClock, Op, Pool, Reason, RequestId, TraceContext, UserId};
 
 struct Counting;
 
@@ -212,6 +214,125 @@ fn built_pool_roots() {
     let bg = pool.background();
     let n = allocations(|| drop(bg.with_cancel()));
     assert_eq!(n, 0);
+}
+
+#[test]
+fn deadline_armed_create_drop() {
+    // A pool turned by this thread every 1,024 cycles: the count covers arming, the driver's
+    // drain of the ring and its advance, all in steady state.
+    let pool = Pool::builder()
+        .capacity(4096)
+        .driver(DriverMode::Manual)
+        .build()
+        .unwrap();
+    let bg = pool.background();
+    let mut i = 0u32;
+    let n = allocations(|| {
+        drop(bg.with_timeout(Duration::from_secs(30)));
+        i += 1;
+        if i % 1024 == 0 {
+            pool.turn();
+        }
+    });
+    assert_eq!(n, 0);
+    assert!(pool.timer_stats().armed > CYCLES as u64);
+}
+
+#[test]
+fn deadline_not_armed_create_drop() {
+    // A later deadline than the parent's: no timer, only the inherited deadline.
+    let root = Context::background().with_timeout(Duration::from_secs(10));
+    let armed = Pool::global().timer_stats().armed;
+    let n = allocations(|| drop(root.with_timeout(Duration::from_secs(30))));
+    assert_eq!(n, 0);
+    let _ = armed; // other tests arm on the global pool concurrently: no exact count here
+    assert!(root.deadline().is_some());
+}
+
+#[test]
+fn request_roots_with_default_timeout() {
+    static REQ: Op = Op::new("request");
+    let pool = Pool::builder()
+        .capacity(4096)
+        .driver(DriverMode::Manual)
+        .build()
+        .unwrap();
+    let mut i = 0u32;
+    let n = allocations(|| {
+        let req = pool.request().op(&REQ).request_id(RequestId(7)).with_cancel();
+        std::hint::black_box(req.is_cancelled());
+        drop(req);
+        i += 1;
+        if i % 1024 == 0 {
+            pool.turn();
+        }
+    });
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn expired_deadline_read() {
+    // The lazy expiry path (read after the deadline, before any turn) allocates nothing.
+    let clock = ManualClock::new();
+    let pool = Pool::builder()
+        .capacity(4096)
+        .manual_clock(&clock)
+        .build()
+        .unwrap();
+    let bg = pool.background();
+    let mut i = 0u32;
+    let n = allocations(|| {
+        let c = bg.with_timeout(Duration::from_millis(1));
+        clock.advance(Duration::from_millis(1));
+        assert!(c.is_cancelled());
+        drop(c);
+        i += 1;
+        if i % 1024 == 0 {
+            pool.turn();
+        }
+    });
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn one_million_armed_timers_memory() {
+    let clock = ManualClock::new();
+    let pool = Pool::builder()
+        .capacity(1 << 20)
+        .manual_clock(&clock)
+        .max_timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let bg = pool.background();
+    const N: usize = 1_000_000;
+    let mut guards = Vec::with_capacity(N);
+    for i in 0..N {
+        // Spread over ten minutes, so the wheel uses every level it needs.
+        guards.push(bg.with_timeout(Duration::from_millis(1 + (i as u64 * 7919) % 600_000)));
+        if i % 2048 == 0 {
+            pool.turn();
+        }
+    }
+    pool.turn();
+    let t = pool.timer_stats();
+    let p = pool.stats();
+    assert_eq!(t.armed, N as u64);
+    assert_eq!(t.pending, N);
+    let per_timer = t.wheel_bytes as f64 / N as f64;
+    println!(
+        "1,000,000 armed timers: wheel {:.1} MiB ({per_timer:.1} B/timer), nodes {:.1} MiB \
+         (128 B/context, deadline included), rings 48 KiB per thread",
+        t.wheel_bytes as f64 / (1 << 20) as f64,
+        p.reserved_bytes as f64 / (1 << 20) as f64,
+    );
+    // 24-byte entries plus vector slack.
+    assert!(per_timer <= 64.0, "{per_timer} B per timer");
+    // Everything fires once, then the wheel is empty.
+    clock.advance(Duration::from_secs(601));
+    assert_eq!(pool.turn(), N);
+    assert_eq!(pool.timer_stats().pending, 0);
+    drop(guards);
+    assert_eq!(pool.stats().in_use, 0);
 }
 
 #[test]
