@@ -235,19 +235,19 @@ impl PoolInner {
             }
         }
         let c = &self.timers.counters;
-        let mut st = TimerStats::default();
-        st.armed = armed;
-        st.clamped = clamped;
-        st.fired = c.fired.load(Ordering::Relaxed);
-        st.stale = c.stale.load(Ordering::Relaxed);
-        st.pending = c.pending.load(Ordering::Relaxed);
-        st.wheel_bytes = c.wheel_bytes.load(Ordering::Relaxed);
-        st.spilled = c.spilled.load(Ordering::Relaxed);
-        st.compactions = c.compactions.load(Ordering::Relaxed);
-        st.turns = c.turns.load(Ordering::Relaxed);
-        st.lateness_p50 = c.lateness_quantile(0.5);
-        st.lateness_p99 = c.lateness_quantile(0.99);
-        st
+        TimerStats {
+            armed,
+            clamped,
+            fired: c.fired.load(Ordering::Relaxed),
+            stale: c.stale.load(Ordering::Relaxed),
+            pending: c.pending.load(Ordering::Relaxed),
+            wheel_bytes: c.wheel_bytes.load(Ordering::Relaxed),
+            spilled: c.spilled.load(Ordering::Relaxed),
+            compactions: c.compactions.load(Ordering::Relaxed),
+            turns: c.turns.load(Ordering::Relaxed),
+            lateness_p50: c.lateness_quantile(0.5),
+            lateness_p99: c.lateness_quantile(0.99),
+        }
     }
 
     /// The node at `idx`.
