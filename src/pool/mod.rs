@@ -959,6 +959,39 @@ impl Pool {
         self.inner.get().update_config(config)
     }
 
+    /// Spawns this pool's timer driver as a task on the current tokio runtime: it turns the
+    /// timers every timer resolution and ends by itself when the pool is freed (it holds no
+    /// reference that would keep the pool alive). Build the pool with
+    /// [`DriverMode::Manual`] so that it has no driver thread as well.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime, as `tokio::spawn` does.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use ctxpool::{Cause, DriverMode, Pool};
+    ///
+    /// let pool = Pool::builder().driver(DriverMode::Manual).build().unwrap();
+    /// let driver = pool.spawn_tokio_driver();
+    /// let ctx = pool.background().with_timeout(Duration::from_millis(5));
+    /// ctx.cancelled().await;
+    /// assert_eq!(ctx.cause(), Some(Cause::DeadlineExceeded));
+    /// drop((ctx, pool));
+    /// driver.await.unwrap(); // ends once the pool is freed
+    /// # }
+    /// ```
+    #[cfg(all(feature = "tokio", not(loom)))]
+    pub fn spawn_tokio_driver(&self) -> tokio::task::JoinHandle<()> {
+        let inner = self.inner.get();
+        let link = inner.driver_link();
+        tokio::spawn(crate::time::driver::tokio_driver(
+            link,
+            inner.timers.period(),
+        ))
+    }
+
     /// Counters of this pool's timers; see [`TimerStats`].
     pub fn timer_stats(&self) -> TimerStats {
         self.inner.get().timer_stats()

@@ -154,6 +154,9 @@ pub(crate) struct Timers {
     /// The driver thread, to wake early and to stop.
     #[cfg(not(loom))]
     thread: std::sync::Mutex<Option<DriverThread>>,
+    /// Links of driver tasks (feature `tokio`), cleared when the pool is freed (D4).
+    #[cfg(not(loom))]
+    links: std::sync::Mutex<Vec<Arc<DriverLink>>>,
 }
 
 struct Spill {
@@ -183,6 +186,8 @@ impl Timers {
             clock,
             #[cfg(not(loom))]
             thread: std::sync::Mutex::new(None),
+            #[cfg(not(loom))]
+            links: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -466,6 +471,18 @@ impl PoolInner {
         }
     }
 
+    /// A new link to this pool for a driver task (D4), cleared when the pool is freed.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn driver_link(&self) -> Arc<DriverLink> {
+        let link = DriverLink::new(NonNull::from(self));
+        self.timers
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(link.clone());
+        link
+    }
+
     /// Stops the driver thread (from `PoolInner::drop`): clears its link (D4), wakes it, and
     /// joins it unless this is the driver thread itself (it dropped the last reference).
     pub(crate) fn stop_driver_thread(&self) {
@@ -475,6 +492,15 @@ impl PoolInner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        for link in self
+            .timers
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            link.clear();
+        }
         if let Some(mut t) = t {
             t.link.clear();
             t.thread.unpark();
@@ -538,5 +564,20 @@ mod tests {
             assert!(up > last, "bucket {b}");
             last = up;
         }
+    }
+}
+
+/// The tokio driver task (feature `tokio`).
+#[cfg(all(feature = "tokio", not(loom)))]
+pub(crate) async fn tokio_driver(link: Arc<DriverLink>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = link.upgrade() else {
+            return;
+        };
+        pool.get().turn();
+        drop(pool);
     }
 }

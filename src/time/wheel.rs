@@ -75,7 +75,9 @@ impl Wheel {
             elapsed,
             levels: core::array::from_fn(|_| Level {
                 occupied: 0,
-                slots: core::array::from_fn(|_| Vec::new()),
+                // A few entries per slot up front (36 KiB per pool), so that a driver seeing a
+                // trickle of timers does not allocate on each slot's first use.
+                slots: core::array::from_fn(|_| Vec::with_capacity(4)),
             }),
             len: 0,
         }
@@ -162,7 +164,7 @@ impl Wheel {
                 if v.is_empty() {
                     l.occupied &= !(1 << s);
                     if v.capacity() > 4096 {
-                        *v = Vec::new();
+                        *v = Vec::with_capacity(4);
                     }
                 }
             }
