@@ -555,7 +555,10 @@ fn deadline_phase(n: usize) -> Duration {
     }
     let took = start.elapsed();
     for g in &guards {
-        assert_eq!(g.cause(), Some(ctxpool::Cause::DeadlineExceeded));
+        assert_eq!(
+            g.cause(),
+            Some(ctxpool::Cause::DeadlineExceeded(g.deadline().unwrap()))
+        );
     }
     took
 }
@@ -643,7 +646,11 @@ fn main() {
     let n = 100_000;
     let took = deadline_phase(n);
     let t = pool.timer_stats();
-    let show = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3));
+    let show = |d: Option<Duration>| {
+        d.map_or("-".to_string(), |d| {
+            format!("{:.2} ms", d.as_secs_f64() * 1e3)
+        })
+    };
     println!(
         "deadlines: {n} timers due within 10 ms all observed expired after {:.1} ms; \
          fired by the driver {}, fire lateness p50 {} p99 {} (resolution {} ms); \

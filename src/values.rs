@@ -37,7 +37,8 @@ pub struct Op {
 pub const MAX_OPS: usize = 1024;
 
 /// Registered labels by id - 1; written once each under `OPS_LOCK`.
-static OPS: [StaticAtomicPtr<Op>; MAX_OPS] = [const { StaticAtomicPtr::new(core::ptr::null_mut()) }; MAX_OPS];
+static OPS: [StaticAtomicPtr<Op>; MAX_OPS] =
+    [const { StaticAtomicPtr::new(core::ptr::null_mut()) }; MAX_OPS];
 static OPS_LEN: StaticAtomicU32 = StaticAtomicU32::new(0);
 static OPS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// What the labels beyond `MAX_OPS` read back as.

@@ -11,7 +11,9 @@ use std::task::{Context as TaskContext, Waker};
 
 use std::time::Duration;
 
-use ctxpool::{Context, DriverMode, ManualClock, Op, Pool, Reason, RequestId, TraceContext, UserId};
+use ctxpool::{
+    Context, DriverMode, ManualClock, Op, Pool, Reason, RequestId, TraceContext, UserId,
+};
 
 struct Counting;
 
@@ -259,7 +261,11 @@ fn request_roots_with_default_timeout() {
         .unwrap();
     let mut i = 0u32;
     let n = allocations(|| {
-        let req = pool.request().op(&REQ).request_id(RequestId(7)).with_cancel();
+        let req = pool
+            .request()
+            .op(&REQ)
+            .request_id(RequestId(7))
+            .with_cancel();
         std::hint::black_box(req.is_cancelled());
         drop(req);
         i += 1;

@@ -35,7 +35,10 @@ fn counter(ctx: &ctxpool::Context) -> (Arc<AtomicUsize>, ctxpool::AfterFunc) {
 #[test]
 fn fires_at_its_tick_and_not_before() {
     let (clock, pool) = manual();
+    let start = clock.now();
     let ctx = pool.background().with_timeout(ms(30));
+    assert_eq!(ctx.deadline(), Some(start + ms(30)));
+    assert_eq!(pool.now(), start);
     let (runs, _f) = counter(&ctx);
     clock.advance(ms(29));
     assert_eq!(pool.turn(), 0);
@@ -44,7 +47,11 @@ fn fires_at_its_tick_and_not_before() {
     clock.advance(ms(1));
     assert_eq!(pool.turn(), 1);
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the timer ran the callback");
-    assert_eq!(ctx.cause(), Some(Cause::DeadlineExceeded));
+    assert_eq!(
+        ctx.cause(),
+        Some(Cause::DeadlineExceeded(start + ms(30))),
+        "records the deadline"
+    );
     assert_eq!(ctx.err(), Some(ContextError::DeadlineExceeded));
     // Later turns fire nothing more.
     clock.advance(ms(100));
@@ -65,7 +72,11 @@ fn many_deadlines_each_fire_at_their_tick() {
         assert_eq!(fired, expected, "at {t} ms");
         for (i, g) in guards.iter().enumerate() {
             let due = (i as u64 + 1) * 7;
-            assert_eq!(g.cause().is_some(), due <= t, "context due at {due} read at {t}");
+            assert_eq!(
+                g.cause().is_some(),
+                due <= t,
+                "context due at {due} read at {t}"
+            );
         }
     }
 }
@@ -82,14 +93,22 @@ fn child_never_outlives_its_parent() {
     assert_eq!(pool.timer_stats().armed, 2);
     clock.advance(ms(40));
     pool.turn();
-    assert_eq!(earlier.cause(), Some(Cause::DeadlineExceeded));
+    assert_eq!(
+        earlier.cause(),
+        Some(Cause::DeadlineExceeded(earlier.deadline().unwrap()))
+    );
     assert!(!later.is_cancelled());
     clock.advance(ms(60));
     pool.turn();
-    assert_eq!(parent.cause(), Some(Cause::DeadlineExceeded));
+    assert_eq!(
+        parent.cause(),
+        Some(Cause::DeadlineExceeded(parent.deadline().unwrap()))
+    );
     assert_eq!(
         later.cause(),
-        Some(Cause::Parent(Origin::DeadlineExceeded)),
+        Some(Cause::Parent(Origin::DeadlineExceeded(
+            parent.deadline().unwrap()
+        ))),
         "relies on its parent's timer"
     );
     assert_eq!(later.err(), Some(ContextError::DeadlineExceeded));
@@ -111,8 +130,14 @@ fn max_timeout_clamps_and_counts() {
     drop(ok);
     clock.advance(Duration::from_secs(60));
     pool.turn();
-    assert_eq!(ctx.cause(), Some(Cause::DeadlineExceeded));
-    assert_eq!(at.cause(), Some(Cause::DeadlineExceeded));
+    assert_eq!(
+        ctx.cause(),
+        Some(Cause::DeadlineExceeded(ctx.deadline().unwrap()))
+    );
+    assert_eq!(
+        at.cause(),
+        Some(Cause::DeadlineExceeded(at.deadline().unwrap()))
+    );
 }
 
 #[test]
@@ -121,14 +146,25 @@ fn request_roots_get_the_default_timeout_in_the_same_node() {
     let before = pool.stats().in_use;
     let req = pool.request().with_cancel();
     assert_eq!(req.remaining(), Some(Duration::from_secs(2)));
-    assert_eq!(pool.stats().in_use, before + 1, "one node: no second timer context");
+    assert_eq!(
+        pool.stats().in_use,
+        before + 1,
+        "one node: no second timer context"
+    );
     let short = pool.request().with_timeout(ms(10));
     assert_eq!(short.remaining(), Some(ms(10)));
     let long = pool.request().with_timeout(Duration::from_secs(3600));
-    assert_eq!(long.remaining(), Some(Duration::from_secs(60)), "still clamped");
+    assert_eq!(
+        long.remaining(),
+        Some(Duration::from_secs(60)),
+        "still clamped"
+    );
     clock.advance(Duration::from_secs(2));
     pool.turn();
-    assert_eq!(req.cause(), Some(Cause::DeadlineExceeded));
+    assert_eq!(
+        req.cause(),
+        Some(Cause::DeadlineExceeded(req.deadline().unwrap()))
+    );
     assert!(!long.is_cancelled());
     drop((req, short, long));
     assert_eq!(pool.stats().in_use, before);
@@ -146,13 +182,27 @@ fn expired_deadline_reads_immediately_without_the_driver() {
     assert!(grandchild.is_cancelled());
     assert_eq!(
         grandchild.cause(),
-        Some(Cause::Parent(Origin::DeadlineExceeded))
+        Some(Cause::Parent(Origin::DeadlineExceeded(
+            parent.deadline().unwrap()
+        )))
     );
-    assert_eq!(parent.cause(), Some(Cause::DeadlineExceeded), "the owner was cancelled");
-    assert_eq!(child.cause(), Some(Cause::Parent(Origin::DeadlineExceeded)));
+    assert_eq!(
+        parent.cause(),
+        Some(Cause::DeadlineExceeded(parent.deadline().unwrap())),
+        "the owner was cancelled"
+    );
+    assert_eq!(
+        child.cause(),
+        Some(Cause::Parent(Origin::DeadlineExceeded(
+            parent.deadline().unwrap()
+        )))
+    );
     // A deadline in the past is expired at birth.
     let past = pool.background().with_deadline(clock.now() - ms(1));
-    assert_eq!(past.cause(), Some(Cause::DeadlineExceeded));
+    assert_eq!(
+        past.cause(),
+        Some(Cause::DeadlineExceeded(past.deadline().unwrap()))
+    );
     assert_eq!(past.remaining(), Some(Duration::ZERO));
     // The timer, when it comes, finds nothing left to do.
     pool.turn();
@@ -268,7 +318,9 @@ fn waiting_on_a_deadline_wakes_when_the_driver_fires() {
     pool.turn();
     assert_eq!(
         waiter.join().unwrap(),
-        Some(Cause::Parent(Origin::DeadlineExceeded))
+        Some(Cause::Parent(Origin::DeadlineExceeded(
+            ctx.deadline().unwrap()
+        )))
     );
 }
 
@@ -291,8 +343,15 @@ fn the_driver_thread_fires_on_the_real_clock() {
     let ctx = pool.background().with_timeout(ms(20));
     let t0 = std::time::Instant::now();
     ctx.wait();
-    assert!(t0.elapsed() >= ms(19), "not before the deadline: {:?}", t0.elapsed());
-    assert_eq!(ctx.cause(), Some(Cause::DeadlineExceeded));
+    assert!(
+        t0.elapsed() >= ms(19),
+        "not before the deadline: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        ctx.cause(),
+        Some(Cause::DeadlineExceeded(ctx.deadline().unwrap()))
+    );
     assert!(pool.timer_stats().fired + pool.timer_stats().stale <= 1);
 }
 
@@ -322,7 +381,10 @@ fn the_driver_thread_stops_when_the_pool_is_freed() {
     drop(ctxs);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while driver_threads() > with - 4 {
-        assert!(std::time::Instant::now() < deadline, "driver threads did not stop");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "driver threads did not stop"
+        );
         std::thread::sleep(ms(5));
     }
     let manual = Pool::builder().driver(DriverMode::Manual).build().unwrap();
@@ -363,10 +425,16 @@ fn a_rejected_update_leaves_the_old_limits_in_force() {
 
 #[test]
 fn builder_takes_a_config_and_rejects_a_bad_one_with_every_problem() {
-    let mut c = ctxpool::Config::default();
-    c.default_timeout = Duration::from_secs(10);
-    c.pool_capacity = 64;
-    let pool = Pool::builder().config(&c).driver(DriverMode::Manual).build().unwrap();
+    let mut c = ctxpool::Config {
+        default_timeout: Duration::from_secs(10),
+        pool_capacity: 64,
+        ..Default::default()
+    };
+    let pool = Pool::builder()
+        .config(&c)
+        .driver(DriverMode::Manual)
+        .build()
+        .unwrap();
     assert_eq!(pool.capacity(), 64);
     assert_eq!(*pool.config(), c);
     c.pool_capacity = 0;

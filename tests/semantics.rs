@@ -93,9 +93,14 @@ fn inherited_deadline_origin_reads_as_deadline_exceeded() {
     let p = pool(8);
     let root = p.background().with_cancel();
     let child = root.with_cancel();
-    root.cancel_with(Origin::DeadlineExceeded);
+    let at = p.now() + std::time::Duration::from_millis(3);
+    root.cancel_with(Origin::DeadlineExceeded(at));
     assert_eq!(child.err(), Some(ContextError::DeadlineExceeded));
-    assert_eq!(child.cause(), Some(Cause::Parent(Origin::DeadlineExceeded)));
+    assert_eq!(
+        child.cause(),
+        Some(Cause::Parent(Origin::DeadlineExceeded(at))),
+        "the deadline is recorded (exactly, as `at` is on the pool's millisecond grid)"
+    );
 }
 
 #[test]

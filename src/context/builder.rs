@@ -8,8 +8,8 @@ use super::{CancelGuard, Context, EXHAUSTED};
 use crate::pool::slot::generation;
 use crate::pool::{Local, PoolInner, PoolRef};
 use crate::sync::Ordering;
-use crate::tree::cause::PoolExhausted;
 use crate::time::clock::{ceil_ms, widen};
+use crate::tree::cause::PoolExhausted;
 use crate::tree::node::{
     Custom, Func, Meta, Node, Payload, Values, D_DEADLINE, D_TIMER, F_DETACHED, F_FUNC, F_NEVER,
     F_POOL_REF, F_REQ, F_TRACE, F_USER, F_VALUE, NIL,

@@ -58,7 +58,11 @@ impl CancelGuard {
         if tree::is_cancelled(pool, idx) {
             return false;
         }
-        tree::cancel(pool, idx, Packed::from_cause(Cause::from(origin)))
+        tree::cancel(
+            pool,
+            idx,
+            Packed::from_cause(Cause::from(origin), &pool.timers.clock),
+        )
     }
 
     /// A cloneable handle to the owned context.
@@ -95,7 +99,11 @@ impl Drop for CancelGuard {
                     // lazily through this node), then release it (maybe as a zombie).
                     let r = tree::catch(|| {
                         if !tree::is_cancelled(pool, idx) {
-                            tree::cancel(pool, idx, Packed::from_cause(Cause::OwnerDropped));
+                            tree::cancel(
+                                pool,
+                                idx,
+                                Packed::from_cause(Cause::OwnerDropped, &pool.timers.clock),
+                            );
                         }
                     });
                     let deferred = tree::release(pool, idx);
@@ -113,7 +121,11 @@ impl Drop for CancelGuard {
             // cancel (an after_func, a Drop) must not leak this guard's reference.
             let r = tree::catch(|| {
                 if !tree::is_cancelled(pool, idx) {
-                    tree::cancel(pool, idx, Packed::from_cause(Cause::OwnerDropped));
+                    tree::cancel(
+                        pool,
+                        idx,
+                        Packed::from_cause(Cause::OwnerDropped, &pool.timers.clock),
+                    );
                 }
             });
             // SAFETY: dropped exactly once, here.

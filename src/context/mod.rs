@@ -203,8 +203,7 @@ impl Context {
     /// Like [`with_deadline`](Context::with_deadline), but fails when the pool is exhausted.
     #[track_caller]
     pub fn try_with_deadline(&self, at: Instant) -> Result<CancelGuard, PoolExhausted> {
-        builder::create_timed(self, Location::caller(), builder::Want::At(at))
-            .map(CancelGuard::new)
+        builder::create_timed(self, Location::caller(), builder::Want::At(at)).map(CancelGuard::new)
     }
 
     /// The effective deadline (own or inherited), if any (Go's `ctx.Deadline()`), at

@@ -44,15 +44,15 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::fence;
 use crate::config::{Config, ConfigError};
+use crate::sync::fence;
 use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering, Swap};
-use crate::tree::node::{Node, NIL};
-use crate::tree::state::{lessee, mark_lessee, MULTI, ZOMBIE};
 use crate::time::clock::Clock;
 use crate::time::driver::Timers;
 use crate::time::ring::{Armed, Push, Ring};
 use crate::time::{DriverMode, ManualClock, TimerStats};
+use crate::tree::node::{Node, NIL};
+use crate::tree::state::{lessee, mark_lessee, MULTI, ZOMBIE};
 use page::{Pages, MAX_CAPACITY};
 use shard::{FreeList, Lease, Shard, LEASES};
 
@@ -168,10 +168,7 @@ impl PoolInner {
             self.config_updates[1].fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
-        let limits = pack_limits(
-            millis(new.default_timeout),
-            millis(new.max_timeout),
-        );
+        let limits = pack_limits(millis(new.default_timeout), millis(new.max_timeout));
         self.config.store(std::sync::Arc::new(new));
         self.limits.store(limits, Ordering::Release);
         self.config_updates[0].fetch_add(1, Ordering::Relaxed);
@@ -922,6 +919,13 @@ impl Pool {
         self.inner.get().turn()
     }
 
+    /// The pool clock's current time as an `Instant`: its coarse tick (milliseconds, as
+    /// deadlines see it), or the manual clock's time.
+    pub fn now(&self) -> std::time::Instant {
+        let clock = &self.inner.get().timers.clock;
+        clock.instant(clock.now64())
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> std::sync::Arc<Config> {
         self.inner.get().config()
@@ -977,7 +981,7 @@ impl Pool {
     /// let driver = pool.spawn_tokio_driver();
     /// let ctx = pool.background().with_timeout(Duration::from_millis(5));
     /// ctx.cancelled().await;
-    /// assert_eq!(ctx.cause(), Some(Cause::DeadlineExceeded));
+    /// assert_eq!(ctx.cause(), Some(Cause::DeadlineExceeded(ctx.deadline().unwrap())));
     /// drop((ctx, pool));
     /// driver.await.unwrap(); // ends once the pool is freed
     /// # }
@@ -1090,7 +1094,10 @@ impl PoolBuilder {
     /// The timer wheel's tick: whole milliseconds from 1 ms to 1 s (default 1 ms). A timer
     /// fires within one tick after its deadline.
     pub fn timer_resolution(mut self, d: Duration) -> Self {
-        if d.subsec_nanos() % 1_000_000 != 0 || d < Duration::from_millis(1) || d > Duration::from_secs(1) {
+        if d.subsec_nanos() % 1_000_000 != 0
+            || d < Duration::from_millis(1)
+            || d > Duration::from_secs(1)
+        {
             self.problems.push(format!(
                 "timer_resolution: {d:?} must be whole milliseconds from 1ms to 1s"
             ));
@@ -1158,7 +1165,9 @@ impl PoolBuilder {
 
     fn problems(&self) -> Vec<String> {
         let mut problems = self.problems.clone();
-        if self.default_timeout_ms == 0 && !problems.iter().any(|p| p.starts_with("default_timeout")) {
+        if self.default_timeout_ms == 0
+            && !problems.iter().any(|p| p.starts_with("default_timeout"))
+        {
             problems.push("default_timeout: must be at least 1ms".to_string());
         }
         if self.max_timeout_ms == 0 && !problems.iter().any(|p| p.starts_with("max_timeout")) {
@@ -1171,7 +1180,10 @@ impl PoolBuilder {
             ));
         }
         if self.manual_clock.is_some() && self.driver == DriverMode::Thread {
-            problems.push("driver: a pool on a manual clock is turned by Pool::turn, not a thread".to_string());
+            problems.push(
+                "driver: a pool on a manual clock is turned by Pool::turn, not a thread"
+                    .to_string(),
+            );
         }
         if self.capacity == 0 {
             problems.push("capacity: must be at least 1".to_string());

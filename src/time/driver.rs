@@ -108,7 +108,11 @@ impl Counters {
 
     /// The `q` quantile of fire lateness (bucket upper bound), if anything fired.
     pub(crate) fn lateness_quantile(&self, q: f64) -> Option<Duration> {
-        let counts: Vec<u64> = self.late.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let counts: Vec<u64> = self
+            .late
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
@@ -378,7 +382,7 @@ fn tree_fire(pool: &PoolInner, e: Entry) -> Fire {
         drop(ctx);
         return Fire::Stale;
     }
-    let packed = crate::tree::state::Packed::from_cause(crate::Cause::DeadlineExceeded);
+    let packed = crate::tree::state::Packed::deadline(e.deadline);
     let won = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         crate::tree::cancel(pool, e.idx, packed)
     }))
@@ -458,12 +462,15 @@ impl PoolInner {
         let inner = unsafe { me.as_ref() };
         match spawned {
             Ok(join) => {
-                *inner.timers.thread.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(DriverThread {
-                        link,
-                        thread: join.thread().clone(),
-                        join: Some(join),
-                    });
+                *inner
+                    .timers
+                    .thread
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(DriverThread {
+                    link,
+                    thread: join.thread().clone(),
+                    join: Some(join),
+                });
             }
             // No thread (e.g. a sandbox without threads): deadlines still read as expired
             // lazily, and `Pool::turn` fires them.
@@ -533,9 +540,10 @@ mod tests {
                 r.fetch_add(1, Ordering::SeqCst);
             }),
         );
-        inner
-            .timers
-            .every(Duration::from_millis(10), Box::new(|_| panic!("job panics")));
+        inner.timers.every(
+            Duration::from_millis(10),
+            Box::new(|_| panic!("job panics")),
+        );
         pool.turn();
         assert_eq!(runs.load(Ordering::SeqCst), 0);
         clock.advance(Duration::from_millis(10));
@@ -556,7 +564,10 @@ mod tests {
             c.record_lateness(us);
         }
         let p50 = c.lateness_quantile(0.5).unwrap();
-        assert!(p50 >= Duration::from_micros(100) && p50 < Duration::from_micros(200), "{p50:?}");
+        assert!(
+            p50 >= Duration::from_micros(100) && p50 < Duration::from_micros(200),
+            "{p50:?}"
+        );
         assert!(c.lateness_quantile(1.0).unwrap() >= Duration::from_secs(2));
         let mut last = 0;
         for b in 0..super::LATE_BUCKETS {

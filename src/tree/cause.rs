@@ -1,10 +1,11 @@
 //! Why a context was cancelled: [`Cause`], [`Origin`], [`Reason`] and Go's [`ContextError`].
 //!
-//! A cause is a small `Copy` value (16 bytes at most) so that it can be returned by value from
+//! A cause is a small `Copy` value (24 bytes at most) so that it can be returned by value from
 //! any handle without a lock or an allocation. The first cause recorded on a context wins, and
 //! every observer of that context reads the same one (tree invariant I3).
 
 use core::fmt;
+use std::time::Instant;
 
 /// A user's explanation for an explicit cancel: nothing, a static message or a numeric code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -48,8 +49,8 @@ pub enum Origin {
     Cancelled(Reason),
     /// The owning [`CancelGuard`](crate::CancelGuard) was dropped (Go's `defer cancel()`).
     OwnerDropped,
-    /// The context's deadline passed.
-    DeadlineExceeded,
+    /// The context's deadline passed; the payload is that deadline (millisecond granularity).
+    DeadlineExceeded(Instant),
     /// The pool had no free slot when the context was made: it was born cancelled so that an
     /// overloaded server sheds the work instead of allocating without bound.
     PoolExhausted,
@@ -78,8 +79,9 @@ pub enum Cause {
     Cancelled(Reason),
     /// The owning [`CancelGuard`](crate::CancelGuard) was dropped.
     OwnerDropped,
-    /// The context's own deadline passed.
-    DeadlineExceeded,
+    /// The context's own deadline passed; the payload is that deadline (millisecond
+    /// granularity, as [`Context::deadline`](crate::Context::deadline) reads it).
+    DeadlineExceeded(Instant),
     /// Born cancelled: the pool was exhausted.
     PoolExhausted,
     /// The process is shutting down.
@@ -95,7 +97,7 @@ impl Cause {
         match self {
             Cause::Cancelled(r) => Origin::Cancelled(r),
             Cause::OwnerDropped => Origin::OwnerDropped,
-            Cause::DeadlineExceeded => Origin::DeadlineExceeded,
+            Cause::DeadlineExceeded(at) => Origin::DeadlineExceeded(at),
             Cause::PoolExhausted => Origin::PoolExhausted,
             Cause::Shutdown => Origin::Shutdown,
             Cause::Parent(o) => o,
@@ -111,7 +113,7 @@ impl Cause {
     /// `Canceled` otherwise.
     pub fn error(self) -> ContextError {
         match self.origin() {
-            Origin::DeadlineExceeded => ContextError::DeadlineExceeded,
+            Origin::DeadlineExceeded(_) => ContextError::DeadlineExceeded,
             _ => ContextError::Canceled,
         }
     }
@@ -122,7 +124,7 @@ impl From<Origin> for Cause {
         match o {
             Origin::Cancelled(r) => Cause::Cancelled(r),
             Origin::OwnerDropped => Cause::OwnerDropped,
-            Origin::DeadlineExceeded => Cause::DeadlineExceeded,
+            Origin::DeadlineExceeded(at) => Cause::DeadlineExceeded(at),
             Origin::PoolExhausted => Cause::PoolExhausted,
             Origin::Shutdown => Cause::Shutdown,
         }
@@ -135,7 +137,7 @@ impl fmt::Display for Origin {
             Origin::Cancelled(Reason::None) => f.write_str("cancelled"),
             Origin::Cancelled(r) => write!(f, "cancelled: {r}"),
             Origin::OwnerDropped => f.write_str("owner dropped"),
-            Origin::DeadlineExceeded => f.write_str("deadline exceeded"),
+            Origin::DeadlineExceeded(_) => f.write_str("deadline exceeded"),
             Origin::PoolExhausted => f.write_str("context pool exhausted"),
             Origin::Shutdown => f.write_str("shutdown"),
         }

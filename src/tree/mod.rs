@@ -380,11 +380,7 @@ fn expire(pool: &PoolInner, idx: u32) {
         // SAFETY: live (I1), payload immutable.
         let own = node.payload.with(|p| unsafe { (*p).values.deadline });
         if bits & D_TIMER != 0 && own == dl {
-            cancel(
-                pool,
-                cur,
-                Packed::from_cause(Cause::DeadlineExceeded),
-            );
+            cancel(pool, cur, Packed::deadline(dl));
             return;
         }
         cur = meta.parent;
@@ -439,7 +435,7 @@ pub(crate) fn cause_now(pool: &PoolInner, idx: u32) -> Option<Cause> {
     } else {
         core::ptr::null()
     };
-    let c = state::decode(s & CAUSE_BITS, msg);
+    let c = state::decode(s & CAUSE_BITS, msg, &pool.timers.clock);
     Some(if inherit {
         Cause::Parent(c.origin())
     } else {
@@ -455,7 +451,7 @@ pub(crate) fn cause(pool: &PoolInner, idx: u32) -> Option<Cause> {
     // SAFETY: the caller holds a reference (I1).
     let node = unsafe { pool.node(idx) };
     let p = recorded(node);
-    Some(state::decode(p.bits, p.msg))
+    Some(state::decode(p.bits, p.msg, &pool.timers.clock))
 }
 
 /// Registers `idx` and its ancestors up to the first never-cancellable one, so that a cancel

@@ -24,6 +24,7 @@
 
 use super::cause::{Cause, Origin, Reason};
 use crate::sync::Ordering;
+use crate::time::clock::Clock;
 
 pub(crate) const CANCELLED: u64 = 1 << 0;
 pub(crate) const LOCKED: u64 = 1 << 1;
@@ -75,7 +76,16 @@ impl Packed {
         msg: core::ptr::null(),
     };
 
-    pub(crate) fn from_cause(cause: Cause) -> Packed {
+    /// `DeadlineExceeded` with the stored (wrapped) deadline tick `tick`.
+    pub(crate) fn deadline(tick: u32) -> Packed {
+        Packed {
+            bits: (TAG_DEADLINE << TAG_SHIFT) | (u64::from(tick) << PAYLOAD_SHIFT),
+            msg: core::ptr::null(),
+        }
+    }
+
+    /// Packs `cause`; a deadline is stored as a tick of `clock`.
+    pub(crate) fn from_cause(cause: Cause, clock: &Clock) -> Packed {
         let (origin, inherited) = match cause {
             Cause::Parent(o) => (o, INHERITED),
             c => (c.origin(), 0),
@@ -91,7 +101,11 @@ impl Packed {
                 (TAG_CANCELLED_CODE, u64::from(c), core::ptr::null())
             }
             Origin::OwnerDropped => (TAG_OWNER_DROPPED, 0, core::ptr::null()),
-            Origin::DeadlineExceeded => (TAG_DEADLINE, 0, core::ptr::null()),
+            Origin::DeadlineExceeded(at) => (
+                TAG_DEADLINE,
+                u64::from(clock.tick_of(at) as u32),
+                core::ptr::null(),
+            ),
             Origin::PoolExhausted => (TAG_EXHAUSTED, 0, core::ptr::null()),
             Origin::Shutdown => (TAG_SHUTDOWN, 0, core::ptr::null()),
         };
@@ -156,7 +170,8 @@ pub(crate) fn needs_msg(state: u64) -> bool {
 
 /// Decodes the cause recorded in a cancelled state word. `msg` is the node's message pointer,
 /// read after `LOCKED` was seen clear (so the cancel winner's write is visible).
-pub(crate) fn decode(state: u64, msg: *const u8) -> Cause {
+/// A deadline is decoded against `clock`.
+pub(crate) fn decode(state: u64, msg: *const u8, clock: &Clock) -> Cause {
     let payload = (state >> PAYLOAD_SHIFT) as u32;
     let origin = match (state & TAG_MASK) >> TAG_SHIFT {
         TAG_CANCELLED_MSG if !msg.is_null() => {
@@ -171,7 +186,7 @@ pub(crate) fn decode(state: u64, msg: *const u8) -> Cause {
         TAG_CANCELLED_MSG | TAG_CANCELLED_NONE => Origin::Cancelled(Reason::None),
         TAG_CANCELLED_CODE => Origin::Cancelled(Reason::Code(payload)),
         TAG_OWNER_DROPPED => Origin::OwnerDropped,
-        TAG_DEADLINE => Origin::DeadlineExceeded,
+        TAG_DEADLINE => Origin::DeadlineExceeded(clock.instant(clock.widen(payload))),
         TAG_EXHAUSTED => Origin::PoolExhausted,
         // TAG_STOPPED only occurs on after_func nodes, which no handle reads.
         _ => Origin::Shutdown,
@@ -183,36 +198,38 @@ pub(crate) fn decode(state: u64, msg: *const u8) -> Cause {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
     #[test]
     fn every_cause_round_trips() {
+        let clock = Clock::real();
+        let at = clock.instant(12_345);
         let causes = [
             Cause::Cancelled(Reason::None),
             Cause::Cancelled(Reason::Message("bye")),
             Cause::Cancelled(Reason::Code(u32::MAX)),
             Cause::OwnerDropped,
-            Cause::DeadlineExceeded,
+            Cause::DeadlineExceeded(at),
             Cause::PoolExhausted,
             Cause::Shutdown,
             Cause::Parent(Origin::Cancelled(Reason::Message(""))),
             Cause::Parent(Origin::Cancelled(Reason::Code(7))),
-            Cause::Parent(Origin::DeadlineExceeded),
+            Cause::Parent(Origin::DeadlineExceeded(at)),
             Cause::Parent(Origin::Shutdown),
         ];
         for c in causes {
-            let p = Packed::from_cause(c);
+            let p = Packed::from_cause(c, &clock);
             assert_eq!(
                 p.bits & !CAUSE_BITS,
                 0,
                 "{c:?} spills out of the cause bits"
             );
             let state = p.bits | CANCELLED;
-            assert_eq!(decode(state, p.msg), c);
+            assert_eq!(decode(state, p.msg, &clock), c);
             assert_eq!(
-                decode(p.inherited().bits | CANCELLED, p.msg),
+                decode(p.inherited().bits | CANCELLED, p.msg, &clock),
                 Cause::Parent(c.origin())
             );
         }

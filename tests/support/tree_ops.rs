@@ -184,7 +184,7 @@ impl Why {
             Why::Code(c) => Origin::Cancelled(Reason::Code(code(c))),
             Why::Message(m) => Origin::Cancelled(Reason::Message(message(m))),
             Why::Shutdown => Origin::Shutdown,
-            Why::Deadline => Origin::DeadlineExceeded,
+            Why::Deadline => Origin::DeadlineExceeded(deadline_at()),
             Why::OwnerDropped => Origin::OwnerDropped,
             Why::Exhausted => Origin::PoolExhausted,
         }
@@ -628,10 +628,28 @@ impl MNode {
     }
 }
 
+/// The instant the model cancels with for `Why::Deadline` (the library records it at
+/// millisecond granularity on its pool's clock, so causes are compared with `norm_deadline`).
+pub fn deadline_at() -> std::time::Instant {
+    static AT: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *AT.get_or_init(std::time::Instant::now)
+}
+
+/// A cause with any recorded deadline replaced by `deadline_at()`.
+fn norm_deadline(c: Cause) -> Cause {
+    match c {
+        Cause::DeadlineExceeded(_) => Cause::DeadlineExceeded(deadline_at()),
+        Cause::Parent(Origin::DeadlineExceeded(_)) => {
+            Cause::Parent(Origin::DeadlineExceeded(deadline_at()))
+        }
+        c => c,
+    }
+}
+
 /// Go's `ctx.Err()` for a cause, written out independently of `Cause::error`.
 fn model_err(c: Cause) -> ContextError {
     match c {
-        Cause::DeadlineExceeded | Cause::Parent(Origin::DeadlineExceeded) => {
+        Cause::DeadlineExceeded(_) | Cause::Parent(Origin::DeadlineExceeded(_)) => {
             ContextError::DeadlineExceeded
         }
         _ => ContextError::Canceled,
@@ -1551,7 +1569,12 @@ impl Harness {
                 c.err(),
                 cause.map(model_err)
             );
-            same!(self, format_args!("cause(h{n})"), c.cause(), cause);
+            same!(
+                self,
+                format_args!("cause(h{n})"),
+                c.cause().map(norm_deadline),
+                cause.map(norm_deadline)
+            );
         }
     }
 
