@@ -26,6 +26,11 @@ pub(crate) use std::sync::atomic::Ordering;
 /// part of any protocol the loom models check.
 pub(crate) use std::sync::atomic::{AtomicPtr as StaticAtomicPtr, AtomicU32 as StaticAtomicU32};
 
+/// Atomics for statistics only (the timer counters and the lateness histogram): values no
+/// protocol reads to decide anything, so loom need not model them (and its atomics are large
+/// enough that a hundred of them overflow a model thread's stack).
+pub(crate) use std::sync::atomic::{AtomicU64 as StatU64, AtomicUsize as StatUsize};
+
 #[cfg(loom)]
 pub(crate) use loom::sync::Mutex;
 #[cfg(not(loom))]

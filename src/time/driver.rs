@@ -46,7 +46,7 @@ use super::ring::Armed;
 use super::wheel::{Entry, Wheel};
 use crate::pool::slot::{generation, refs};
 use crate::pool::{PoolInner, PoolRef};
-use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::sync::{AtomicUsize, Mutex, Ordering, StatU64, StatUsize};
 use crate::tree::node::D_TIMER;
 
 /// Below this many entries the wheel is never compacted.
@@ -57,30 +57,30 @@ const LATE_BUCKETS: usize = 27 * 4;
 
 /// Counters of the timer machinery, summed without a lock.
 pub(crate) struct Counters {
-    pub(crate) fired: AtomicU64,
-    pub(crate) stale: AtomicU64,
-    pub(crate) spilled: AtomicU64,
-    pub(crate) compactions: AtomicU64,
+    pub(crate) fired: StatU64,
+    pub(crate) stale: StatU64,
+    pub(crate) spilled: StatU64,
+    pub(crate) compactions: StatU64,
     /// Clamps counted by threads without a shard (tid T2).
-    pub(crate) clamped: AtomicU64,
-    pub(crate) turns: AtomicU64,
-    pub(crate) pending: AtomicUsize,
-    pub(crate) wheel_bytes: AtomicUsize,
-    pub(crate) late: [AtomicU64; LATE_BUCKETS],
+    pub(crate) clamped: StatU64,
+    pub(crate) turns: StatU64,
+    pub(crate) pending: StatUsize,
+    pub(crate) wheel_bytes: StatUsize,
+    pub(crate) late: [StatU64; LATE_BUCKETS],
 }
 
 impl Counters {
     fn new() -> Self {
         Counters {
-            fired: AtomicU64::new(0),
-            stale: AtomicU64::new(0),
-            spilled: AtomicU64::new(0),
-            compactions: AtomicU64::new(0),
-            clamped: AtomicU64::new(0),
-            turns: AtomicU64::new(0),
-            pending: AtomicUsize::new(0),
-            wheel_bytes: AtomicUsize::new(0),
-            late: core::array::from_fn(|_| AtomicU64::new(0)),
+            fired: StatU64::new(0),
+            stale: StatU64::new(0),
+            spilled: StatU64::new(0),
+            compactions: StatU64::new(0),
+            clamped: StatU64::new(0),
+            turns: StatU64::new(0),
+            pending: StatUsize::new(0),
+            wheel_bytes: StatUsize::new(0),
+            late: core::array::from_fn(|_| StatU64::new(0)),
         }
     }
 
@@ -196,6 +196,7 @@ impl Timers {
     }
 
     /// The driver thread's period.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn period(&self) -> Duration {
         Duration::from_millis(u64::from(self.resolution_ms))
     }
@@ -401,6 +402,7 @@ fn tree_fire(pool: &PoolInner, e: Entry) -> Fire {
 }
 
 /// How a driver thread or task reaches its pool (D4).
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) struct DriverLink {
     pool: std::sync::Mutex<Option<NonNull<PoolInner>>>,
 }
@@ -411,6 +413,7 @@ unsafe impl Send for DriverLink {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for DriverLink {}
 
+#[cfg_attr(loom, allow(dead_code))]
 impl DriverLink {
     pub(crate) fn new(pool: NonNull<PoolInner>) -> Arc<Self> {
         Arc::new(DriverLink {

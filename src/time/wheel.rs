@@ -51,7 +51,7 @@ struct Level {
 pub(crate) struct Wheel {
     /// Wheel ticks processed so far.
     elapsed: u64,
-    levels: [Level; LEVELS],
+    levels: Box<[Level]>,
     len: usize,
 }
 
@@ -73,12 +73,14 @@ impl Wheel {
     pub(crate) fn new(elapsed: u64) -> Self {
         Wheel {
             elapsed,
-            levels: core::array::from_fn(|_| Level {
+            levels: (0..LEVELS)
+                .map(|_| Level {
                 occupied: 0,
                 // A few entries per slot up front (36 KiB per pool), so that a driver seeing a
                 // trickle of timers does not allocate on each slot's first use.
                 slots: core::array::from_fn(|_| Vec::with_capacity(4)),
-            }),
+                })
+                .collect(),
             len: 0,
         }
     }
