@@ -30,10 +30,18 @@
 //!
 //! - [`pool`](crate::Pool): a concurrent slab of 128-byte nodes growing by pages, with
 //!   per-thread free lists; a handle is (slot, generation) and holds a reference, so a slot is
-//!   reused only when nothing can reach it (module `pool`, invariants P1–P4, L1–L3, S1–S4).
+//!   reused only when nothing can reach it (module `pool`, invariants P1–P4, L1–L4, S1–S7).
 //! - the cancellation tree: children hold a reference on their parent and read their
 //!   ancestors lazily; only contexts that are waited on register with their parent (module
-//!   `tree`, invariants I1–I9).
+//!   `tree`, invariants I1–I11).
+//! - deadlines (module `time`): a coarse millisecond clock read with one load, per-thread arm
+//!   rings (a plain store per armed timer), a hierarchical timer wheel and one driver (a
+//!   thread, [`Pool::turn`], or a tokio task with feature `tokio`); a timer is armed only when a
+//!   child's deadline is earlier than its parent's, and disarming is free (invariants R1–R3,
+//!   W1–W3, D1–D4, K1).
+//! - [`config`]: one [`Config`] (TOML/JSON with feature `serde`, on by default), validated with
+//!   every problem listed, swapped at run time by [`Pool::update_config`] without a lock on
+//!   the hot path.
 //! - one `sync` module through which every atomic goes, switched to loom with `--cfg loom`.
 
 #![deny(missing_docs)]

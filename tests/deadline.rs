@@ -442,3 +442,24 @@ fn builder_takes_a_config_and_rejects_a_bad_one_with_every_problem() {
     let err = Pool::builder().config(&c).build().unwrap_err();
     assert!(err.problems.len() >= 2, "{err}");
 }
+
+#[test]
+fn a_coarser_resolution_fires_within_one_tick() {
+    let clock = ManualClock::new();
+    let pool = Pool::builder()
+        .manual_clock(&clock)
+        .timer_resolution(ms(10))
+        .build()
+        .unwrap();
+    let ctx = pool.background().with_timeout(ms(25));
+    let (runs, _f) = counter(&ctx);
+    clock.advance(ms(25));
+    pool.turn();
+    // The deadline has passed (a read says so), but the wheel's tick is 10 ms: the timer fires
+    // at the first tick at or after it, 30 ms, never before 25 ms.
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    clock.advance(ms(5));
+    pool.turn();
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert!(Pool::builder().timer_resolution(Duration::from_micros(1500)).build().is_err());
+}

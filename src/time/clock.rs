@@ -165,6 +165,14 @@ impl Clock {
         }
     }
 
+    /// Nanoseconds since the epoch on the real clock (the manual clock's time otherwise).
+    pub(crate) fn elapsed_nanos(&self) -> u128 {
+        match &self.manual {
+            Some(m) => u128::from(m.inner.ms.load(Ordering::Acquire)) * 1_000_000,
+            None => self.epoch.elapsed().as_nanos(),
+        }
+    }
+
     /// The full tick of a stored (wrapped) tick `t`, relative to now.
     #[inline]
     pub(crate) fn widen(&self, t: u32) -> u64 {

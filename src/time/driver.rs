@@ -195,10 +195,21 @@ impl Timers {
         }
     }
 
-    /// The driver thread's period.
-    #[cfg_attr(loom, allow(dead_code))]
+    /// The timer resolution, the tokio driver's period.
+    #[cfg_attr(any(loom, not(feature = "tokio")), allow(dead_code))]
     pub(crate) fn period(&self) -> Duration {
         Duration::from_millis(u64::from(self.resolution_ms))
+    }
+
+    /// Time until the next wheel tick boundary on the real clock, so that a driver thread
+    /// turns right after each tick (a timer then fires within one tick of its deadline, plus
+    /// the wake-up latency).
+    #[cfg(not(loom))]
+    pub(crate) fn until_next_tick(&self) -> Duration {
+        let res = u128::from(self.resolution_ms) * 1_000_000;
+        let now = self.clock.elapsed_nanos();
+        let left = res - now % res;
+        Duration::from_nanos(left as u64 + 50_000)
     }
 
     /// Wakes the driver thread early (its ring is half full, or a timer was spilled).
@@ -456,7 +467,7 @@ impl PoolInner {
                     return;
                 };
                 pool.get().turn();
-                let period = pool.get().timers.period();
+                let period = pool.get().timers.until_next_tick();
                 // May be the last reference: the pool is then freed here, and clears the link.
                 drop(pool);
                 std::thread::park_timeout(period);
