@@ -355,42 +355,6 @@ fn the_driver_thread_fires_on_the_real_clock() {
     assert!(pool.timer_stats().fired + pool.timer_stats().stale <= 1);
 }
 
-#[cfg(target_os = "linux")]
-fn driver_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim() == "ctxpool-driver")
-        .count()
-}
-
-#[cfg(target_os = "linux")]
-#[test]
-fn the_driver_thread_stops_when_the_pool_is_freed() {
-    // Other tests in this binary run concurrently and have their own pools: count ours.
-    let pools: Vec<Pool> = (0..4).map(|_| Pool::builder().build().unwrap()).collect();
-    let ctxs: Vec<_> = pools
-        .iter()
-        .map(|p| p.background().with_timeout(Duration::from_secs(10)))
-        .collect();
-    let with = driver_threads();
-    assert!(with >= 4);
-    drop(pools);
-    // The contexts keep their pools alive (P4).
-    std::thread::sleep(ms(20));
-    drop(ctxs);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while driver_threads() > with - 4 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "driver threads did not stop"
-        );
-        std::thread::sleep(ms(5));
-    }
-    let manual = Pool::builder().driver(DriverMode::Manual).build().unwrap();
-    drop(manual);
-}
-
 #[test]
 fn a_rejected_update_leaves_the_old_limits_in_force() {
     let (clock, pool) = manual();
