@@ -387,7 +387,7 @@ fn create(
         if let Some(dl) = own_deadline(pool, me, want, (dbits != 0).then_some(inherited)) {
             // SAFETY: as above.
             node.payload
-                .with_mut(|p| unsafe { (*p).values.deadline = dl });
+                .with_mut(|p| unsafe { (*p).values.deadline = dl as u32 });
             dbits = D_DEADLINE | D_TIMER;
             arm = Some(dl);
         }
@@ -399,7 +399,7 @@ fn create(
     Ok(Context::from_node(parent.pool, idx, gen))
 }
 
-/// The stored deadline a child should own, clamped to the maximum timeout (counted), or
+/// The deadline tick a child should own, clamped to the maximum timeout (counted), or
 /// `None` when the inherited deadline is as early (the child relies on its parent's timer).
 #[inline]
 fn own_deadline(
@@ -407,7 +407,7 @@ fn own_deadline(
     me: Option<Local<'_>>,
     want: Want,
     inherited: Option<u32>,
-) -> Option<u32> {
+) -> Option<u64> {
     let clock = &pool.timers.clock;
     let now = clock.now64();
     let (default_ms, max_ms) = pool.limits();
@@ -421,9 +421,12 @@ fn own_deadline(
         dl = cap;
         pool.count_clamp(me);
     }
+    // A deadline in the past is "now": already expired, and never so far back that its
+    // 32-bit tick would wrap around into the future (time K1).
+    dl = dl.max(now);
     match inherited {
         Some(p) if widen(now, p) <= dl => None,
-        _ => Some(dl as u32),
+        _ => Some(dl),
     }
 }
 

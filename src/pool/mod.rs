@@ -191,10 +191,11 @@ impl PoolInner {
         }
     }
 
-    /// Hands the timer of incarnation `(idx, gen)`, due at stored tick `deadline`, to the
-    /// driver: a plain store into this thread's arm ring (time R1..R3).
+    /// Hands the timer of incarnation `(idx, gen)`, due at tick `deadline`, to the
+    /// driver: plain stores into this thread's arm ring (time R1..R3). `deadline` is the full
+    /// tick.
     #[inline]
-    pub(crate) fn arm(&self, me: Option<Local<'_>>, idx: u32, gen: u32, deadline: u32) {
+    pub(crate) fn arm(&self, me: Option<Local<'_>>, idx: u32, gen: u32, deadline: u64) {
         let a = Armed { idx, gen, deadline };
         match me {
             Some(l) => {

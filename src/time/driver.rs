@@ -270,13 +270,19 @@ fn alive(pool: &PoolInner, idx: u32, gen: u32) -> bool {
 
 impl PoolInner {
     /// One turn of the driver; returns how many timers fired. A turn that finds another turn
-    /// in progress (another thread, or a callback fired by this one) does nothing.
+    /// holding the wheel (on another thread) does nothing; timers fire outside that lock, so a
+    /// callback that turns again works. A panic raised while firing (a callback, or a value's
+    /// `Drop`) is re-raised once the whole turn is done.
     pub(crate) fn turn(&self) -> usize {
         let t = &self.timers;
         let now_ms = t.clock.refresh();
         let res = u64::from(t.resolution_ms);
-        let Ok(mut guard) = t.state.try_lock() else {
-            return 0;
+        let mut guard = match t.state.try_lock() {
+            Ok(g) => g,
+            // Every step below leaves the state consistent between entries, so a panic that
+            // poisoned the lock (a bug) must not stop the timers for good.
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return 0,
         };
         let st = &mut *guard;
         t.counters.turns.fetch_add(1, Ordering::Relaxed);
@@ -284,8 +290,7 @@ impl PoolInner {
         let now_w = now_ms / res;
         let mut accept = |st: &mut DriverState, a: Armed| {
             // Due at the first wheel tick at or after the deadline (never early).
-            let dl = clock::widen(now_ms, a.deadline);
-            let when = dl.div_ceil(res);
+            let when = a.deadline.div_ceil(res);
             // A timer due soon goes straight in (firing checks the generation anyway, D1);
             // one due later is dropped now if its context is already gone, which keeps most
             // short-lived contexts out of the wheel. Each check costs a cache miss on the node.
@@ -296,7 +301,7 @@ impl PoolInner {
             let e = Entry {
                 idx: a.idx,
                 gen: a.gen,
-                deadline: a.deadline,
+                deadline: a.deadline as u32,
                 when,
             };
             if let Err(e) = st.wheel.insert(e) {
@@ -338,13 +343,20 @@ impl PoolInner {
             jobs = core::mem::take(&mut st.periodic);
         }
         drop(guard);
-        // (d) fire, outside the lock.
+        // (d) fire, outside the lock. A panic (a callback, or a value's `Drop` run by the
+        // release of the reference we took) does not stop the turn: every due timer fires,
+        // counters and jobs are restored, then the first panic is re-raised.
         let mut fired = 0;
+        let mut panic = None;
         for e in due.drain(..) {
-            match tree_fire(self, e) {
-                Fire::Fired => fired += 1,
-                Fire::Stale => stale += 1,
-                Fire::AlreadyCancelled => {}
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tree_fire(self, e))) {
+                Ok(Fire::Fired) => fired += 1,
+                Ok(Fire::Stale) => stale += 1,
+                Ok(Fire::AlreadyCancelled) => {}
+                Err(p) => {
+                    fired += 1;
+                    panic.get_or_insert(p);
+                }
             }
         }
         t.counters.stale.fetch_add(stale, Ordering::Relaxed);
@@ -363,6 +375,10 @@ impl PoolInner {
             // Jobs added while these ran come after them.
             jobs.append(&mut guard.periodic);
             guard.periodic = jobs;
+        }
+        drop(guard);
+        if let Some(p) = panic {
+            std::panic::resume_unwind(p);
         }
         fired
     }
@@ -395,16 +411,21 @@ fn tree_fire(pool: &PoolInner, e: Entry) -> Fire {
         return Fire::Stale;
     }
     let packed = crate::tree::state::Packed::deadline(e.deadline);
-    let won = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        crate::tree::cancel(pool, e.idx, packed)
-    }))
     // A panicking `after_func` below still counts as fired: the cancel completed (tree I7).
-    .unwrap_or(true);
+    let fired = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::tree::cancel(pool, e.idx, packed)
+    }));
+    let won = *fired.as_ref().unwrap_or(&true);
     if won {
         let late_ms = pool.timers.clock.precise_ms() - pool.timers.clock.widen(e.deadline) as f64;
         pool.timers.counters.record_lateness(late_ms * 1e3);
     }
+    // Releasing our reference may free the node and its ancestors, running values' `Drop`;
+    // a panic there propagates to `turn`, which completes the turn first.
     drop(ctx);
+    if let Err(p) = fired {
+        std::panic::resume_unwind(p);
+    }
     if won {
         Fire::Fired
     } else {
@@ -466,7 +487,9 @@ impl PoolInner {
                 let Some(pool) = thread_link.upgrade() else {
                     return;
                 };
-                pool.get().turn();
+                // A panic from user code run by a fired timer is the user's to see (it was
+                // printed by the panic hook); the driver keeps going.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.get().turn()));
                 let period = pool.get().timers.until_next_tick();
                 // May be the last reference: the pool is then freed here, and clears the link.
                 drop(pool);
@@ -496,11 +519,10 @@ impl PoolInner {
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn driver_link(&self) -> Arc<DriverLink> {
         let link = DriverLink::new(NonNull::from(self));
-        self.timers
-            .links
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(link.clone());
+        let mut links = self.timers.links.lock().unwrap_or_else(|e| e.into_inner());
+        // Links of tasks that ended are held only here.
+        links.retain(|l| Arc::strong_count(l) > 1);
+        links.push(link.clone());
         link
     }
 

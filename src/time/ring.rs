@@ -4,7 +4,7 @@
 //! producer; the driver, under its lock, is the only consumer.
 //!
 //! ```text
-//!   entries [ (slot, gen, deadline) ; CAPACITY ]
+//!   entries [ (slot, gen, deadline) ; CAPACITY ]   16 bytes each
 //!   head ─ consumer (driver) ─ its own cache line      tail ─ producer (owner) ─ its own line
 //!   live entries: head..tail (wrapping positions, tail - head <= CAPACITY)
 //! ```
@@ -32,8 +32,8 @@ use crossbeam_utils::CachePadded;
 use crate::sync::cell::UnsafeCell;
 use crate::sync::{AtomicUsize, Ordering};
 
-/// Entries per ring: at one timer per 20 ns a ring fills in 80 µs; the producer wakes the
-/// driver at half.
+/// Entries per ring (64 KiB): at one timer per 20 ns a ring fills in 80 µs; the producer
+/// wakes the driver at half.
 #[cfg(not(loom))]
 pub(crate) const CAPACITY: usize = 4096;
 #[cfg(loom)]
@@ -44,7 +44,9 @@ pub(crate) const CAPACITY: usize = 2;
 pub(crate) struct Armed {
     pub(crate) idx: u32,
     pub(crate) gen: u32,
-    pub(crate) deadline: u32,
+    /// The full deadline tick (the node keeps its low 32 bits), so that a driver that turns
+    /// late, or a manual clock that jumps far, still reads it right.
+    pub(crate) deadline: u64,
 }
 
 pub(crate) struct Ring {

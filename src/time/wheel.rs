@@ -23,8 +23,10 @@
 //! Invariants (cited as **W1**..**W3**):
 //!
 //! - **W1** every entry at level `l` is due after `elapsed`, in the same 64^(l+1)-tick window
-//!   as `elapsed`, and in a slot after `elapsed`'s slot at that level; so the first occupied
-//!   slot at or after the current one, on the lowest non-empty level, is the next expiration.
+//!   as `elapsed` (the top level: at most 64^6 ticks ahead, so its slot numbers may wrap), and
+//!   in a slot after `elapsed`'s slot at that level (counting from it, around); so the first
+//!   occupied slot from the current one on, on the lowest non-empty level, is the next
+//!   expiration.
 //! - **W2** `len` is the number of entries held (stale ones included).
 //! - **W3** bit `s` of `occupied` is set iff slot `s` is non-empty.
 
@@ -108,21 +110,19 @@ impl Wheel {
         Ok(())
     }
 
-    /// The next slot to come due: `(level, slot, due tick)` (W1).
+    /// The next slot to come due: `(level, slot, due tick)` (W1). The bitmap is rotated to
+    /// start at the current slot, so that an entry of the top level whose due tick lies in the
+    /// next top-level window (slot numbers wrap) is found in order too.
     fn next_expiration(&self) -> Option<(usize, usize, u64)> {
         for (level, l) in self.levels.iter().enumerate() {
             if l.occupied == 0 {
                 continue;
             }
             let now_slot = (self.elapsed >> (BITS * level as u32)) & (SLOTS as u64 - 1);
-            let ahead = l.occupied & (!0u64 << now_slot);
-            debug_assert_eq!(ahead, l.occupied, "W1: an entry behind the current slot");
-            if ahead == 0 {
-                continue;
-            }
-            let slot = ahead.trailing_zeros() as usize;
+            let dist = u64::from(l.occupied.rotate_right(now_slot as u32).trailing_zeros());
+            let slot = ((now_slot + dist) & (SLOTS as u64 - 1)) as usize;
             let start = self.elapsed & !(slot_range(level + 1) - 1);
-            return Some((level, slot, start + slot as u64 * slot_range(level)));
+            return Some((level, slot, start + (now_slot + dist) * slot_range(level)));
         }
         None
     }
