@@ -325,7 +325,7 @@ fn one_million_armed_timers_memory() {
     let per_timer = t.wheel_bytes as f64 / N as f64;
     println!(
         "1,000,000 armed timers: wheel {:.1} MiB ({per_timer:.1} B/timer), nodes {:.1} MiB \
-         (128 B/context, deadline included), rings 48 KiB per thread",
+         (128 B/context, deadline included), rings 64 KiB per thread",
         t.wheel_bytes as f64 / (1 << 20) as f64,
         p.reserved_bytes as f64 / (1 << 20) as f64,
     );
