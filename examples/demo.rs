@@ -480,12 +480,20 @@ fn run<M: Model>(
     })
 }
 
-fn parse_args() -> (f64, usize, Option<String>) {
+struct Args {
+    secs: f64,
+    threads: usize,
+    config: Option<String>,
+    metrics_out: Option<String>,
+}
+
+fn parse_args() -> Args {
     let usage = "usage: demo [--secs N] [--threads N] [--config FILE]\n  \
                  --secs N       seconds of measured load per implementation (default 4)\n  \
                  --threads N    worker threads (default 2)\n  \
-                 --config FILE  build the global pool from this TOML or JSON configuration";
-    let (mut secs, mut threads, mut config) = (4.0_f64, 2_usize, None);
+                 --config FILE  build the global pool from this TOML or JSON configuration\n  \
+                 --metrics-out FILE  write the final Prometheus exposition there";
+    let (mut secs, mut threads, mut config, mut metrics_out) = (4.0_f64, 2_usize, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| match args.next() {
@@ -511,6 +519,7 @@ fn parse_args() -> (f64, usize, Option<String>) {
                 }
             },
             "--config" => config = Some(value("--config")),
+            "--metrics-out" => metrics_out = Some(value("--metrics-out")),
             "-h" | "--help" => {
                 println!("{usage}");
                 exit(0)
@@ -521,7 +530,12 @@ fn parse_args() -> (f64, usize, Option<String>) {
             }
         }
     }
-    (secs, threads, config)
+    Args {
+        secs,
+        threads,
+        config,
+        metrics_out,
+    }
 }
 
 /// Builds the global pool from `--config FILE`; prints every problem and exits 2 if the file
@@ -564,7 +578,12 @@ fn deadline_phase(n: usize) -> Duration {
 }
 
 fn main() {
-    let (secs, threads, config) = parse_args();
+    let Args {
+        secs,
+        threads,
+        config,
+        metrics_out,
+    } = parse_args();
     if let Some(path) = &config {
         configure(path);
     }
@@ -684,6 +703,27 @@ fn main() {
             "naive server root still has {} references and {} linked children",
             naive_leftovers.0, naive_leftovers.1
         ));
+    }
+    let m = pool.metrics();
+    let (created, released): (u64, u64) = m
+        .ops
+        .iter()
+        .fold((0, 0), |(c, r), (_, o)| (c + o.created, r + o.released));
+    println!(
+        "metrics: {} operations, {created} contexts created and {released} released by op, {} active",
+        m.ops.len(),
+        created - released
+    );
+    if pool.config().metrics.enabled && created != released {
+        problems.push(format!(
+            "metrics count {created} created but {released} released"
+        ));
+    }
+    if let Some(path) = &metrics_out {
+        match std::fs::write(path, m.to_prometheus()) {
+            Ok(()) => println!("metrics: Prometheus exposition written to {path}"),
+            Err(e) => problems.push(format!("cannot write {path}: {e}")),
+        }
     }
     if problems.is_empty() {
         println!(

@@ -51,6 +51,7 @@
 
 pub mod config;
 mod context;
+pub mod metrics;
 mod pool;
 mod sync;
 mod time;

@@ -336,7 +336,11 @@ fn turn_survives_a_panicking_callback() {
     let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.turn()));
     assert!(turn.is_err());
     assert!(a.is_cancelled());
-    assert_eq!(runs.load(Ordering::SeqCst), 1, "the other timer fired in the same turn");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the other timer fired in the same turn"
+    );
     assert_eq!(pool.timer_stats().fired, 2);
     // Later turns work.
     let c = pool.background().with_timeout(ms(1));
@@ -433,5 +437,8 @@ fn a_coarser_resolution_fires_within_one_tick() {
     clock.advance(ms(5));
     pool.turn();
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    assert!(Pool::builder().timer_resolution(Duration::from_micros(1500)).build().is_err());
+    assert!(Pool::builder()
+        .timer_resolution(Duration::from_micros(1500))
+        .build()
+        .is_err());
 }

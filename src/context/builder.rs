@@ -309,6 +309,12 @@ fn create(
     let pool = parent.inner();
     let me = pool.local();
     let Some(idx) = pool.acquire(me) else {
+        if pool.metrics.on() {
+            let op = spec
+                .op
+                .map_or_else(|| parent.op().map_or(0, Op::id), Op::id);
+            pool.metrics.cancelled(op, crate::metrics::ops::R_EXHAUSTED);
+        }
         return Err(PoolExhausted {
             capacity: pool.capacity(),
         });
@@ -393,6 +399,11 @@ fn create(
         }
     }
     let gen = publish(pool, me, node, pnode, location, flags, dbits);
+    if pool.metrics.on() {
+        // SAFETY: published just now by us; the payload is immutable while it lives (P2).
+        let op = node.payload.with(|p| unsafe { (*p).values.op });
+        pool.metrics.created(op, me.map(|l| l.tid));
+    }
     if let Some(dl) = arm {
         pool.arm(me, idx, gen, dl);
     }

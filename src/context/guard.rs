@@ -195,9 +195,14 @@ impl WeakContext {
                 // SAFETY: `idx` was handed out by this pool (P3); `try_upgrade` checks the
                 // generation before taking a reference (L1, L2).
                 let node = unsafe { self.pool.get().node(idx) };
-                node.life
+                let up = node
+                    .life
                     .try_upgrade(self.gen)
-                    .then(|| Context::from_node(self.pool.ptr(), idx, self.gen))
+                    .then(|| Context::from_node(self.pool.ptr(), idx, self.gen));
+                if up.is_none() {
+                    self.pool.get().stale_handles.inc();
+                }
+                up
             }
         }
     }

@@ -77,7 +77,7 @@ impl Slots {
     }
 
     #[inline]
-    fn own(&self, t: usize) -> &[AtomicU64] {
+    pub(crate) fn own(&self, t: usize) -> &[AtomicU64] {
         let mut p = self.chunks[t / CHUNK].load(Ordering::Acquire);
         if p.is_null() {
             p = self.alloc(t / CHUNK);
@@ -88,7 +88,9 @@ impl Slots {
 
     #[cold]
     fn alloc(&self, c: usize) -> *mut AtomicU64 {
-        let fresh: Box<[AtomicU64]> = (0..CHUNK * self.stride).map(|_| AtomicU64::new(0)).collect();
+        let fresh: Box<[AtomicU64]> = (0..CHUNK * self.stride)
+            .map(|_| AtomicU64::new(0))
+            .collect();
         let fresh = Box::into_raw(fresh).cast::<AtomicU64>();
         match self.chunks[c].compare_exchange(
             ptr::null_mut(),
@@ -128,16 +130,6 @@ impl Slots {
         self.for_each(|s| total = total.wrapping_add(s[w].load(Ordering::Acquire)));
         total
     }
-
-    /// Bytes of slot memory allocated.
-    pub(crate) fn bytes(&self) -> usize {
-        let chunks = self
-            .chunks
-            .iter()
-            .filter(|c| !c.load(Ordering::Relaxed).is_null())
-            .count();
-        (chunks * CHUNK * self.stride + self.width) * core::mem::size_of::<AtomicU64>()
-    }
 }
 
 impl Drop for Slots {
@@ -146,7 +138,9 @@ impl Drop for Slots {
             let p = chunk.load(Ordering::Acquire);
             if !p.is_null() {
                 // SAFETY: allocated by `alloc` with this length; nothing else holds it (M3).
-                drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, CHUNK * self.stride)) });
+                drop(unsafe {
+                    Box::from_raw(ptr::slice_from_raw_parts_mut(p, CHUNK * self.stride))
+                });
             }
         }
     }
@@ -157,7 +151,10 @@ impl Drop for Slots {
 pub(crate) fn add(slot: &Slot<'_>, w: usize, n: u64) {
     match slot {
         // M1: the only writer of this slot; Release for M2.
-        Slot::Own(s) => s[w].store(s[w].load(Ordering::Relaxed).wrapping_add(n), Ordering::Release),
+        Slot::Own(s) => s[w].store(
+            s[w].load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Release,
+        ),
         Slot::Shared(s) => {
             s[w].fetch_add(n, Ordering::AcqRel);
         }
@@ -184,7 +181,9 @@ pub struct ShardedCounter {
 impl ShardedCounter {
     /// A counter at zero.
     pub fn new() -> Self {
-        ShardedCounter { slots: Slots::new(1) }
+        ShardedCounter {
+            slots: Slots::new(1),
+        }
     }
 
     /// Adds one.
@@ -238,7 +237,9 @@ pub struct ShardedGauge {
 impl ShardedGauge {
     /// A gauge at zero.
     pub fn new() -> Self {
-        ShardedGauge { slots: Slots::new(1) }
+        ShardedGauge {
+            slots: Slots::new(1),
+        }
     }
 
     /// Adds `n` (may be negative).

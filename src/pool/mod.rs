@@ -45,6 +45,8 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 
 use crate::config::{Config, ConfigError};
+use crate::metrics::ops::ContextMetrics;
+use crate::metrics::ShardedCounter;
 use crate::sync::fence;
 use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering, Swap};
 use crate::time::clock::Clock;
@@ -93,6 +95,10 @@ pub(crate) struct PoolInner {
     is_global: bool,
     /// Clock, spill list, wheel and driver (module `time`).
     pub(crate) timers: Timers,
+    /// Per-operation context metrics (module `metrics::ops`).
+    pub(crate) metrics: ContextMetrics,
+    /// Weak ids that found their context released (`WeakContext::upgrade`).
+    pub(crate) stale_handles: ShardedCounter,
     /// The whole configuration, replaced atomically by `update_config`.
     config: Swap<Config>,
     /// Serialises `update_config` (check against the current, then store).
@@ -139,6 +145,12 @@ impl PoolInner {
             refs: AtomicUsize::new(1),
             is_global,
             timers: Timers::new(clock, b.resolution_ms),
+            metrics: ContextMetrics::new(
+                b.effective_config().metrics.enabled,
+                &b.lifetime_buckets,
+                &b.overrun_buckets,
+            ),
+            stale_handles: ShardedCounter::new(),
             config: Swap::new(std::sync::Arc::new(b.effective_config())),
             config_update: Mutex::new(()),
             config_updates: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -169,8 +181,10 @@ impl PoolInner {
             return Err(e);
         }
         let limits = pack_limits(millis(new.default_timeout), millis(new.max_timeout));
+        let metrics_on = new.metrics.enabled;
         self.config.store(std::sync::Arc::new(new));
         self.limits.store(limits, Ordering::Release);
+        self.metrics.enabled.store(metrics_on, Ordering::Relaxed);
         self.config_updates[0].fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -218,6 +232,30 @@ impl PoolInner {
             Shard::bump(&l.shard.clamped);
         } else {
             self.timers.counters.clamped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn metrics_snapshot(&self) -> crate::metrics::MetricsSnapshot {
+        let ops = self
+            .metrics
+            .snapshot()
+            .into_iter()
+            .map(|(id, c)| (crate::Op::by_id(id).map_or("none", crate::Op::name), c))
+            .collect();
+        crate::metrics::MetricsSnapshot {
+            ops: crate::metrics::export::with_none(ops, self.metrics.empty()),
+            pool: self.stats(),
+            timers: self.timer_stats(),
+            lateness: self
+                .timers
+                .counters
+                .lateness_histogram(&crate::metrics::LATENESS_BUCKETS),
+            stale_handles: self.stale_handles.get(),
+            leak_suspects: Vec::new(),
+            config_updates: [
+                self.config_updates[0].load(Ordering::Relaxed),
+                self.config_updates[1].load(Ordering::Relaxed),
+            ],
         }
     }
 
@@ -927,6 +965,14 @@ impl Pool {
         clock.instant(clock.now64())
     }
 
+    /// Every metric of this pool now: per-operation context counts and histograms, pool and
+    /// timer counters. Render it with [`MetricsSnapshot::to_prometheus`].
+    ///
+    /// [`MetricsSnapshot::to_prometheus`]: crate::metrics::MetricsSnapshot::to_prometheus
+    pub fn metrics(&self) -> crate::metrics::MetricsSnapshot {
+        self.inner.get().metrics_snapshot()
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> std::sync::Arc<Config> {
         self.inner.get().config()
@@ -1042,6 +1088,8 @@ pub struct PoolBuilder {
     manual_clock: Option<ManualClock>,
     driver: DriverMode,
     config: Option<Config>,
+    lifetime_buckets: Vec<f64>,
+    overrun_buckets: Vec<f64>,
     problems: Vec<String>,
 }
 
@@ -1072,6 +1120,8 @@ impl Default for PoolBuilder {
             manual_clock: None,
             driver: DriverMode::Thread,
             config: None,
+            lifetime_buckets: crate::metrics::LIFETIME_BUCKETS.to_vec(),
+            overrun_buckets: crate::metrics::OVERRUN_BUCKETS.to_vec(),
             problems: Vec::new(),
         }
     }
@@ -1147,6 +1197,26 @@ impl PoolBuilder {
         c.default_timeout = Duration::from_millis(u64::from(self.default_timeout_ms));
         c.max_timeout = Duration::from_millis(u64::from(self.max_timeout_ms));
         c
+    }
+
+    /// Upper bounds, in seconds, of the `context_lifetime_seconds` histogram (default
+    /// [`LIFETIME_BUCKETS`](crate::metrics::LIFETIME_BUCKETS)); finite and increasing.
+    pub fn lifetime_buckets(mut self, bounds: &[f64]) -> Self {
+        if let Err(e) = crate::metrics::ShardedHistogram::new(bounds) {
+            self.problems.push(format!("lifetime_buckets: {e}"));
+        }
+        self.lifetime_buckets = bounds.to_vec();
+        self
+    }
+
+    /// Upper bounds, in seconds, of the `deadline_overrun_seconds` histogram (default
+    /// [`OVERRUN_BUCKETS`](crate::metrics::OVERRUN_BUCKETS)).
+    pub fn overrun_buckets(mut self, bounds: &[f64]) -> Self {
+        if let Err(e) = crate::metrics::ShardedHistogram::new(bounds) {
+            self.problems.push(format!("overrun_buckets: {e}"));
+        }
+        self.overrun_buckets = bounds.to_vec();
+        self
     }
 
     /// Runs the pool on a [`ManualClock`]: time moves only when the clock is advanced, and

@@ -106,6 +106,29 @@ impl Counters {
         ((4 + sub + 1) << p) >> 2
     }
 
+    /// Fire lateness as a histogram with upper bounds `bounds` (seconds): a fine bucket counts
+    /// towards a bound when its own upper bound is at or below it.
+    pub(crate) fn lateness_histogram(&self, bounds: &[f64]) -> crate::metrics::HistogramSnapshot {
+        let mut counts = vec![0u64; bounds.len() + 1];
+        let mut sum = 0.0;
+        for (b, c) in self.late.iter().enumerate() {
+            let n = c.load(Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            let up = Counters::bucket_upper(b) as f64 / 1e6;
+            let i = bounds.partition_point(|&le| le < up);
+            counts[i] += n;
+            // The sum is estimated at each fine bucket's upper bound.
+            sum += up * n as f64;
+        }
+        crate::metrics::HistogramSnapshot {
+            bounds: bounds.to_vec(),
+            counts,
+            sum,
+        }
+    }
+
     /// The `q` quantile of fire lateness (bucket upper bound), if anything fired.
     pub(crate) fn lateness_quantile(&self, q: f64) -> Option<Duration> {
         let counts: Vec<u64> = self
@@ -489,7 +512,8 @@ impl PoolInner {
                 };
                 // A panic from user code run by a fired timer is the user's to see (it was
                 // printed by the panic hook); the driver keeps going.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.get().turn()));
+                let _ =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.get().turn()));
                 let period = pool.get().timers.until_next_tick();
                 // May be the last reference: the pool is then freed here, and clears the link.
                 drop(pool);

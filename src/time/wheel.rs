@@ -77,10 +77,10 @@ impl Wheel {
             elapsed,
             levels: (0..LEVELS)
                 .map(|_| Level {
-                occupied: 0,
-                // A few entries per slot up front (36 KiB per pool), so that a driver seeing a
-                // trickle of timers does not allocate on each slot's first use.
-                slots: core::array::from_fn(|_| Vec::with_capacity(4)),
+                    occupied: 0,
+                    // A few entries per slot up front (36 KiB per pool), so that a driver seeing a
+                    // trickle of timers does not allocate on each slot's first use.
+                    slots: core::array::from_fn(|_| Vec::with_capacity(4)),
                 })
                 .collect(),
             len: 0,

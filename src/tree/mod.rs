@@ -179,6 +179,7 @@ pub(crate) fn cancel(pool: &PoolInner, idx: u32, cause: Packed) -> bool {
     if won == Won::Lost {
         return false;
     }
+    count_cancel(pool, node, cause);
     let inherited = cause.inherited();
     let mut work = NIL;
     let mut panic = None;
@@ -190,6 +191,7 @@ pub(crate) fn cancel(pool: &PoolInner, idx: u32, cause: Packed) -> bool {
         work = cn.next.load(Ordering::Relaxed);
         let won = set_cancelled(cn, inherited);
         if won != Won::Lost {
+            count_cancel(pool, cn, inherited);
             settle(pool, c, cn, won, &mut work, &mut panic);
         }
         // A panicking value drop must not stop the propagation (the rest of `work` would keep
@@ -210,6 +212,25 @@ pub(crate) fn cancel(pool: &PoolInner, idx: u32, cause: Packed) -> bool {
         std::panic::resume_unwind(p);
     }
     true
+}
+
+/// Counts a cancellation recorded on `node` (referenced by the caller) in its operation's
+/// metrics (metrics `ops`: once per context, by the thread that recorded it).
+#[inline]
+fn count_cancel(pool: &PoolInner, node: &Node, cause: Packed) {
+    if !pool.metrics.on() {
+        return;
+    }
+    let Some(reason) = state::reason(cause.bits) else {
+        return;
+    };
+    // SAFETY: the caller holds a reference (I1): flags and payload are immutable.
+    if unsafe { node.flags() } & F_FUNC != 0 {
+        return;
+    }
+    // SAFETY: as above.
+    let op = node.payload.with(|p| unsafe { (*p).values.op });
+    pool.metrics.cancelled(op, reason);
 }
 
 /// A caught panic, to be re-raised once the protocol step in progress is complete.
@@ -653,6 +674,26 @@ fn unpin_check(pool: &PoolInner, idx: u32, gen: u32) -> bool {
     pool.lease_sum(idx, gen, s) == 0 && node.life.try_claim(gen)
 }
 
+/// Counts the release of context `node` (owned by the caller, P2): lifetime and overrun.
+#[inline]
+fn count_release(
+    pool: &PoolInner,
+    me: Option<crate::pool::Local<'_>>,
+    node: &Node,
+    created: u32,
+    shard: u16,
+) {
+    let now = pool.timers.clock.now();
+    // SAFETY: owned (P2).
+    let (op, dl) = node
+        .payload
+        .with(|p| unsafe { ((*p).values.op, (*p).values.deadline) });
+    let overrun = (shard & D_DEADLINE != 0 && crate::time::clock::expired(now, dl))
+        .then(|| now.wrapping_sub(dl));
+    pool.metrics
+        .released(op, me.map(|l| l.tid), now.wrapping_sub(created), overrun);
+}
+
 /// Tears down a node that nothing can reach any more, returns its slot, and releases what it
 /// held on its parent (iteratively, so a long chain cannot overflow the stack).
 pub(crate) fn tear_down(pool: &PoolInner, mut idx: u32) -> Deferred {
@@ -675,6 +716,9 @@ pub(crate) fn tear_down(pool: &PoolInner, mut idx: u32) -> Deferred {
             })
         });
         debug_assert_eq!(node.children.load(Ordering::Relaxed), NIL);
+        if flags & F_FUNC == 0 && pool.metrics.on() {
+            count_release(pool, me, node, meta.created, shard);
+        }
         node.state.store(0, Ordering::Relaxed);
         node.msg.store(core::ptr::null_mut(), Ordering::Relaxed);
         node.life

@@ -163,6 +163,22 @@ pub(crate) fn mark_lessee(node: &crate::tree::node::Node, t: usize) {
     }
 }
 
+/// The metrics reason (`metrics::ops::R_*`) of a packed cause, or `None` for the normal end of
+/// a context (its owner dropped) and internal causes.
+#[inline]
+pub(crate) fn reason(bits: u64) -> Option<usize> {
+    use crate::metrics::ops::{R_DEADLINE, R_EXHAUSTED, R_EXPLICIT, R_PARENT, R_SHUTDOWN};
+    let tag = (bits & TAG_MASK) >> TAG_SHIFT;
+    match tag {
+        TAG_OWNER_DROPPED | TAG_STOPPED | 0 => None,
+        _ if bits & INHERITED != 0 => Some(R_PARENT),
+        TAG_DEADLINE => Some(R_DEADLINE),
+        TAG_EXHAUSTED => Some(R_EXHAUSTED),
+        TAG_SHUTDOWN => Some(R_SHUTDOWN),
+        _ => Some(R_EXPLICIT),
+    }
+}
+
 /// Whether a recorded cause needs the `msg` field to be decoded.
 pub(crate) fn needs_msg(state: u64) -> bool {
     (state & TAG_MASK) >> TAG_SHIFT == TAG_CANCELLED_MSG
