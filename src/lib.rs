@@ -51,6 +51,7 @@
 
 pub mod config;
 mod context;
+pub mod leak;
 pub mod metrics;
 mod pool;
 mod sync;

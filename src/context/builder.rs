@@ -12,7 +12,7 @@ use crate::time::clock::{ceil_ms, widen};
 use crate::tree::cause::PoolExhausted;
 use crate::tree::node::{
     Custom, Func, Meta, Node, Payload, Values, D_DEADLINE, D_TIMER, F_DETACHED, F_FUNC, F_NEVER,
-    F_POOL_REF, F_REQ, F_TRACE, F_USER, F_VALUE, NIL,
+    F_POOL_REF, F_REQ, F_TRACE, F_USER, F_VALUE, NIL, S_BACKTRACE,
 };
 use crate::values::{self, Op, RequestId, TraceContext, UserId};
 
@@ -396,6 +396,13 @@ fn create(
                 .with_mut(|p| unsafe { (*p).values.deadline = dl as u32 });
             dbits = D_DEADLINE | D_TIMER;
             arm = Some(dl);
+        }
+    }
+    let every = pool.backtrace_every.load(Ordering::Relaxed);
+    if every != 0 && crate::leak::sample(every) {
+        let gen = generation(node.life.load(Ordering::Relaxed));
+        if pool.capture_backtrace(idx, gen) {
+            dbits |= S_BACKTRACE;
         }
     }
     let gen = publish(pool, me, node, pnode, location, flags, dbits);

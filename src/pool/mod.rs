@@ -95,6 +95,11 @@ pub(crate) struct PoolInner {
     is_global: bool,
     /// Clock, spill list, wheel and driver (module `time`).
     pub(crate) timers: Timers,
+    /// Leak reports and sampled backtraces (module `leak`).
+    pub(crate) leaks: crate::leak::Leaks,
+    /// Capture a backtrace for every n-th context a thread makes (0: never); from
+    /// `leak.backtrace_sample_rate`.
+    pub(crate) backtrace_every: AtomicU32,
     /// Per-operation context metrics (module `metrics::ops`).
     pub(crate) metrics: ContextMetrics,
     /// Weak ids that found their context released (`WeakContext::upgrade`).
@@ -108,6 +113,16 @@ pub(crate) struct PoolInner {
     /// The hot-path limits of the configuration in one word, so that a reader sees one whole
     /// configuration: `default_timeout` in ms (high half) and `max_timeout` in ms (low half).
     limits: AtomicU64,
+}
+
+/// Every how many contexts a thread captures a backtrace (0: never).
+fn backtrace_every(c: &Config) -> u32 {
+    let rate = c.leak.backtrace_sample_rate;
+    if !c.leak.enabled || rate.is_nan() || rate <= 0.0 {
+        0
+    } else {
+        (1.0 / rate.min(1.0)).ceil().min(f64::from(u32::MAX)) as u32
+    }
 }
 
 /// Whole milliseconds of a validated duration (at most 7 days, so it fits).
@@ -151,11 +166,23 @@ impl PoolInner {
                 &b.overrun_buckets,
             ),
             stale_handles: ShardedCounter::new(),
+            leaks: crate::leak::Leaks::new(),
+            backtrace_every: AtomicU32::new(backtrace_every(&b.effective_config())),
             config: Swap::new(std::sync::Arc::new(b.effective_config())),
             config_update: Mutex::new(()),
             config_updates: [AtomicU64::new(0), AtomicU64::new(0)],
             limits: AtomicU64::new(pack_limits(b.default_timeout_ms, b.max_timeout_ms)),
         }
+    }
+
+    /// One past the highest slot ever handed out.
+    pub(crate) fn high_water(&self) -> u32 {
+        self.fresh.load(Ordering::Acquire).min(self.capacity)
+    }
+
+    /// The node at `idx < high_water()`, if its page is published yet.
+    pub(crate) fn try_node(&self, idx: u32) -> Option<&Node> {
+        self.pages.try_get(idx)
     }
 
     /// `(default_timeout, max_timeout)` in milliseconds, from one load (one whole config).
@@ -182,6 +209,8 @@ impl PoolInner {
         }
         let limits = pack_limits(millis(new.default_timeout), millis(new.max_timeout));
         let metrics_on = new.metrics.enabled;
+        self.backtrace_every
+            .store(backtrace_every(&new), Ordering::Relaxed);
         self.config.store(std::sync::Arc::new(new));
         self.limits.store(limits, Ordering::Release);
         self.metrics.enabled.store(metrics_on, Ordering::Relaxed);
@@ -235,6 +264,34 @@ impl PoolInner {
         }
     }
 
+    /// Registers the periodic upkeep with the driver: metrics publication every
+    /// `metrics.publish_interval` and leak scans every `leak.interval`, read from the
+    /// configuration in force at each turn (so runtime updates apply).
+    fn start_upkeep(&self) {
+        let mut last_publish = self.timers.clock.now64();
+        let mut last_scan = last_publish;
+        let every = std::time::Duration::from_millis(u64::from(self.timers.resolution_ms));
+        self.timers.every(
+            every,
+            Box::new(move |pool: &PoolInner| {
+                let cfg = pool.config();
+                let now = pool.timers.clock.now64();
+                let due = |last: u64, d: std::time::Duration| {
+                    now.saturating_sub(last) >= crate::time::clock::ceil_ms(d)
+                };
+                if cfg.leak.enabled && due(last_scan, cfg.leak.interval) {
+                    last_scan = now;
+                    pool.scan_leaks(cfg.leak.threshold, cfg.leak.alert_threshold);
+                }
+                if cfg.metrics.enabled && due(last_publish, cfg.metrics.publish_interval) {
+                    last_publish = now;
+                    #[cfg(feature = "metrics")]
+                    pool.metrics_snapshot().publish();
+                }
+            }),
+        );
+    }
+
     pub(crate) fn metrics_snapshot(&self) -> crate::metrics::MetricsSnapshot {
         let ops = self
             .metrics
@@ -251,7 +308,7 @@ impl PoolInner {
                 .counters
                 .lateness_histogram(&crate::metrics::LATENESS_BUCKETS),
             stale_handles: self.stale_handles.get(),
-            leak_suspects: Vec::new(),
+            leak_suspects: self.leaks.last().map_or_else(Vec::new, |r| r.by_op()),
             config_updates: [
                 self.config_updates[0].load(Ordering::Relaxed),
                 self.config_updates[1].load(Ordering::Relaxed),
@@ -973,6 +1030,37 @@ impl Pool {
         self.inner.get().metrics_snapshot()
     }
 
+    /// The report of the last leak scan (the driver scans every `leak.interval` when
+    /// `leak.enabled`), if one ran.
+    pub fn leak_report(&self) -> Option<std::sync::Arc<crate::leak::LeakReport>> {
+        self.inner.get().leaks.last()
+    }
+
+    /// Scans for leaks now, with the configured threshold: contexts alive for
+    /// `leak.threshold` or longer, grouped by operation and creation site.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxpool::{ManualClock, Op, Pool};
+    ///
+    /// static JOB: Op = Op::new("job");
+    /// let clock = ManualClock::new();
+    /// let pool = Pool::builder().manual_clock(&clock).build().unwrap();
+    /// let forgotten = pool.background().child().op(&JOB).with_cancel();
+    /// clock.advance(Duration::from_secs(301)); // past the default threshold, 5 min
+    /// let report = pool.scan_leaks();
+    /// assert_eq!(report.suspects, 1);
+    /// assert_eq!(report.groups[0].op, "job");
+    /// drop(forgotten);
+    /// assert_eq!(pool.scan_leaks().suspects, 0); // released: never reported
+    /// ```
+    pub fn scan_leaks(&self) -> std::sync::Arc<crate::leak::LeakReport> {
+        let cfg = self.config();
+        self.inner
+            .get()
+            .scan_leaks(cfg.leak.threshold, cfg.leak.alert_threshold)
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> std::sync::Arc<Config> {
         self.inner.get().config()
@@ -1279,6 +1367,8 @@ impl PoolBuilder {
     #[cfg(not(loom))]
     fn leak_global(&self) -> GlobalPtr {
         let inner = NonNull::from(Box::leak(Box::new(PoolInner::new(self, true))));
+        // SAFETY: just made, leaked: lives forever.
+        unsafe { inner.as_ref() }.start_upkeep();
         if self.driver == DriverMode::Thread {
             PoolInner::start_driver_thread(inner);
         }
@@ -1292,6 +1382,8 @@ impl PoolBuilder {
             return Err(BuildError { problems });
         }
         let inner = NonNull::from(Box::leak(Box::new(PoolInner::new(&self, false))));
+        // SAFETY: just made; nothing can free it before this returns.
+        unsafe { inner.as_ref() }.start_upkeep();
         #[cfg(not(loom))]
         if self.driver == DriverMode::Thread {
             PoolInner::start_driver_thread(inner);

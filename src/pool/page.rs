@@ -79,6 +79,16 @@ impl Pages {
         unsafe { &*base.add(off) }
     }
 
+    /// The node at `idx` if its page exists (for scans over `0..fresh`, where a slot's page may
+    /// still be being allocated); `idx` is below the capacity.
+    pub(crate) fn try_get(&self, idx: u32) -> Option<&Node> {
+        let (page, off) = locate(idx);
+        let base = self.ptrs[page].load(Ordering::Acquire);
+        // SAFETY: a published page holds `self.len(page) > off` initialised nodes (`idx` is
+        // below the capacity) and lives as long as the pool (P3).
+        (!base.is_null()).then(|| unsafe { &*base.add(off) })
+    }
+
     /// Makes sure the page holding `idx` exists.
     pub(crate) fn ensure(&self, idx: u32) {
         let (page, _) = locate(idx);

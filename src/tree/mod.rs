@@ -719,6 +719,9 @@ pub(crate) fn tear_down(pool: &PoolInner, mut idx: u32) -> Deferred {
         if flags & F_FUNC == 0 && pool.metrics.on() {
             count_release(pool, me, node, meta.created, shard);
         }
+        if shard & node::S_BACKTRACE != 0 {
+            pool.forget_backtrace(idx, generation(node.life.load(Ordering::Relaxed)));
+        }
         node.state.store(0, Ordering::Relaxed);
         node.msg.store(core::ptr::null_mut(), Ordering::Relaxed);
         node.life

@@ -48,6 +48,10 @@ pub(crate) const D_DEADLINE: u16 = 0x2000;
 /// this node (descendants that inherited the deadline adopt it).
 pub(crate) const D_TIMER: u16 = 0x4000;
 
+/// A backtrace of this context's creation is stored in the pool's leak detector (module
+/// `leak`), to be removed when it is released.
+pub(crate) const S_BACKTRACE: u16 = 0x8000;
+
 /// Per-incarnation metadata, written while the slot is owned (pool P2).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Meta {
@@ -213,13 +217,14 @@ impl Node {
             .with_mut(|p| unsafe { *p = (*p & 0xFFFF_0000) | u32::from(shard) });
     }
 
-    /// Sets the deadline bits (`D_DEADLINE`, `D_TIMER`) of the shard field.
+    /// Sets the deadline and backtrace bits (`D_DEADLINE`, `D_TIMER`, `S_BACKTRACE`) of the
+    /// shard field.
     ///
     /// # Safety
     /// The caller owns the slot (pool P2).
     #[inline]
     pub(crate) unsafe fn set_deadline_bits(&self, bits: u16) {
-        let mask = u32::from(D_DEADLINE | D_TIMER);
+        let mask = u32::from(D_DEADLINE | D_TIMER | S_BACKTRACE);
         // SAFETY: the caller owns the slot exclusively.
         self.shard_flags
             .with_mut(|p| unsafe { *p = (*p & !mask) | u32::from(bits) });
