@@ -14,6 +14,10 @@
 //! - `create_drop_contended`: the same on two threads at once, under one shared parent.
 //! - `cancel_100k`: cancel a root with 100,000 children and check that every child reads
 //!   cancelled (building and dropping the tree are not timed).
+//! - `metrics_overhead` (ctxpool only, ids `off` and `on`): create and drop a child with a 30 s
+//!   deadline under a labelled root, in a pool with metrics disabled and one with them enabled
+//!   (every per-operation metric: created, released, lifetime and overrun histograms; the
+//!   root's own timer keeps the children from arming theirs, as in a request handler).
 //!
 //! Run with `cargo bench --bench context` (about a minute on 2 cores).
 
@@ -189,6 +193,27 @@ fn cancel_100k(c: &mut Criterion) {
     g.finish();
 }
 
+fn metrics_overhead(c: &mut Criterion) {
+    static REQUEST: ctxpool::Op = ctxpool::Op::new("request");
+    let mut g = c.benchmark_group("metrics_overhead");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for (id, enabled) in [("off", false), ("on", true)] {
+        let mut config = ctxpool::Config::default();
+        config.metrics.enabled = enabled;
+        let pool = Pool::builder().config(&config).build().unwrap();
+        let root = pool
+            .background()
+            .child()
+            .op(&REQUEST)
+            .with_timeout(Duration::from_secs(10));
+        g.bench_function(id, |b| {
+            b.iter(|| drop(black_box(root.with_timeout(Duration::from_secs(30)))))
+        });
+    }
+    g.finish();
+}
+
 // Written out instead of `criterion_group!`/`criterion_main!`, whose generated `pub fn` would
 // trip the crate's `missing_docs = "deny"` lint.
 fn main() {
@@ -196,5 +221,6 @@ fn main() {
     create_drop(&mut c);
     create_drop_contended(&mut c);
     cancel_100k(&mut c);
+    metrics_overhead(&mut c);
     c.final_summary();
 }

@@ -67,9 +67,11 @@ impl Buckets {
         self.ms.len() + 2
     }
 
-    #[inline]
+    #[inline(always)]
     fn observe(&self, slot: &Slot<'_>, ms: u64) {
-        let b = self.ms.partition_point(|&ub| ub < ms);
+        // Linear from the smallest bound: most contexts live a few milliseconds, so this
+        // usually stops at the first compare.
+        let b = self.ms.iter().position(|&ub| ms <= ub).unwrap_or(self.ms.len());
         add(slot, self.base + b, 1);
         add(slot, self.base + self.ms.len() + 1, ms);
     }
@@ -147,7 +149,7 @@ impl ContextMetrics {
     }
 
     /// The calling thread's words for operation `op` (`tid` from `pool.local()`).
-    #[inline]
+    #[inline(always)]
     fn slot(&self, op: u32, tid: Option<usize>) -> Slot<'_> {
         let cell = &self.ops[(op as usize).min(MAX_OPS)];
         let mut p = cell.load(Ordering::Acquire);

@@ -76,7 +76,7 @@ impl Slots {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn own(&self, t: usize) -> &[AtomicU64] {
         let mut p = self.chunks[t / CHUNK].load(Ordering::Acquire);
         if p.is_null() {
@@ -147,7 +147,7 @@ impl Drop for Slots {
 }
 
 /// Adds `n` to word `w` of the calling thread's slot.
-#[inline]
+#[inline(always)]
 pub(crate) fn add(slot: &Slot<'_>, w: usize, n: u64) {
     match slot {
         // M1: the only writer of this slot; Release for M2.
