@@ -111,8 +111,8 @@ fn stress_counts_add_up() {
         created += c.created;
         released += c.released;
         assert_eq!(c.active(), 0);
-        for r in 0..5 {
-            cancelled[r] += c.cancelled[r];
+        for (total, n) in cancelled.iter_mut().zip(c.cancelled) {
+            *total += n;
         }
     }
     assert_eq!(created, made.load(Ordering::Relaxed));
