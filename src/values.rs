@@ -34,7 +34,11 @@ pub struct Op {
 }
 
 /// The most operation labels with an id of their own (see [`Op`]).
+#[cfg(not(loom))]
 pub const MAX_OPS: usize = 1024;
+/// The most operation labels with an id of their own (kept small so loom models stay small).
+#[cfg(loom)]
+pub const MAX_OPS: usize = 8;
 
 /// Registered labels by id - 1; written once each under `OPS_LOCK`.
 static OPS: [StaticAtomicPtr<Op>; MAX_OPS] =

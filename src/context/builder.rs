@@ -313,7 +313,8 @@ fn create(
             let op = spec
                 .op
                 .map_or_else(|| parent.op().map_or(0, Op::id), Op::id);
-            pool.metrics.cancelled(op, crate::metrics::ops::R_EXHAUSTED);
+            pool.metrics
+                .cancelled(op, crate::metrics::ops::R_EXHAUSTED, me.map(|l| l.shard));
         }
         return Err(PoolExhausted {
             capacity: pool.capacity(),
@@ -409,7 +410,7 @@ fn create(
     if pool.metrics.on() {
         // SAFETY: published just now by us; the payload is immutable while it lives (P2).
         let op = node.payload.with(|p| unsafe { (*p).values.op });
-        pool.metrics.created(op, me.map(|l| l.tid));
+        pool.metrics.created(op, me.map(|l| l.shard));
     }
     if let Some(dl) = arm {
         pool.arm(me, idx, gen, dl);

@@ -1,7 +1,8 @@
-//! Per-operation context metrics, kept in sharded slots (module `sharded`, M1–M3).
+//! Per-operation context metrics, kept per thread in the pool's shards (the discipline of
+//! module `sharded`, M1–M3).
 //!
 //! Each operation label ([`Op`](crate::Op) id, 0 for contexts without one) gets, on first
-//! use in a pool, a block of per-thread words:
+//! use by a thread in a pool, a block of words in that thread's shard:
 //!
 //! ```text
 //!   created · released · cancelled[explicit, deadline, parent, exhausted, shutdown]
@@ -22,8 +23,9 @@
 //!
 //! With metrics disabled in the configuration, none of this runs: the hot path tests one flag.
 
-use crate::metrics::sharded::{add, Slot, Slots};
-use crate::sync::{AtomicBool, AtomicPtr, Ordering};
+use crate::metrics::sharded::{add, Slot};
+use crate::pool::shard::Shard;
+use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use crate::values::MAX_OPS;
 
 /// Cancellation reasons, in word order.
@@ -71,21 +73,25 @@ impl Buckets {
     fn observe(&self, slot: &Slot<'_>, ms: u64) {
         // Linear from the smallest bound: most contexts live a few milliseconds, so this
         // usually stops at the first compare.
-        let b = self.ms.iter().position(|&ub| ms <= ub).unwrap_or(self.ms.len());
+        let b = self
+            .ms
+            .iter()
+            .position(|&ub| ms <= ub)
+            .unwrap_or(self.ms.len());
         add(slot, self.base + b, 1);
         add(slot, self.base + self.ms.len() + 1, ms);
     }
 
-    fn snapshot(&self, slots: &Slots) -> crate::metrics::HistogramSnapshot {
+    fn snapshot(&self, blocks: &[&[AtomicU64]]) -> crate::metrics::HistogramSnapshot {
         let n = self.ms.len() + 1;
         let mut counts = vec![0u64; n];
         let mut sum_ms = 0u64;
-        slots.for_each(|s| {
+        for s in blocks {
             for (i, c) in counts.iter_mut().enumerate() {
                 *c = c.wrapping_add(s[self.base + i].load(Ordering::Acquire));
             }
             sum_ms = sum_ms.wrapping_add(s[self.base + n].load(Ordering::Acquire));
-        });
+        }
         crate::metrics::HistogramSnapshot {
             bounds: self.seconds.to_vec(),
             counts,
@@ -94,11 +100,92 @@ impl Buckets {
     }
 }
 
-/// The context metrics of one pool.
+/// Blocks of counter words by operation: one per shard (in `Shard::ops`), plus the shared
+/// overflow. Word 0 of a block holds its length; the counters start at word 1. A block is
+/// allocated on first use and freed with its shard or pool (M3).
+pub(crate) struct Blocks {
+    cells: Box<[AtomicPtr<AtomicU64>]>,
+}
+
+impl Blocks {
+    pub(crate) fn new() -> Self {
+        Blocks {
+            cells: (0..=MAX_OPS)
+                .map(|_| AtomicPtr::new(core::ptr::null_mut()))
+                .collect(),
+        }
+    }
+
+    /// The words of `op`'s block (without the length word), allocated with `width` counters
+    /// if needed.
+    #[inline(always)]
+    fn get(&self, op: u32, width: usize) -> &[AtomicU64] {
+        let cell = &self.cells[(op as usize).min(MAX_OPS)];
+        let mut p = cell.load(Ordering::Acquire);
+        if p.is_null() {
+            p = Self::alloc(cell, width);
+        }
+        // SAFETY: published by `alloc` with more than `width` words after word 0, freed only
+        // in `drop` (M3).
+        unsafe { core::slice::from_raw_parts(p.add(1), width) }
+    }
+
+    /// The counter words of `op`'s block, if it exists.
+    fn peek(&self, op: usize) -> Option<&[AtomicU64]> {
+        let p = self.cells[op].load(Ordering::Acquire);
+        // SAFETY: as in `get`; word 0 is the number of words after it.
+        (!p.is_null()).then(|| unsafe {
+            let len = (*p).load(Ordering::Relaxed) as usize;
+            core::slice::from_raw_parts(p.add(1), len)
+        })
+    }
+
+    #[cold]
+    fn alloc(cell: &AtomicPtr<AtomicU64>, width: usize) -> *mut AtomicU64 {
+        // Whole 128-byte lines, so that different threads' blocks share as little as possible.
+        let len = (width + 1).div_ceil(16) * 16;
+        let block: Box<[AtomicU64]> = (0..len)
+            .map(|i| AtomicU64::new(if i == 0 { len as u64 - 1 } else { 0 }))
+            .collect();
+        let fresh = Box::into_raw(block).cast::<AtomicU64>();
+        match cell.compare_exchange(
+            core::ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => fresh,
+            Err(winner) => {
+                // SAFETY: never shared; rebuilt with the length it was made with.
+                drop(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(fresh, len)) });
+                winner
+            }
+        }
+    }
+}
+
+impl Drop for Blocks {
+    fn drop(&mut self) {
+        for cell in self.cells.iter() {
+            let p = cell.load(Ordering::Acquire);
+            if !p.is_null() {
+                // SAFETY: allocated by `alloc`, whose word 0 is the length minus one (M3).
+                unsafe {
+                    let len = (*p).load(Ordering::Relaxed) as usize + 1;
+                    drop(Box::from_raw(core::ptr::slice_from_raw_parts_mut(p, len)));
+                }
+            }
+        }
+    }
+}
+
+/// The context metrics of one pool. The per-thread words live in each shard (`Shard::ops`),
+/// so an update loads the block pointer from the caller's shard, then loads and stores.
 pub(crate) struct ContextMetrics {
     /// `metrics.enabled` of the configuration in force.
     pub(crate) enabled: AtomicBool,
-    ops: Box<[AtomicPtr<Slots>]>,
+    /// Blocks of threads without a shard (tid T2), updated with `fetch_add`.
+    overflow: Blocks,
     lifetime: Buckets,
     overrun: Buckets,
     width: usize,
@@ -134,9 +221,7 @@ impl ContextMetrics {
         let width = base + lifetime.words() + overrun.words();
         ContextMetrics {
             enabled: AtomicBool::new(enabled),
-            ops: (0..=MAX_OPS)
-                .map(|_| AtomicPtr::new(core::ptr::null_mut()))
-                .collect(),
+            overflow: Blocks::new(),
             lifetime,
             overrun,
             width,
@@ -148,43 +233,19 @@ impl ContextMetrics {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// The calling thread's words for operation `op` (`tid` from `pool.local()`).
+    /// The calling thread's words for operation `op`: its shard's block (`shard` from
+    /// `pool.local()`; its owner is the only writer, M1), or the shared overflow block.
     #[inline(always)]
-    fn slot(&self, op: u32, tid: Option<usize>) -> Slot<'_> {
-        let cell = &self.ops[(op as usize).min(MAX_OPS)];
-        let mut p = cell.load(Ordering::Acquire);
-        if p.is_null() {
-            p = self.alloc(cell);
-        }
-        // SAFETY: published below, freed only in `drop` (M3).
-        let slots = unsafe { &*p };
-        match tid {
-            Some(t) => Slot::Own(slots.own(t)),
-            None => slots.slot(),
-        }
-    }
-
-    #[cold]
-    fn alloc(&self, cell: &AtomicPtr<Slots>) -> *mut Slots {
-        let fresh = Box::into_raw(Box::new(Slots::new(self.width)));
-        match cell.compare_exchange(
-            core::ptr::null_mut(),
-            fresh,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => fresh,
-            Err(winner) => {
-                // SAFETY: never shared.
-                drop(unsafe { Box::from_raw(fresh) });
-                winner
-            }
+    fn slot<'a>(&'a self, op: u32, shard: Option<&'a Shard>) -> Slot<'a> {
+        match shard {
+            Some(sh) => Slot::Own(sh.ops.get(op, self.width)),
+            None => Slot::Shared(self.overflow.get(op, self.width)),
         }
     }
 
     #[inline]
-    pub(crate) fn created(&self, op: u32, tid: Option<usize>) {
-        add(&self.slot(op, tid), W_CREATED, 1);
+    pub(crate) fn created(&self, op: u32, shard: Option<&Shard>) {
+        add(&self.slot(op, shard), W_CREATED, 1);
     }
 
     /// A context's release: its lifetime, and its overrun if it had a deadline that passed.
@@ -192,11 +253,11 @@ impl ContextMetrics {
     pub(crate) fn released(
         &self,
         op: u32,
-        tid: Option<usize>,
+        shard: Option<&Shard>,
         lifetime_ms: u32,
         overrun_ms: Option<u32>,
     ) {
-        let slot = self.slot(op, tid);
+        let slot = self.slot(op, shard);
         add(&slot, W_RELEASED, 1);
         self.lifetime.observe(&slot, u64::from(lifetime_ms));
         if let Some(o) = overrun_ms {
@@ -205,35 +266,38 @@ impl ContextMetrics {
     }
 
     #[inline]
-    pub(crate) fn cancelled(&self, op: u32, reason: usize) {
-        add(
-            &self.slot(op, crate::pool::tid::current()),
-            W_CANCELLED + reason,
-            1,
-        );
+    pub(crate) fn cancelled(&self, op: u32, reason: usize, shard: Option<&Shard>) {
+        add(&self.slot(op, shard), W_CANCELLED + reason, 1);
     }
 
-    /// Counts of every operation seen so far, by op id (0: no label).
-    pub(crate) fn snapshot(&self) -> Vec<(u32, OpCounts)> {
+    /// Counts of every operation seen so far, by op id (0: no label), summed over `shards`.
+    pub(crate) fn snapshot<'a>(&'a self, shards: &[&'a Shard]) -> Vec<(u32, OpCounts)> {
         let mut out = Vec::new();
-        for (op, cell) in self.ops.iter().enumerate() {
-            let p = cell.load(Ordering::Acquire);
-            if p.is_null() {
+        for op in 0..=MAX_OPS {
+            let blocks: Vec<&[AtomicU64]> = shards
+                .iter()
+                .filter_map(|sh| sh.ops.peek(op))
+                .chain(self.overflow.peek(op))
+                .collect();
+            if blocks.is_empty() {
                 continue;
             }
-            // SAFETY: published by `alloc`, freed only in `drop` (M3).
-            let slots = unsafe { &*p };
+            let sum = |w: usize| {
+                blocks
+                    .iter()
+                    .fold(0u64, |a, b| a.wrapping_add(b[w].load(Ordering::Acquire)))
+            };
             // M2: released first, so that created − released is never negative.
-            let released = slots.sum(W_RELEASED);
-            let created = slots.sum(W_CREATED);
+            let released = sum(W_RELEASED);
+            let created = sum(W_CREATED);
             out.push((
                 op as u32,
                 OpCounts {
                     created,
                     released,
-                    cancelled: core::array::from_fn(|r| slots.sum(W_CANCELLED + r)),
-                    lifetime: self.lifetime.snapshot(slots),
-                    overrun: self.overrun.snapshot(slots),
+                    cancelled: core::array::from_fn(|r| sum(W_CANCELLED + r)),
+                    lifetime: self.lifetime.snapshot(&blocks),
+                    overrun: self.overrun.snapshot(&blocks),
                 },
             ));
         }
@@ -253,18 +317,6 @@ impl ContextMetrics {
             cancelled: [0; 5],
             lifetime: h(&self.lifetime),
             overrun: h(&self.overrun),
-        }
-    }
-}
-
-impl Drop for ContextMetrics {
-    fn drop(&mut self) {
-        for cell in self.ops.iter() {
-            let p = cell.load(Ordering::Acquire);
-            if !p.is_null() {
-                // SAFETY: allocated by `alloc`; the pool is being freed (M3).
-                drop(unsafe { Box::from_raw(p) });
-            }
         }
     }
 }

@@ -293,9 +293,18 @@ impl PoolInner {
     }
 
     pub(crate) fn metrics_snapshot(&self) -> crate::metrics::MetricsSnapshot {
+        let shards: Vec<&Shard> = self
+            .shards
+            .iter()
+            .filter_map(|p| {
+                let p = p.load(Ordering::Acquire);
+                // SAFETY: published shards, freed only with the pool.
+                (!p.is_null()).then(|| unsafe { &**p })
+            })
+            .collect();
         let ops = self
             .metrics
-            .snapshot()
+            .snapshot(&shards)
             .into_iter()
             .map(|(id, c)| (crate::Op::by_id(id).map_or("none", crate::Op::name), c))
             .collect();

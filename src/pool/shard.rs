@@ -112,6 +112,8 @@ pub(crate) struct Shard {
     pub(crate) armed: AtomicU64,
     /// Deadlines this shard's owner cut to the maximum timeout (S4).
     pub(crate) clamped: AtomicU64,
+    /// Per-operation metric words counted by this shard's owner (S4, metrics M1).
+    pub(crate) ops: crate::metrics::ops::Blocks,
 }
 
 impl Drop for Shard {
@@ -136,6 +138,7 @@ impl Shard {
             ring: AtomicPtr::new(core::ptr::null_mut()),
             armed: AtomicU64::new(0),
             clamped: AtomicU64::new(0),
+            ops: crate::metrics::ops::Blocks::new(),
         }
     }
 

@@ -230,7 +230,8 @@ fn count_cancel(pool: &PoolInner, node: &Node, cause: Packed) {
     }
     // SAFETY: as above.
     let op = node.payload.with(|p| unsafe { (*p).values.op });
-    pool.metrics.cancelled(op, reason);
+    pool.metrics
+        .cancelled(op, reason, pool.local().map(|l| l.shard));
 }
 
 /// A caught panic, to be re-raised once the protocol step in progress is complete.
@@ -691,7 +692,7 @@ fn count_release(
     let overrun = (shard & D_DEADLINE != 0 && crate::time::clock::expired(now, dl))
         .then(|| now.wrapping_sub(dl));
     pool.metrics
-        .released(op, me.map(|l| l.tid), now.wrapping_sub(created), overrun);
+        .released(op, me.map(|l| l.shard), now.wrapping_sub(created), overrun);
 }
 
 /// Tears down a node that nothing can reach any more, returns its slot, and releases what it
