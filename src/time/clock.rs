@@ -96,8 +96,10 @@ impl std::fmt::Debug for ManualClock {
 
 /// A pool's time source.
 pub(crate) struct Clock {
-    /// Milliseconds since `epoch` (real clock); unused with a manual clock.
-    own: AtomicU64,
+    /// Milliseconds since `epoch` (real clock); unused with a manual clock. Written by the
+    /// driver every tick: on a line of its own, so that the pool's read-mostly fields next to
+    /// it do not bounce between the driver and the threads making contexts.
+    own: crossbeam_utils::CachePadded<AtomicU64>,
     epoch: Instant,
     manual: Option<ManualClock>,
 }
@@ -105,7 +107,7 @@ pub(crate) struct Clock {
 impl Clock {
     pub(crate) fn real() -> Self {
         Clock {
-            own: AtomicU64::new(0),
+            own: crossbeam_utils::CachePadded::new(AtomicU64::new(0)),
             epoch: Instant::now(),
             manual: None,
         }
@@ -113,7 +115,7 @@ impl Clock {
 
     pub(crate) fn manual(clock: &ManualClock) -> Self {
         Clock {
-            own: AtomicU64::new(0),
+            own: crossbeam_utils::CachePadded::new(AtomicU64::new(0)),
             epoch: clock.inner.epoch,
             manual: Some(clock.clone()),
         }

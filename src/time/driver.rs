@@ -174,10 +174,12 @@ pub(crate) struct Timers {
     pub(crate) clock: clock::Clock,
     /// Wheel tick in milliseconds (the timer resolution).
     pub(crate) resolution_ms: u32,
-    spill: Mutex<Spill>,
+    spill: crossbeam_utils::CachePadded<Mutex<Spill>>,
     spill_len: AtomicUsize,
-    state: Mutex<DriverState>,
-    pub(crate) counters: Counters,
+    /// Locked by every turn: on lines of its own.
+    state: crossbeam_utils::CachePadded<Mutex<DriverState>>,
+    /// Written by the driver every turn: on lines of their own (see `Clock::own`).
+    pub(crate) counters: crossbeam_utils::CachePadded<Counters>,
     /// The driver thread, to wake early and to stop.
     #[cfg(not(loom))]
     thread: std::sync::Mutex<Option<DriverThread>>,
@@ -197,19 +199,19 @@ impl Timers {
         let now = clock.refresh();
         Timers {
             resolution_ms,
-            spill: Mutex::new(Spill {
+            spill: crossbeam_utils::CachePadded::new(Mutex::new(Spill {
                 list: Vec::new(),
                 limit: MIN_COMPACT,
-            }),
+            })),
             spill_len: AtomicUsize::new(0),
-            state: Mutex::new(DriverState {
+            state: crossbeam_utils::CachePadded::new(Mutex::new(DriverState {
                 wheel: Wheel::new(now / u64::from(resolution_ms)),
                 spare: Vec::new(),
                 due: Vec::new(),
                 compact_at: MIN_COMPACT,
                 periodic: Vec::new(),
-            }),
-            counters: Counters::new(),
+            })),
+            counters: crossbeam_utils::CachePadded::new(Counters::new()),
             clock,
             #[cfg(not(loom))]
             thread: std::sync::Mutex::new(None),
