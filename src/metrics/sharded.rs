@@ -20,6 +20,8 @@
 //!   an update also sees everything the writer did before it (e.g. a release count read first
 //!   implies the matching creation count is visible: an `active` gauge computed as
 //!   created − released, reading `released` first, is never negative).
+//!   A snapshot read while a histogram is being updated may include an observation's bucket
+//!   count before its sum (the count is stored first).
 //! - **M3** chunks are allocated once (published by CAS) and freed only when the metric is
 //!   dropped.
 
@@ -333,9 +335,13 @@ impl ShardedHistogram {
         &self.bounds
     }
 
-    /// Records one observation.
+    /// Records one observation. A NaN is ignored (it belongs to no bucket, and would make the
+    /// sum NaN for good).
     #[inline]
     pub fn observe(&self, v: f64) {
+        if v.is_nan() {
+            return;
+        }
         let b = self.bounds.partition_point(|&ub| ub < v);
         let slot = self.slots.slot();
         add(&slot, b, 1);
