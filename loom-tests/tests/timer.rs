@@ -227,7 +227,8 @@ fn ring_full_spills_and_no_timer_is_lost() {
     SPILLED.report();
 }
 
-/// (b) Two producers each fill their ring and spill, contending on the shared spill list
+/// (b) Two producers each fill their ring (draining it themselves or spilling), contending on
+/// the driver's lock and the shared spill list
 /// (a mutex, plus its length hint read without it); then one turn fires all six timers.
 /// (With a third thread turning as well, the model takes minutes even at two preemptions;
 /// the ring draining under its producer is `ring_full_spills_and_no_timer_is_lost`.)
@@ -249,8 +250,10 @@ fn two_producers_spill_at_once() {
         assert_eq!(fired, 6, "a timer was lost: {st:?}");
         assert_eq!((st.armed, st.fired, st.stale), (6, 6, 0), "{st:?}");
         if cfg!(loom) {
-            // Two entries per ring under loom: each producer's third timer spilled.
-            assert_eq!(st.spilled, 2, "{st:?}");
+            // Two entries per ring under loom: a producer whose ring is half full drains it
+            // itself when the driver's lock is free, and spills only when it is not (the
+            // other producer draining), so at most each producer's third timer spilled.
+            assert!(st.spilled <= 2, "{st:?}");
         }
         drop(guards);
         assert_all_released(&pool);

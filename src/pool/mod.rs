@@ -244,9 +244,12 @@ impl PoolInner {
             Some(l) => {
                 Shard::bump(&l.shard.armed);
                 // SAFETY: `me` is this thread's shard (S1): we are its ring's producer (R1).
-                match unsafe { l.shard.ring().push(a) } {
+                // SAFETY: as above.
+                let ring = unsafe { l.shard.ring() };
+                // SAFETY: as above.
+                match unsafe { ring.push(a) } {
                     Push::Ok => {}
-                    Push::Wake => self.timers.wake(),
+                    Push::Wake => self.drain_own_ring(ring),
                     Push::Full => self.timers.spill(self, a),
                 }
             }

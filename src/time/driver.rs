@@ -285,6 +285,30 @@ impl Timers {
     }
 }
 
+/// Takes armed timer `a` into the wheel (or the due list) at wheel tick `now_w`; `false` if
+/// it was dropped as stale.
+#[inline]
+fn accept(pool: &PoolInner, st: &mut DriverState, a: Armed, now_w: u64, res: u64) -> bool {
+    // Due at the first wheel tick at or after the deadline (never early).
+    let when = a.deadline.div_ceil(res);
+    // A timer due soon goes straight in (firing checks the generation anyway, D1); one due
+    // later is dropped now if its context is already gone, which keeps most short-lived
+    // contexts out of the wheel. Each check costs a read of the node's line.
+    if when > now_w + 64 && !alive(pool, a.idx, a.gen) {
+        return false;
+    }
+    let e = Entry {
+        idx: a.idx,
+        gen: a.gen,
+        deadline: a.deadline as u32,
+        when,
+    };
+    if let Err(e) = st.wheel.insert(e) {
+        st.due.push(e);
+    }
+    true
+}
+
 /// Whether incarnation `gen` of slot `idx` may still be referenced (a hint: it can be released
 /// right after; firing re-checks with `try_upgrade`, D1).
 fn alive(pool: &PoolInner, idx: u32, gen: u32) -> bool {
@@ -294,6 +318,36 @@ fn alive(pool: &PoolInner, idx: u32, gen: u32) -> bool {
 }
 
 impl PoolInner {
+    /// Called by a ring's producer when its ring is half full: drains it into the wheel itself
+    /// if the driver's lock is free (it is then the ring's consumer, R1), which costs no system
+    /// call and reads nodes the producer made (in its own cache); otherwise wakes the driver.
+    /// Due entries go to the due list, fired by the next turn.
+    #[cold]
+    pub(crate) fn drain_own_ring(&self, ring: &super::ring::Ring) {
+        let t = &self.timers;
+        let mut guard = match t.state.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                t.wake();
+                return;
+            }
+        };
+        let res = u64::from(t.resolution_ms);
+        let now_w = t.clock.now64() / res;
+        let mut stale = 0u64;
+        // SAFETY: R1: we hold the driver lock, so we are the ring's only consumer.
+        unsafe {
+            ring.drain(|a| {
+                if !accept(self, &mut guard, a, now_w, res) {
+                    stale += 1;
+                }
+            })
+        };
+        drop(guard);
+        t.counters.stale.fetch_add(stale, Ordering::Relaxed);
+    }
+
     /// One turn of the driver; returns how many timers fired. A turn that finds another turn
     /// holding the wheel (on another thread) does nothing; timers fire outside that lock, so a
     /// callback that turns again works. A panic raised while firing (a callback, or a value's
@@ -314,23 +368,8 @@ impl PoolInner {
         let mut stale = 0u64;
         let now_w = now_ms / res;
         let mut accept = |st: &mut DriverState, a: Armed| {
-            // Due at the first wheel tick at or after the deadline (never early).
-            let when = a.deadline.div_ceil(res);
-            // A timer due soon goes straight in (firing checks the generation anyway, D1);
-            // one due later is dropped now if its context is already gone, which keeps most
-            // short-lived contexts out of the wheel. Each check costs a cache miss on the node.
-            if when > now_w + 64 && !alive(self, a.idx, a.gen) {
+            if !accept(self, st, a, now_w, res) {
                 stale += 1;
-                return;
-            }
-            let e = Entry {
-                idx: a.idx,
-                gen: a.gen,
-                deadline: a.deadline as u32,
-                when,
-            };
-            if let Err(e) = st.wheel.insert(e) {
-                st.due.push(e);
             }
         };
         // (b) rings, then the spill list.
