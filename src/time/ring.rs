@@ -11,14 +11,16 @@
 //!
 //! Arming is two plain stores and a `Release` store of `tail`; no compare-and-swap, no shared
 //! cache line written on the hot path (the driver reads `tail` once per turn). When the ring is
-//! half full the producer wakes the driver; when it is full the timer goes to the pool's
-//! shared spill list instead (a mutex; only reached when the driver falls behind).
+//! half full the producer drains it into the wheel itself if the driver's lock is free (else
+//! it wakes the driver); when it is full the timer goes to the pool's shared spill list
+//! instead (a mutex; only reached when the driver falls behind).
 //!
 //! Invariants (cited as **R1**..**R3**):
 //!
 //! - **R1** only the shard's owner (shard S1) writes `tail` and the entries at positions
-//!   `tail..head + CAPACITY`; only the driver, holding its lock, writes `head` and reads the
-//!   entries at `head..tail`.
+//!   `tail..head + CAPACITY`; only a thread holding the driver's lock — the driver, or the
+//!   owner draining its own half-full ring — writes `head` and reads the entries at
+//!   `head..tail`.
 //! - **R2** the producer writes an entry, then stores `tail` with `Release`; the consumer loads
 //!   `tail` with `Acquire` before reading entries below it. The consumer reads entries, then
 //!   stores `head` with `Release`; the producer loads `head` with `Acquire` before reusing a
