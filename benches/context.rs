@@ -22,9 +22,7 @@
 //! Run with `cargo bench --bench context` (about a minute on 2 cores).
 
 use std::hint::black_box;
-use std::sync::Barrier;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{BatchSize, Bencher, Criterion, SamplingMode, Throughput};
 use ctxpool::{CancelGuard, Context, Pool, Reason};
@@ -33,6 +31,10 @@ use tokio_util::sync::CancellationToken;
 /// The textbook cancellation tree `ctxpool` is measured against (shared with the demo).
 #[path = "support/naive.rs"]
 mod naive;
+
+/// The two-thread timing harness (shared with `benches/counters.rs`).
+#[path = "support/threads.rs"]
+mod threads;
 
 const CHILDREN: usize = 100_000;
 const THREADS: usize = 2;
@@ -71,28 +73,7 @@ fn create_drop(c: &mut Criterion) {
 /// The threads run in parallel, so the pair completes `THREADS` (2) ops per reported time;
 /// perfect scaling would report the same time as the uncontended `create_drop`.
 fn contended<P: Sync>(b: &mut Bencher<'_>, parent: &P, op: impl Fn(&P) + Sync) {
-    b.iter_custom(|iters| {
-        let start = Barrier::new(THREADS);
-        thread::scope(|s| {
-            let workers: Vec<_> = (0..THREADS)
-                .map(|_| {
-                    s.spawn(|| {
-                        start.wait();
-                        let t0 = Instant::now();
-                        for _ in 0..iters {
-                            op(parent);
-                        }
-                        t0.elapsed()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().expect("bench thread panicked"))
-                .max()
-                .unwrap_or_default()
-        })
-    });
+    b.iter_custom(|iters| threads::time_threads(THREADS, iters, parent, false, &op));
 }
 
 fn create_drop_contended(c: &mut Criterion) {

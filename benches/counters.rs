@@ -27,7 +27,6 @@
 //!
 //! Run with `cargo bench --features metrics --bench counters` (about 20 s).
 
-use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::thread;
@@ -35,6 +34,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{Bencher, Criterion};
 use ctxpool::metrics::ShardedCounter;
+
+/// The two-thread timing harness (shared with `benches/context.rs`).
+#[path = "support/threads.rs"]
+mod threads;
 
 const THREADS: usize = 2;
 
@@ -45,28 +48,7 @@ fn contended<S: Sync>(b: &mut Bencher<'_>, shared: &S, op: impl Fn(&S) + Sync) -
     let mut ops = 0;
     b.iter_custom(|iters| {
         ops += (iters + 1) * THREADS as u64;
-        let start = Barrier::new(THREADS);
-        thread::scope(|s| {
-            let workers: Vec<_> = (0..THREADS)
-                .map(|_| {
-                    s.spawn(|| {
-                        // One-time costs (thread id, slot chunk) stay out of the timing.
-                        op(shared);
-                        start.wait();
-                        let t0 = Instant::now();
-                        for _ in 0..iters {
-                            op(black_box(shared));
-                        }
-                        t0.elapsed()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().expect("bench thread panicked"))
-                .max()
-                .unwrap_or_default()
-        })
+        threads::time_threads(THREADS, iters, shared, true, &op)
     });
     ops
 }
