@@ -272,30 +272,90 @@ impl Spec {
 }
 
 /// A cancellable child of `parent` with a deadline and inherited values.
-#[inline]
+#[inline(always)]
 pub(crate) fn create_timed(
     parent: &Context,
     location: &'static Location<'static>,
     want: Want,
 ) -> Result<Context, PoolExhausted> {
-    let spec = Spec {
-        deadline: Some(want),
-        ..Spec::NONE
-    };
-    create(parent, location, &spec, Kind::Cancel)
+    Made::unpack(parent, create_timed_made(parent, location, want))
 }
 
 /// A cancellable child of `parent` with inherited values: `Context::with_cancel`'s fast path.
-#[inline]
+#[inline(always)]
 pub(crate) fn create_cancel(
     parent: &Context,
     location: &'static Location<'static>,
 ) -> Result<Context, PoolExhausted> {
-    create(parent, location, &Spec::NONE, Kind::Cancel)
+    Made::unpack(parent, create_cancel_made(parent, location))
 }
 
-/// Makes a child of `parent`.
-#[inline]
+/// `create_timed`, out of line, with `create` specialised for it (nothing overridden but the
+/// deadline).
+#[inline(never)]
+fn create_timed_made(parent: &Context, location: &'static Location<'static>, want: Want) -> Made {
+    let spec = Spec {
+        deadline: Some(want),
+        ..Spec::NONE
+    };
+    Made::pack(create(parent, location, &spec, Kind::Cancel))
+}
+
+/// `create_cancel`, out of line, with `create` specialised for it (nothing overridden).
+#[inline(never)]
+fn create_cancel_made(parent: &Context, location: &'static Location<'static>) -> Made {
+    Made::pack(create(parent, location, &Spec::NONE, Kind::Cancel))
+}
+
+/// What an out-of-line `create` returns: the new handle's slot and generation in one word
+/// (`idx | gen << 32`), which comes back in a register. A `Result<Context, _>` would come back
+/// through memory, written as two 4-byte stores that the caller reads back as one 8-byte load,
+/// which the CPU cannot forward from its store buffer: a stall on every context made.
+///
+/// A made node's reference travels inside (the handle is rebuilt from the parent's pool
+/// pointer, which is the new node's pool). A context born cancelled is `EXHAUSTED` with
+/// generation 1 (its parent was exhausted: a context) or 0 (this creation failed: an error),
+/// as in `Context::exhausted`.
+#[must_use = "a Made carries a reference on the node it names"]
+struct Made(u64);
+
+impl Made {
+    #[inline(always)]
+    fn pack(r: Result<Context, PoolExhausted>) -> Made {
+        match r {
+            Ok(ctx) => {
+                let word = u64::from(ctx.idx) | u64::from(ctx.gen) << 32;
+                if ctx.idx == EXHAUSTED {
+                    // Its pool reference is taken again by `unpack`.
+                    drop(ctx);
+                } else {
+                    // The node's reference moves into the word.
+                    core::mem::forget(ctx);
+                }
+                Made(word)
+            }
+            Err(_) => Made(u64::from(EXHAUSTED)),
+        }
+    }
+
+    #[inline(always)]
+    fn unpack(parent: &Context, m: Made) -> Result<Context, PoolExhausted> {
+        let (idx, gen) = (m.0 as u32, (m.0 >> 32) as u32);
+        if idx != EXHAUSTED {
+            Ok(Context::from_node(parent.pool, idx, gen))
+        } else if gen != 0 {
+            Ok(Context::exhausted(parent.pool_ref(), true))
+        } else {
+            Err(PoolExhausted {
+                capacity: parent.inner().capacity(),
+            })
+        }
+    }
+}
+
+/// Makes a child of `parent`. Inlined into each caller, so that what a caller does not
+/// override costs no test.
+#[inline(always)]
 fn create(
     parent: &Context,
     location: &'static Location<'static>,
@@ -308,7 +368,7 @@ fn create(
     }
     let pool = parent.inner();
     let me = pool.local();
-    let Some(idx) = pool.acquire(me) else {
+    let Some((idx, node)) = pool.acquire(me) else {
         if pool.metrics.on() {
             let op = spec
                 .op
@@ -320,8 +380,6 @@ fn create(
             capacity: pool.capacity(),
         });
     };
-    // SAFETY: `idx` was just acquired: we own the free slot (pool P2).
-    let node = unsafe { pool.node(idx) };
     // The parent, if it is a node; the caller's handle keeps it live (slot L1).
     // SAFETY: the index comes from a live handle of this pool.
     let pnode = parent.node_idx().map(|p| (p, unsafe { pool.node(p) }));
@@ -388,10 +446,12 @@ fn create(
         }
     });
     let mut arm = None;
+    // One read of the clock: the creation time, and what a deadline counts from.
+    let now = pool.timers.clock.now64();
     if let Some(want) = spec.deadline {
         // SAFETY: we own the slot (P2); its payload holds the parent's deadline, if any.
         let inherited = node.payload.with(|p| unsafe { (*p).values.deadline });
-        if let Some(dl) = own_deadline(pool, me, want, (dbits != 0).then_some(inherited)) {
+        if let Some(dl) = own_deadline(pool, me, now, want, (dbits != 0).then_some(inherited)) {
             // SAFETY: as above.
             node.payload
                 .with_mut(|p| unsafe { (*p).values.deadline = dl as u32 });
@@ -406,7 +466,7 @@ fn create(
             dbits |= S_BACKTRACE;
         }
     }
-    let gen = publish(pool, me, node, pnode, location, flags, dbits);
+    let gen = publish(pool, me, node, pnode, location, now as u32, flags, dbits);
     if pool.metrics.on() {
         // SAFETY: published just now by us; the payload is immutable while it lives (P2).
         let op = node.payload.with(|p| unsafe { (*p).values.op });
@@ -424,11 +484,11 @@ fn create(
 fn own_deadline(
     pool: &PoolInner,
     me: Option<Local<'_>>,
+    now: u64,
     want: Want,
     inherited: Option<u32>,
 ) -> Option<u64> {
     let clock = &pool.timers.clock;
-    let now = clock.now64();
     let (default_ms, max_ms) = pool.limits();
     let mut dl = match want {
         Want::After(d) => now.saturating_add(ceil_ms(d)),
@@ -450,27 +510,31 @@ fn own_deadline(
 }
 
 /// Finishes an acquired slot whose payload is written: takes what the new node holds on its
-/// parent (a lease or a reference, I1, I10) or, for a root, on the pool (P4); writes its
-/// metadata; and publishes it with one reference. Returns the generation.
+/// parent (a lease or a reference, I1, I10) or, for a root of a built pool, on the pool (P4);
+/// writes its metadata (`created` is the current tick); and publishes it with one reference.
+/// Returns the generation.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn publish(
     pool: &PoolInner,
     me: Option<Local<'_>>,
     node: &Node,
     pnode: Option<(u32, &Node)>,
     location: &'static Location<'static>,
+    created: u32,
     mut flags: u16,
     dbits: u16,
 ) -> u32 {
-    let parent = match pnode {
+    let (parent, leased) = match pnode {
         None => {
-            // A root holds a reference on its pool (P4), released by its teardown.
-            // SAFETY: the caller's handle keeps the pool alive.
-            let _ = unsafe { PoolRef::acquire(core::ptr::NonNull::from(pool)) }.into_raw();
-            flags |= F_POOL_REF;
-            // SAFETY: we own the slot (P2).
-            unsafe { node.set_leased(false) };
-            NIL
+            // A root of a built pool holds a reference on it (P4), released by its teardown;
+            // the global pool is never freed and keeps no count.
+            if !pool.is_global() {
+                // SAFETY: the caller's handle keeps the pool alive.
+                let _ = unsafe { PoolRef::acquire(core::ptr::NonNull::from(pool)) }.into_raw();
+                flags |= F_POOL_REF;
+            }
+            (NIL, false)
         }
         Some((p, pn)) => {
             let pgen = generation(pn.life.load(Ordering::Relaxed));
@@ -480,9 +544,7 @@ fn publish(
             if !leased {
                 pn.life.clone_ref();
             }
-            // SAFETY: we own the slot (P2).
-            unsafe { node.set_leased(leased) };
-            p
+            (p, leased)
         }
     };
     // SAFETY: we own the slot (P2); nobody reads these fields until `init` publishes it.
@@ -491,11 +553,10 @@ fn publish(
             *m = Meta {
                 location,
                 parent,
-                created: pool.timers.clock.now(),
+                created,
             }
         });
-        node.set_flags(flags);
-        node.set_deadline_bits(dbits);
+        node.set_incarnation(leased, dbits, flags);
     }
     node.life.init()
 }
@@ -514,5 +575,15 @@ pub(crate) fn init_func(
     // SAFETY: we own the slot (P2).
     node.payload
         .with_mut(|p| unsafe { p.write(Payload { func }) });
-    publish(pool, me, node, Some((parent, pn)), location, F_FUNC, 0)
+    let created = pool.timers.clock.now();
+    publish(
+        pool,
+        me,
+        node,
+        Some((parent, pn)),
+        location,
+        created,
+        F_FUNC,
+        0,
+    )
 }

@@ -93,7 +93,7 @@ impl Drop for CancelGuard {
                 let deferred = if !state::is_leased(node.state.load(Ordering::Acquire)) {
                     // No child, handle, waiter or registration can observe it: release it
                     // without cancelling, and with no zombie protocol needed.
-                    tree::tear_down(pool, idx)
+                    tree::tear_down_at(pool, idx, node)
                 } else {
                     // Children live or lived: cancel as the owner's drop must (they read it
                     // lazily through this node), then release it (maybe as a zombie).

@@ -467,7 +467,7 @@ impl Context {
         };
         let pool = self.inner();
         let me = pool.local();
-        let Some(fidx) = pool.acquire(me) else {
+        let Some((fidx, _)) = pool.acquire(me) else {
             return Err((
                 PoolExhausted {
                     capacity: pool.capacity(),

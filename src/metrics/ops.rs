@@ -102,17 +102,16 @@ impl Buckets {
 
 /// Blocks of counter words by operation: one per shard (in `Shard::ops`), plus the shared
 /// overflow. Word 0 of a block holds its length; the counters start at word 1. A block is
-/// allocated on first use and freed with its shard or pool (M3).
+/// allocated on first use and freed with its shard or pool (M3). The cells are inline (8 KiB),
+/// so that finding a block is one load from the shard the caller already has.
 pub(crate) struct Blocks {
-    cells: Box<[AtomicPtr<AtomicU64>]>,
+    cells: [AtomicPtr<AtomicU64>; MAX_OPS + 1],
 }
 
 impl Blocks {
     pub(crate) fn new() -> Self {
         Blocks {
-            cells: (0..=MAX_OPS)
-                .map(|_| AtomicPtr::new(core::ptr::null_mut()))
-                .collect(),
+            cells: core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut())),
         }
     }
 
@@ -243,7 +242,7 @@ impl ContextMetrics {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn created(&self, op: u32, shard: Option<&Shard>) {
         add(&self.slot(op, shard), W_CREATED, 1);
     }

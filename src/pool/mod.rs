@@ -31,7 +31,7 @@
 //!   every root node of it (a node whose parent is the pool's background) and every weak id
 //!   holds one reference; every other node keeps its parent, hence transitively a root, alive.
 //!   So at zero no node is live and no handle can reach the pages. The global pool is never
-//!   freed.
+//!   freed, and keeps no count (its roots take no reference).
 
 pub(crate) mod page;
 pub(crate) mod shard;
@@ -237,7 +237,7 @@ impl PoolInner {
     /// Hands the timer of incarnation `(idx, gen)`, due at tick `deadline`, to the
     /// driver: plain stores into this thread's arm ring (time R1..R3). `deadline` is the full
     /// tick.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn arm(&self, me: Option<Local<'_>>, idx: u32, gen: u32, deadline: u64) {
         let a = Armed { idx, gen, deadline };
         match me {
@@ -369,6 +369,12 @@ impl PoolInner {
         self.capacity
     }
 
+    /// Whether this is the process-wide pool (never freed; its roots hold no reference, P4).
+    #[inline]
+    pub(crate) fn is_global(&self) -> bool {
+        self.is_global
+    }
+
     /// The calling thread's id and shard, or `None` for a thread without an id (tid T2).
     #[inline]
     pub(crate) fn local(&self) -> Option<Local<'_>> {
@@ -412,20 +418,29 @@ impl PoolInner {
     }
 
     /// Takes a free slot for the calling thread (`me` is `self.local()`); the caller owns it
-    /// (P2) until it publishes a handle.
+    /// (P2) until it publishes a handle. Returns its index and node.
     #[inline]
-    pub(crate) fn acquire(&self, me: Option<Local<'_>>) -> Option<u32> {
+    pub(crate) fn acquire(&self, me: Option<Local<'_>>) -> Option<(u32, &Node)> {
+        if let Some(l) = me {
+            // SAFETY: S1: only the holder of id `l.tid` touches this local list.
+            let popped = l
+                .shard
+                .local
+                .with_mut(|list| unsafe { self.pop(&mut *list) });
+            if popped.is_some() {
+                Shard::bump(&l.shard.acquired);
+                return popped;
+            }
+        }
+        self.acquire_counted(me)
+    }
+
+    /// `acquire` past the thread's local list: the slow sources, and the counts.
+    #[cold]
+    fn acquire_counted(&self, me: Option<Local<'_>>) -> Option<(u32, &Node)> {
         let idx = match me {
             Some(l) => {
-                // SAFETY: S1: only the holder of id `l.tid` touches this local list.
-                let popped = l
-                    .shard
-                    .local
-                    .with_mut(|list| unsafe { self.pop(&mut *list) });
-                let idx = match popped {
-                    Some(idx) => Some(idx),
-                    None => self.acquire_slow(Some((l.tid, l.shard))),
-                };
+                let idx = self.acquire_slow(Some((l.tid, l.shard)));
                 if idx.is_some() {
                     Shard::bump(&l.shard.acquired);
                 }
@@ -439,23 +454,28 @@ impl PoolInner {
                 idx
             }
         };
-        if idx.is_none() {
-            self.exhausted.fetch_add(1, Ordering::Relaxed);
+        match idx {
+            // SAFETY: `idx` was just acquired, so it was handed out by `fresh` (P3).
+            Some(idx) => Some((idx, unsafe { self.node(idx) })),
+            None => {
+                self.exhausted.fetch_add(1, Ordering::Relaxed);
+                None
+            }
         }
-        idx
     }
 
-    /// Pops the head of a list whose nodes the caller owns.
+    /// Pops the head of a list whose nodes the caller owns; returns it with its node.
     #[inline]
-    fn pop(&self, list: &mut FreeList) -> Option<u32> {
+    fn pop(&self, list: &mut FreeList) -> Option<(u32, &Node)> {
         if list.head == NIL {
             return None;
         }
         let idx = list.head;
         // SAFETY: `idx` is on a free list, so it was handed out by `fresh` (P3).
-        list.head = unsafe { self.node(idx) }.next.load(Ordering::Relaxed);
+        let node = unsafe { self.node(idx) };
+        list.head = node.next.load(Ordering::Relaxed);
         list.len -= 1;
-        Some(idx)
+        Some((idx, node))
     }
 
     #[cold]

@@ -146,13 +146,24 @@ impl Shard {
     ///
     /// # Safety
     /// The caller holds the shard's thread id (S1): it is the ring's producer.
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn ring(&self) -> &Ring {
         let p = self.ring.load(Ordering::Acquire);
         if !p.is_null() {
-            // SAFETY: published below from `Box::into_raw`, freed only with the pool.
+            // SAFETY: published by `new_ring` from `Box::into_raw`, freed only with the pool.
             return unsafe { &*p };
         }
+        // SAFETY: forwarded contract: we are the shard's owner.
+        unsafe { self.new_ring() }
+    }
+
+    /// Allocates and publishes this shard's ring, on its first timer.
+    ///
+    /// # Safety
+    /// The caller holds the shard's thread id (S1): the only thread that stores `ring`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn new_ring(&self) -> &Ring {
         let fresh = Box::into_raw(Box::new(Ring::new()));
         // Release: the driver's `Acquire` load sees an initialised ring. Only the owner stores.
         self.ring.store(fresh, Ordering::Release);

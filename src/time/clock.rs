@@ -8,7 +8,7 @@
 //! driver within a tick.
 //!
 //! - **Real clock**: the driver's `turn` stores `epoch.elapsed()` in milliseconds into the
-//!   pool's tick word; the hot path reads that word (one relaxed load) and never calls
+//!   pool's own tick word; the hot path reads that word (one relaxed load) and never calls
 //!   `Instant::now()`. The tick lags real time by less than one driver period.
 //! - **Manual clock** ([`ManualClock`]): time moves only when the test calls
 //!   [`ManualClock::advance`]; the pool's tick word is the manual clock's.
@@ -45,20 +45,29 @@ pub struct ManualClock {
     inner: Arc<ManualInner>,
 }
 
+/// A tick word and its epoch: a manual clock's, or a pool's real clock's (then written by its
+/// driver every tick: on a line of its own, so that it does not bounce other data between the
+/// driver and the threads making contexts).
 struct ManualInner {
     /// Milliseconds since `epoch` (K1: only ever increased).
-    ms: AtomicU64,
+    ms: crossbeam_utils::CachePadded<AtomicU64>,
     epoch: Instant,
+}
+
+impl ManualInner {
+    fn new() -> Arc<Self> {
+        Arc::new(ManualInner {
+            ms: crossbeam_utils::CachePadded::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+        })
+    }
 }
 
 impl ManualClock {
     /// A manual clock reading zero.
     pub fn new() -> Self {
         ManualClock {
-            inner: Arc::new(ManualInner {
-                ms: AtomicU64::new(0),
-                epoch: Instant::now(),
-            }),
+            inner: ManualInner::new(),
         }
     }
 
@@ -96,37 +105,34 @@ impl std::fmt::Debug for ManualClock {
 
 /// A pool's time source.
 pub(crate) struct Clock {
-    /// Milliseconds since `epoch` (real clock); unused with a manual clock. Written by the
-    /// driver every tick: on a line of its own, so that the pool's read-mostly fields next to
-    /// it do not bounce between the driver and the threads making contexts.
-    own: crossbeam_utils::CachePadded<AtomicU64>,
+    /// The tick word: the real clock's own (milliseconds since `epoch`, refreshed by the
+    /// driver), or the manual clock's. Reading it is the same load either way.
+    tick: Arc<ManualInner>,
     epoch: Instant,
-    manual: Option<ManualClock>,
+    manual: bool,
 }
 
 impl Clock {
     pub(crate) fn real() -> Self {
+        let tick = ManualInner::new();
         Clock {
-            own: crossbeam_utils::CachePadded::new(AtomicU64::new(0)),
-            epoch: Instant::now(),
-            manual: None,
+            epoch: tick.epoch,
+            tick,
+            manual: false,
         }
     }
 
     pub(crate) fn manual(clock: &ManualClock) -> Self {
         Clock {
-            own: crossbeam_utils::CachePadded::new(AtomicU64::new(0)),
             epoch: clock.inner.epoch,
-            manual: Some(clock.clone()),
+            tick: clock.inner.clone(),
+            manual: true,
         }
     }
 
     #[inline]
     fn word(&self) -> &AtomicU64 {
-        match &self.manual {
-            Some(m) => &m.inner.ms,
-            None => &self.own,
-        }
+        &self.tick.ms
     }
 
     /// The current tick (full width).
@@ -143,35 +149,34 @@ impl Clock {
 
     /// Reads real time into the tick (the driver calls this every turn); returns the tick.
     pub(crate) fn refresh(&self) -> u64 {
-        match &self.manual {
-            Some(m) => m.inner.ms.load(Ordering::Acquire),
-            None => {
-                let t = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-                // K1: never backwards, whoever refreshes concurrently.
-                self.own.fetch_max(t, Ordering::Relaxed).max(t)
-            }
+        if self.manual {
+            self.word().load(Ordering::Acquire)
+        } else {
+            let t = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            // K1: never backwards, whoever refreshes concurrently.
+            self.word().fetch_max(t, Ordering::Relaxed).max(t)
         }
     }
 
     /// Milliseconds since the epoch, as precisely as the clock allows: `Instant::now()` for the
     /// real clock, the manual time otherwise. Also refreshes the real tick.
     pub(crate) fn precise_ms(&self) -> f64 {
-        match &self.manual {
-            Some(m) => m.inner.ms.load(Ordering::Acquire) as f64,
-            None => {
-                let e = self.epoch.elapsed();
-                let t = u64::try_from(e.as_millis()).unwrap_or(u64::MAX);
-                self.own.fetch_max(t, Ordering::Relaxed);
-                e.as_secs_f64() * 1e3
-            }
+        if self.manual {
+            self.word().load(Ordering::Acquire) as f64
+        } else {
+            let e = self.epoch.elapsed();
+            let t = u64::try_from(e.as_millis()).unwrap_or(u64::MAX);
+            self.word().fetch_max(t, Ordering::Relaxed);
+            e.as_secs_f64() * 1e3
         }
     }
 
     /// Nanoseconds since the epoch on the real clock (the manual clock's time otherwise).
     pub(crate) fn elapsed_nanos(&self) -> u128 {
-        match &self.manual {
-            Some(m) => u128::from(m.inner.ms.load(Ordering::Acquire)) * 1_000_000,
-            None => self.epoch.elapsed().as_nanos(),
+        if self.manual {
+            u128::from(self.word().load(Ordering::Acquire)) * 1_000_000
+        } else {
+            self.epoch.elapsed().as_nanos()
         }
     }
 
@@ -195,9 +200,10 @@ impl Clock {
 
     /// What is left until full tick `t`: precise for the real clock.
     pub(crate) fn remaining(&self, t: u64) -> Duration {
-        match &self.manual {
-            Some(_) => Duration::from_millis(t.saturating_sub(self.now64())),
-            None => self.instant(t).saturating_duration_since(Instant::now()),
+        if self.manual {
+            Duration::from_millis(t.saturating_sub(self.now64()))
+        } else {
+            self.instant(t).saturating_duration_since(Instant::now())
         }
     }
 }
@@ -216,9 +222,14 @@ pub(crate) fn expired(now: u32, deadline: u32) -> bool {
 }
 
 /// `d` in whole milliseconds, rounded up, saturating.
+#[inline]
 pub(crate) fn ceil_ms(d: Duration) -> u64 {
-    let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
-    u64::try_from(ms).unwrap_or(u64::MAX / 2)
+    // In `u64` (no 128-bit arithmetic on the hot path): whole seconds are whole milliseconds,
+    // so rounding the sub-second part up rounds the whole up.
+    d.as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_nanos().div_ceil(1_000_000)))
+        .min(u64::MAX / 2)
 }
 
 #[cfg(all(test, not(loom)))]
@@ -238,9 +249,12 @@ mod tests {
 
     #[test]
     fn ceil_rounds_up_partial_milliseconds() {
+        assert_eq!(ceil_ms(Duration::ZERO), 0);
         assert_eq!(ceil_ms(Duration::from_micros(1)), 1);
         assert_eq!(ceil_ms(Duration::from_millis(30)), 30);
         assert_eq!(ceil_ms(Duration::from_micros(30_001)), 31);
+        assert_eq!(ceil_ms(Duration::new(2, 999_999_999)), 3000);
+        assert_eq!(ceil_ms(Duration::MAX), u64::MAX / 2);
     }
 
     #[test]

@@ -285,18 +285,48 @@ impl Timers {
     }
 }
 
-/// Takes armed timer `a` into the wheel (or the due list) at wheel tick `now_w`; `false` if
-/// it was dropped as stale.
-#[inline]
-fn accept(pool: &PoolInner, st: &mut DriverState, a: Armed, now_w: u64, res: u64) -> bool {
-    // Due at the first wheel tick at or after the deadline (never early).
-    let when = a.deadline.div_ceil(res);
+/// What a drain needs to know about now: the resolution and the staleness horizon.
+#[derive(Clone, Copy)]
+struct DrainAt {
+    res: u64,
+    /// Deadlines (full ticks) after this are due more than 64 wheel ticks from now:
+    /// `deadline > far` iff `deadline.div_ceil(res) > now_w + 64`, with no division.
+    far: u64,
+}
+
+impl DrainAt {
+    fn new(now_w: u64, res: u64) -> Self {
+        DrainAt {
+            res,
+            far: (now_w + 64).saturating_mul(res),
+        }
+    }
+}
+
+/// Takes armed timer `a` into the wheel (or the due list); `false` if it was dropped as
+/// stale.
+#[inline(always)]
+fn accept(pool: &PoolInner, st: &mut DriverState, a: Armed, at: DrainAt) -> bool {
     // A timer due soon goes straight in (firing checks the generation anyway, D1); one due
     // later is dropped now if its context is already gone, which keeps most short-lived
-    // contexts out of the wheel. Each check costs a read of the node's line.
-    if when > now_w + 64 && !alive(pool, a.idx, a.gen) {
+    // contexts out of the wheel. Each check costs a read of the node's line; the common case
+    // (a stale entry) costs no division and no call.
+    if a.deadline > at.far && !alive(pool, a.idx, a.gen) {
         return false;
     }
+    insert(st, a, at.res);
+    true
+}
+
+/// Puts armed timer `a` into the wheel, or on the due list if it is due already.
+#[inline(never)]
+fn insert(st: &mut DriverState, a: Armed, res: u64) {
+    // Due at the first wheel tick at or after the deadline (never early).
+    let when = if res == 1 {
+        a.deadline
+    } else {
+        a.deadline.div_ceil(res)
+    };
     let e = Entry {
         idx: a.idx,
         gen: a.gen,
@@ -306,11 +336,11 @@ fn accept(pool: &PoolInner, st: &mut DriverState, a: Armed, now_w: u64, res: u64
     if let Err(e) = st.wheel.insert(e) {
         st.due.push(e);
     }
-    true
 }
 
 /// Whether incarnation `gen` of slot `idx` may still be referenced (a hint: it can be released
 /// right after; firing re-checks with `try_upgrade`, D1).
+#[inline]
 fn alive(pool: &PoolInner, idx: u32, gen: u32) -> bool {
     // SAFETY: `idx` was handed out by this pool (it came from a handle), P3.
     let w = unsafe { pool.node(idx) }.life.load(Ordering::Relaxed);
@@ -334,12 +364,12 @@ impl PoolInner {
             }
         };
         let res = u64::from(t.resolution_ms);
-        let now_w = t.clock.now64() / res;
+        let at = DrainAt::new(t.clock.now64() / res, res);
         let mut stale = 0u64;
         // SAFETY: R1: we hold the driver lock, so we are the ring's only consumer.
         unsafe {
             ring.drain(|a| {
-                if !accept(self, &mut guard, a, now_w, res) {
+                if !accept(self, &mut guard, a, at) {
                     stale += 1;
                 }
             })
@@ -367,8 +397,9 @@ impl PoolInner {
         t.counters.turns.fetch_add(1, Ordering::Relaxed);
         let mut stale = 0u64;
         let now_w = now_ms / res;
+        let at = DrainAt::new(now_w, res);
         let mut accept = |st: &mut DriverState, a: Armed| {
-            if !accept(self, st, a, now_w, res) {
+            if !accept(self, st, a, at) {
                 stale += 1;
             }
         };

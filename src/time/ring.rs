@@ -54,7 +54,7 @@ pub(crate) struct Armed {
 pub(crate) struct Ring {
     head: CachePadded<AtomicUsize>,
     tail: CachePadded<AtomicUsize>,
-    entries: Box<[UnsafeCell<Armed>]>,
+    entries: Box<[UnsafeCell<Armed>; CAPACITY]>,
 }
 
 // SAFETY: the cells are accessed per R1/R2: each position is written by the single producer
@@ -87,7 +87,9 @@ impl Ring {
                         deadline: 0,
                     })
                 })
-                .collect(),
+                .collect::<Box<[_]>>()
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("CAPACITY entries")),
         }
     }
 
@@ -95,7 +97,7 @@ impl Ring {
     ///
     /// # Safety
     /// The caller is the ring's producer: it holds its shard's thread id (R1).
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn push(&self, a: Armed) -> Push {
         let tail = self.tail.load(Ordering::Relaxed);
         let head = self.head.load(Ordering::Acquire);
@@ -106,7 +108,13 @@ impl Ring {
         // SAFETY: R1/R2: position `tail` is outside `head..tail`, so the consumer does not read
         // it until the `Release` store below, and the `Acquire` load of `head` ordered the
         // consumer's last read of it before this write.
-        self.entries[tail % CAPACITY].with_mut(|p| unsafe { p.write(a) });
+        // Field by field from registers: a 16-byte copy of `a` through the stack would be a
+        // load spanning two smaller stores, which the CPU cannot forward (a stall per timer).
+        self.entries[tail % CAPACITY].with_mut(|p| unsafe {
+            core::ptr::addr_of_mut!((*p).idx).write(a.idx);
+            core::ptr::addr_of_mut!((*p).gen).write(a.gen);
+            core::ptr::addr_of_mut!((*p).deadline).write(a.deadline);
+        });
         self.tail.store(tail.wrapping_add(1), Ordering::Release);
         if len + 1 == CAPACITY / 2 {
             Push::Wake

@@ -697,12 +697,17 @@ fn count_release(
 
 /// Tears down a node that nothing can reach any more, returns its slot, and releases what it
 /// held on its parent (iteratively, so a long chain cannot overflow the stack).
-pub(crate) fn tear_down(pool: &PoolInner, mut idx: u32) -> Deferred {
+pub(crate) fn tear_down(pool: &PoolInner, idx: u32) -> Deferred {
+    // SAFETY: we own the dying slot (L1, P2, I10).
+    tear_down_at(pool, idx, unsafe { pool.node(idx) })
+}
+
+/// [`tear_down`] of `idx`, whose node the caller already has.
+#[inline]
+pub(crate) fn tear_down_at<'p>(pool: &'p PoolInner, mut idx: u32, mut node: &'p Node) -> Deferred {
     let mut panic = None;
     let mut deferred = Deferred(None);
     let me = pool.local();
-    // SAFETY: we own the dying slot (L1, P2, I10).
-    let mut node = unsafe { pool.node(idx) };
     loop {
         if node.state.load(Ordering::Relaxed) & REGISTERED != 0 {
             unregister(pool, idx);

@@ -217,41 +217,21 @@ impl Node {
             .with_mut(|p| unsafe { *p = (*p & 0xFFFF_0000) | u32::from(shard) });
     }
 
-    /// Sets the deadline and backtrace bits (`D_DEADLINE`, `D_TIMER`, `S_BACKTRACE`) of the
-    /// shard field.
+    /// Writes the per-incarnation part of the shard field in one store, keeping the owner
+    /// shard (P1): the `LEASED` bit, the deadline and backtrace bits (`D_DEADLINE`, `D_TIMER`,
+    /// `S_BACKTRACE`) and the flags.
     ///
     /// # Safety
     /// The caller owns the slot (pool P2).
     #[inline]
-    pub(crate) unsafe fn set_deadline_bits(&self, bits: u16) {
-        let mask = u32::from(D_DEADLINE | D_TIMER | S_BACKTRACE);
-        // SAFETY: the caller owns the slot exclusively.
-        self.shard_flags
-            .with_mut(|p| unsafe { *p = (*p & !mask) | u32::from(bits) });
-    }
-
-    /// Sets or clears the `LEASED` bit of the shard field, keeping the owner shard.
-    ///
-    /// # Safety
-    /// The caller owns the slot (pool P2).
-    #[inline]
-    pub(crate) unsafe fn set_leased(&self, leased: bool) {
-        let bit = u32::from(crate::pool::LEASED);
+    pub(crate) unsafe fn set_incarnation(&self, leased: bool, dbits: u16, flags: u16) {
+        debug_assert_eq!(dbits & !(D_DEADLINE | D_TIMER | S_BACKTRACE), 0);
+        let leased = if leased { crate::pool::LEASED } else { 0 };
+        let low = u32::from(leased | dbits) | (u32::from(flags) << 16);
         // SAFETY: the caller owns the slot exclusively.
         self.shard_flags.with_mut(|p| unsafe {
-            *p = if leased { *p | bit } else { *p & !bit };
+            *p = (*p & u32::from(crate::pool::SHARD_MASK)) | low;
         });
-    }
-
-    /// Sets the flags, keeping the owner shard.
-    ///
-    /// # Safety
-    /// The caller owns the slot (pool P2).
-    #[inline]
-    pub(crate) unsafe fn set_flags(&self, flags: u16) {
-        // SAFETY: the caller owns the slot exclusively.
-        self.shard_flags
-            .with_mut(|p| unsafe { *p = (*p & 0xFFFF) | (u32::from(flags) << 16) });
     }
 }
 
