@@ -42,6 +42,9 @@
 //! - [`config`]: one [`Config`] (TOML/JSON with feature `serde`, on by default), validated with
 //!   every problem listed, swapped at run time by [`Pool::update_config`] without a lock on
 //!   the hot path.
+//! - [`propagation`]: pure parsers and writers for `traceparent`, `tracestate`, `baggage`,
+//!   `grpc-timeout`, `x-request-id` and `x-user-id` (W3C Trace Context, W3C Baggage, gRPC over
+//!   HTTP/2), bounded work on hostile input, and per-thread random trace, span and request ids.
 //! - one `sync` module through which every atomic goes, switched to loom with `--cfg loom`.
 
 #![deny(missing_docs)]
@@ -51,9 +54,12 @@
 
 pub mod config;
 mod context;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod leak;
 pub mod metrics;
 mod pool;
+pub mod propagation;
 mod sync;
 mod time;
 mod tree;

@@ -351,3 +351,52 @@ fn node_size_is_at_most_two_cache_lines() {
     const { assert!(ctxpool::NODE_SIZE <= 128) };
     assert_eq!(std::mem::size_of::<Context>(), 16);
 }
+
+#[test]
+fn traceparent_parse_and_format() {
+    use ctxpool::propagation::{format_traceparent, parse_traceparent, TRACEPARENT_LEN};
+    let mut buf = [0u8; TRACEPARENT_LEN];
+    let n = allocations(|| {
+        let tc = parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let tc = std::hint::black_box(tc).unwrap();
+        assert_eq!(tc, trace());
+        assert_eq!(format_traceparent(&tc, &mut buf).len(), TRACEPARENT_LEN);
+        assert!(
+            parse_traceparent(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_err()
+        );
+    });
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn request_ids_parse_and_generate() {
+    use ctxpool::propagation::{new_span_id, new_trace_id, XRequestId};
+    let n = allocations(|| {
+        let id = XRequestId::parse(std::hint::black_box(b"req-7f3a/eu-west-1")).unwrap();
+        assert_eq!(id.as_str().len(), 18);
+        std::hint::black_box(id.id());
+        let fresh = XRequestId::generate();
+        assert_eq!(
+            fresh.id().0,
+            u64::from_str_radix(fresh.as_str(), 16).unwrap()
+        );
+        assert!(XRequestId::parse(b"has space").is_err());
+        assert_ne!(new_trace_id(), 0);
+        assert_ne!(new_span_id(), 0);
+    });
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn grpc_timeout_and_user_id() {
+    use ctxpool::propagation::{
+        format_grpc_timeout, parse_grpc_timeout, parse_user_id, GRPC_TIMEOUT_MAX_LEN,
+    };
+    let mut buf = [0u8; GRPC_TIMEOUT_MAX_LEN];
+    let n = allocations(|| {
+        let d = parse_grpc_timeout(std::hint::black_box(b"250m")).unwrap();
+        assert_eq!(format_grpc_timeout(d, &mut buf), "250000u");
+        assert_eq!(parse_user_id(b"42"), Ok(UserId(42)));
+    });
+    assert_eq!(n, 0);
+}

@@ -9,12 +9,26 @@
 #[path = "support/tree_ops.rs"]
 mod tree_ops;
 
+#[path = "support/fuzz_checks.rs"]
+mod fuzz_checks;
+
+#[cfg(feature = "serde")]
+#[path = "support/fuzz_config.rs"]
+mod fuzz_config;
+
 use std::path::{Path, PathBuf};
 
 /// The driver for a fuzz target's inputs, by target name.
 fn driver(target: &str) -> Option<fn(&[u8])> {
     match target {
         "tree_ops" => Some(tree_ops::run),
+        "traceparent" => Some(fuzz_checks::traceparent),
+        "tracestate" => Some(fuzz_checks::tracestate),
+        "baggage" => Some(fuzz_checks::baggage),
+        "grpc_timeout" => Some(fuzz_checks::grpc_timeout),
+        "request_id" => Some(fuzz_checks::request_id),
+        #[cfg(feature = "serde")]
+        "config" => Some(fuzz_config::run),
         _ => None,
     }
 }
