@@ -1,0 +1,400 @@
+//! The example server's router and state, apart from `main` so that `tests/server.rs` can
+//! run the same router over loopback.
+//!
+//! Every request gets a context from [`ContextLayer`]: the incoming trace continues, the
+//! incoming `grpc-timeout` (or the configured default) is the deadline, and the response
+//! carries `x-request-id`. Work is done by spawned tasks holding child contexts, so that what
+//! stops it is the context (deadline, client gone, shutdown), not a dropped future.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use ctxpool::http::{ContextLayer, Propagator, RequestContext, HTTP_REQUEST};
+use ctxpool::{CancelGuard, Cause, Config, Context, Op, Pool};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+
+/// `GET /work`.
+pub static WORK: Op = Op::new("work");
+/// One sub-operation of `/work`.
+pub static WORK_PART: Op = Op::new("work_part");
+/// `GET /fanout`.
+pub static FANOUT: Op = Op::new("fanout");
+/// One outgoing call of `/fanout`.
+pub static FANOUT_CALL: Op = Op::new("fanout_call");
+/// The server's root context: every request is its child.
+pub static SERVER: Op = Op::new("server");
+
+/// How many observed cancellations `/debug/cancelled` keeps.
+const OBSERVED_CAP: usize = 1024;
+
+/// A cancellation a piece of work observed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Observed {
+    /// The request's `x-request-id`.
+    pub request_id: String,
+    /// The operation that observed it.
+    pub op: String,
+    /// The cause, as `Debug` text (e.g. `Parent(Cancelled(Message("client disconnected")))`).
+    pub cause: String,
+}
+
+/// The server's state, shared by every handler.
+pub struct App {
+    /// The pool every context lives in.
+    pub pool: Pool,
+    /// The propagator of the layer (and of outgoing calls).
+    pub propagator: Propagator,
+    /// The server's root: cancelling it with `Origin::Shutdown` cancels every request.
+    pub root: CancelGuard,
+    /// The address the server listens on (for `/fanout`'s calls to itself).
+    pub addr: SocketAddr,
+    /// Cancellations observed by work, newest last.
+    pub observed: Mutex<VecDeque<Observed>>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl App {
+    /// State for a server on `addr` with `pool`.
+    pub fn new(pool: Pool, addr: SocketAddr) -> Arc<App> {
+        let root = pool.background().child().op(&SERVER).with_cancel();
+        let propagator = Propagator::builder(&pool).parent(root.context()).build();
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Arc::new(App {
+            pool,
+            propagator,
+            root,
+            addr,
+            observed: Mutex::new(VecDeque::new()),
+            client,
+        })
+    }
+
+    fn observe(&self, request_id: &str, ctx: &Context) {
+        let Some(cause) = ctx.cause() else { return };
+        if cause == Cause::OwnerDropped {
+            return; // the normal end of a piece of work
+        }
+        let mut q = self.observed.lock().unwrap();
+        if q.len() == OBSERVED_CAP {
+            q.pop_front();
+        }
+        q.push_back(Observed {
+            request_id: request_id.to_owned(),
+            op: ctx.op().map_or("none", |o| o.name()).to_owned(),
+            cause: format!("{cause:?}"),
+        });
+    }
+
+    /// The Prometheus exposition: the pool's families, then the propagator's.
+    pub fn metrics_text(&self) -> String {
+        let mut out = self.pool.metrics().to_prometheus();
+        self.propagator.write_prometheus(&mut out);
+        out
+    }
+}
+
+/// The router, with the context layer and every endpoint.
+pub fn router(app: Arc<App>) -> Router {
+    let layer = ContextLayer::new(app.propagator.clone())
+        .op_for(|_, uri| match uri.path() {
+            "/work" => &WORK,
+            "/fanout" => &FANOUT,
+            _ => &HTTP_REQUEST,
+        })
+        .peer_from(|ext| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()));
+    Router::new()
+        .route("/work", get(work))
+        .route("/fanout", get(fanout))
+        .route("/metrics", get(metrics))
+        .route("/debug/leaks", get(leaks))
+        .route("/debug/config", get(get_config).put(put_config))
+        .route("/debug/cancelled", get(cancelled))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(layer)
+        .with_state(app)
+}
+
+/// Query of `/work`.
+#[derive(Deserialize)]
+pub struct WorkQuery {
+    /// Simulated work per part, in milliseconds.
+    #[serde(default)]
+    pub ms: u64,
+    /// Sub-operations run side by side.
+    #[serde(default)]
+    pub children: u32,
+}
+
+/// What `/work` answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkReply {
+    /// `x-request-id`.
+    pub request_id: String,
+    /// The trace id (32 hex digits).
+    pub trace_id: String,
+    /// This request's span id.
+    pub span_id: String,
+    /// The caller's span id, when the trace continued.
+    pub parent_span: Option<String>,
+    /// The incoming `grpc-timeout`, in milliseconds, if any.
+    pub incoming_timeout_ms: Option<f64>,
+    /// Time left when the handler started, in milliseconds.
+    pub remaining_ms: Option<f64>,
+    /// Parts that completed.
+    pub parts_done: u32,
+}
+
+fn hex_trace(ctx: &Context) -> (String, String) {
+    let t = ctx.trace().expect("the layer sets a trace");
+    (
+        format!("{:032x}", t.trace_id),
+        format!("{:016x}", t.span_id),
+    )
+}
+
+async fn work(
+    State(app): State<Arc<App>>,
+    Extension(rc): Extension<RequestContext>,
+    Query(q): Query<WorkQuery>,
+) -> Response {
+    let ctx = rc.context().clone();
+    let (trace_id, span_id) = hex_trace(&ctx);
+    let request_id = rc.meta().request_id().as_str().to_owned();
+    let remaining_ms = ctx.remaining().map(|d| d.as_secs_f64() * 1e3);
+    let parts = q.children.clamp(1, 64);
+    let ms = Duration::from_millis(q.ms.min(60_000));
+    // Each part is a spawned task with its own child context: it stops when the context
+    // is cancelled, whoever dropped what. (Detached tasks, not a `JoinSet`: a dropped
+    // `JoinSet` would abort them, and it is the context that must stop them.)
+    let mut tasks = Vec::with_capacity(parts as usize);
+    for _ in 0..parts {
+        let part = ctx.child().op(&WORK_PART).with_cancel();
+        let app = app.clone();
+        let request_id = request_id.clone();
+        tasks.push(tokio::spawn(async move {
+            let done = tokio::select! {
+                _ = tokio::time::sleep(ms) => true,
+                _ = part.cancelled() => false,
+            };
+            if !done {
+                app.observe(&request_id, &part);
+            }
+            done
+        }));
+    }
+    let mut parts_done = 0;
+    for task in tasks {
+        parts_done += u32::from(task.await.unwrap_or(false));
+    }
+    if let Some(err) = ctx.err() {
+        // The layer answers 504/503 itself once it sees the cancel; this is the race where
+        // the handler saw it first.
+        return (StatusCode::GATEWAY_TIMEOUT, format!("{err}\n")).into_response();
+    }
+    Json(WorkReply {
+        request_id,
+        trace_id,
+        span_id,
+        parent_span: rc.meta().parent_span().map(|s| format!("{s:016x}")),
+        incoming_timeout_ms: rc.meta().incoming_timeout().map(|d| d.as_secs_f64() * 1e3),
+        remaining_ms,
+        parts_done,
+    })
+    .into_response()
+}
+
+/// Query of `/fanout`.
+#[derive(Deserialize)]
+pub struct FanoutQuery {
+    /// Calls made side by side.
+    #[serde(default = "one")]
+    pub n: u32,
+    /// Hops: 1 calls `/work`, more calls `/fanout` with one hop less.
+    #[serde(default = "one")]
+    pub depth: u32,
+    /// `ms` passed on to `/work`.
+    #[serde(default)]
+    pub ms: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One outgoing call of `/fanout`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Call {
+    /// Its HTTP status (0 when it was not sent: the budget was spent).
+    pub status: u16,
+    /// The span id sent in its `traceparent`.
+    pub sent_span: Option<String>,
+    /// Its JSON answer, when it answered with JSON.
+    pub reply: Option<serde_json::Value>,
+}
+
+/// What `/fanout` answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FanoutReply {
+    /// `x-request-id`.
+    pub request_id: String,
+    /// The trace id.
+    pub trace_id: String,
+    /// This request's span id.
+    pub span_id: String,
+    /// Time left when the handler started, in milliseconds.
+    pub remaining_ms: Option<f64>,
+    /// Each call.
+    pub calls: Vec<Call>,
+}
+
+async fn fanout(
+    State(app): State<Arc<App>>,
+    Extension(rc): Extension<RequestContext>,
+    Query(q): Query<FanoutQuery>,
+) -> Response {
+    let ctx = rc.context().clone();
+    let (trace_id, span_id) = hex_trace(&ctx);
+    let remaining_ms = ctx.remaining().map(|d| d.as_secs_f64() * 1e3);
+    let n = q.n.clamp(1, 64);
+    let path = if q.depth <= 1 {
+        format!("/work?ms={}", q.ms)
+    } else {
+        format!("/fanout?n=1&depth={}&ms={}", q.depth.min(8) - 1, q.ms)
+    };
+    let mut tasks = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let call = ctx.child().op(&FANOUT_CALL).with_cancel();
+        let uri: axum::http::Uri = format!("http://{}{}", app.addr, path).parse().unwrap();
+        let mut req = Request::get(uri).body(Empty::<Bytes>::new()).unwrap();
+        let sent = rc.inject_for(&call, req.headers_mut(), Some(app.addr.ip()));
+        let app = app.clone();
+        let request_id = rc.meta().request_id().as_str().to_owned();
+        tasks.push(tokio::spawn(async move {
+            if sent.is_err() {
+                return Call {
+                    status: 0,
+                    sent_span: None,
+                    reply: None,
+                };
+            }
+            let sent_span = sent_span(req.headers());
+            let resp = tokio::select! {
+                r = app.client.request(req) => r.ok(),
+                _ = call.cancelled() => {
+                    app.observe(&request_id, &call);
+                    None
+                }
+            };
+            let Some(resp) = resp else {
+                return Call {
+                    status: 0,
+                    sent_span,
+                    reply: None,
+                };
+            };
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+            Call {
+                status,
+                sent_span,
+                reply: body.ok().and_then(|b| serde_json::from_slice(&b).ok()),
+            }
+        }));
+    }
+    let mut calls = Vec::with_capacity(n as usize);
+    for task in tasks {
+        if let Ok(c) = task.await {
+            calls.push(c);
+        }
+    }
+    Json(FanoutReply {
+        request_id: rc.meta().request_id().as_str().to_owned(),
+        trace_id,
+        span_id,
+        remaining_ms,
+        calls,
+    })
+    .into_response()
+}
+
+fn sent_span(h: &HeaderMap) -> Option<String> {
+    let tp = h.get("traceparent")?.to_str().ok()?;
+    tp.split('-').nth(2).map(str::to_owned)
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        app.metrics_text(),
+    )
+        .into_response()
+}
+
+async fn leaks(State(app): State<Arc<App>>) -> Response {
+    let report = app.pool.scan_leaks();
+    ([("content-type", "application/json")], report.to_json()).into_response()
+}
+
+async fn cancelled(State(app): State<Arc<App>>) -> Json<Vec<Observed>> {
+    Json(app.observed.lock().unwrap().iter().cloned().collect())
+}
+
+async fn get_config(State(app): State<Arc<App>>) -> Response {
+    (
+        [("content-type", "application/json")],
+        app.pool.config().to_json_string(),
+    )
+        .into_response()
+}
+
+/// `PUT /debug/config`: a whole configuration, JSON (or TOML with `content-type:
+/// application/toml`). Validated first: `400` with every problem, the old configuration in
+/// force; `200` with the new one otherwise.
+async fn put_config(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let text = match std::str::from_utf8(&body) {
+        Ok(t) => t,
+        Err(_) => return problems_response(&[("".into(), "the body is not UTF-8".into())]),
+    };
+    let toml = headers
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/toml"));
+    let parsed = if toml {
+        Config::from_toml_str(text)
+    } else {
+        Config::from_json_str(text)
+    };
+    let result = parsed.and_then(|cfg| app.pool.update_config(cfg));
+    match result {
+        Ok(()) => get_config(State(app)).await,
+        Err(e) => {
+            let problems: Vec<(String, String)> = e
+                .problems
+                .iter()
+                .map(|p| (p.key.clone(), p.message.clone()))
+                .collect();
+            problems_response(&problems)
+        }
+    }
+}
+
+fn problems_response(problems: &[(String, String)]) -> Response {
+    let list: Vec<serde_json::Value> = problems
+        .iter()
+        .map(|(k, m)| serde_json::json!({ "key": k, "message": m }))
+        .collect();
+    let mut resp = Json(serde_json::json!({ "problems": list })).into_response();
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    resp
+}

@@ -1,0 +1,257 @@
+//! The tower layer: a request context per request (feature `tower`).
+//!
+//! Per request, [`ContextService`]:
+//!
+//! 1. extracts a request context from the headers and the peer address
+//!    ([`Propagator::extract_op`], with the route's operation label), and puts a
+//!    [`RequestContext`] into the request's extensions;
+//! 2. runs the inner service's future until it completes or the context is cancelled,
+//!    whichever is first. The context's deadline (incoming `grpc-timeout` or the default
+//!    timeout, clamped to `max_timeout`) is enforced here: past it the inner future is dropped
+//!    and the response is `504 Gateway Timeout`, or, for a gRPC request (`content-type:
+//!    application/grpc…`), a trailers-only `200` with `grpc-status: 4` (DEADLINE_EXCEEDED).
+//!    A context cancelled at shutdown or born cancelled at pool exhaustion gets `503`
+//!    (`grpc-status: 14` / `8`);
+//! 3. puts `x-request-id` on the response;
+//! 4. when the response future is dropped before it completes (the client went away, or a
+//!    server-wide timeout dropped it), cancels the context with [`CLIENT_DISCONNECTED`], so
+//!    every sub-operation watching it stops; after a response the context ends as a normal
+//!    request does (`OwnerDropped`, not counted as a cancellation).
+//!
+//! Per-route metrics come from the pool: the operation label chosen by
+//! [`ContextLayer::op_for`] labels the context, so `ctxpool_contexts_created_total{op}`,
+//! `ctxpool_contexts_cancelled_total{op,reason}` (deadline, explicit = client disconnected,
+//! shutdown, exhausted) and the lifetime histogram are per route.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use ::http::header::{HeaderValue, CONTENT_TYPE};
+use ::http::{Method, Request, Response, StatusCode, Uri};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{Propagator, RequestContext, CLIENT_DISCONNECTED, X_REQUEST_ID};
+use crate::{CancelGuard, Cause, ContextError, Op, Origin};
+
+/// Chooses a request's operation label from its method and URI.
+pub type OpFor = Arc<dyn Fn(&Method, &Uri) -> &'static Op + Send + Sync>;
+
+/// Finds a request's peer address (e.g. from axum's `ConnectInfo`).
+pub type PeerOf = Arc<dyn Fn(&::http::Extensions) -> Option<IpAddr> + Send + Sync>;
+
+/// A tower [`Layer`] giving every request a context; see the [module docs](self).
+///
+/// ```
+/// use ctxpool::http::{ContextLayer, Propagator};
+/// use ctxpool::{Op, Pool};
+///
+/// static WORK: Op = Op::new("GET /work");
+/// let pool = Pool::builder().build().unwrap();
+/// let layer = ContextLayer::new(Propagator::new(&pool))
+///     .op_for(|_method, uri| if uri.path() == "/work" { &WORK } else { &ctxpool::http::HTTP_REQUEST })
+///     .peer_from(|ext| ext.get::<std::net::SocketAddr>().map(|a| a.ip()));
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct ContextLayer {
+    propagator: Propagator,
+    op_for: Option<OpFor>,
+    peer_of: Option<PeerOf>,
+}
+
+impl std::fmt::Debug for ContextLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContextLayer")
+            .field("propagator", &self.propagator)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ContextLayer {
+    /// A layer extracting with `propagator`; the operation label is the propagator's and the
+    /// peer is unknown (so `x-user-id` is never trusted) until set.
+    pub fn new(propagator: Propagator) -> Self {
+        ContextLayer {
+            propagator,
+            op_for: None,
+            peer_of: None,
+        }
+    }
+
+    /// Labels each request's context with `f(method, uri)` (one label per route keeps the
+    /// metrics' cardinality bounded: return a static `Op` per route, never one per path).
+    pub fn op_for(
+        mut self,
+        f: impl Fn(&Method, &Uri) -> &'static Op + Send + Sync + 'static,
+    ) -> Self {
+        self.op_for = Some(Arc::new(f));
+        self
+    }
+
+    /// Reads the peer address from the request's extensions with `f` (needed for
+    /// `x-user-id` from `trusted_peers`).
+    pub fn peer_from(
+        mut self,
+        f: impl Fn(&::http::Extensions) -> Option<IpAddr> + Send + Sync + 'static,
+    ) -> Self {
+        self.peer_of = Some(Arc::new(f));
+        self
+    }
+}
+
+impl<S> Layer<S> for ContextLayer {
+    type Service = ContextService<S>;
+
+    fn layer(&self, inner: S) -> ContextService<S> {
+        ContextService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`ContextLayer`].
+#[derive(Clone, Debug)]
+pub struct ContextService<S> {
+    inner: S,
+    layer: ContextLayer,
+}
+
+/// The response future of [`ContextService`] (boxed: it owns the request context and waits
+/// on it beside the inner future).
+pub type ResponseFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ContextService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Response<ResBody>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let layer = &self.layer;
+        let peer = layer.peer_of.as_ref().and_then(|f| f(req.extensions()));
+        let op = match &layer.op_for {
+            Some(f) => f(req.method(), req.uri()),
+            None => layer.propagator.shared.op,
+        };
+        let grpc = is_grpc(&req);
+        let (guard, meta) = layer
+            .propagator
+            .extract_op(req.headers(), peer, op)
+            .into_parts();
+        let request_id = HeaderValue::from_str(meta.request_id().as_str())
+            .expect("a request id is visible ASCII");
+        let ctx = guard.context();
+        req.extensions_mut().insert(RequestContext::new(
+            ctx.clone(),
+            Arc::new(meta),
+            layer.propagator.clone(),
+        ));
+        // The clone that was driven to readiness serves this request (tower's contract).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let fut = (!ctx.is_cancelled()).then(|| inner.call(req));
+        // Moved into the future, so that dropping it even before its first poll counts as
+        // the client going away.
+        let owner = Owner(Some(guard));
+        Box::pin(async move {
+            let mut owner = owner;
+            let result = match fut {
+                Some(fut) => {
+                    let fut = std::pin::pin!(fut);
+                    race(fut, &ctx).await
+                }
+                None => None,
+            };
+            // Completed (or cancelled) here: the context ends normally from now on.
+            let guard = owner.0.take().expect("owner taken once");
+            let mut resp = match result {
+                Some(Ok(resp)) => resp,
+                Some(Err(e)) => return Err(e),
+                None => cancelled_response(ctx.cause(), grpc),
+            };
+            resp.headers_mut().insert(X_REQUEST_ID, request_id);
+            drop(guard);
+            Ok(resp)
+        })
+    }
+}
+
+/// Owns the request's `CancelGuard` while the response future is alive; dropped early, the
+/// client went away.
+struct Owner(Option<CancelGuard>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if let Some(guard) = self.0.take() {
+            guard.cancel(CLIENT_DISCONNECTED);
+        }
+    }
+}
+
+/// Polls `fut` until it completes (`Some`) or `ctx` is cancelled (`None`), the inner future
+/// first, so a response that is ready wins over a deadline that passed at the same time.
+async fn race<F: Future>(mut fut: Pin<&mut F>, ctx: &crate::Context) -> Option<F::Output> {
+    let mut cancelled = std::pin::pin!(ctx.cancelled());
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The response for a request whose context was cancelled before the inner service answered.
+fn cancelled_response<B: Default>(cause: Option<Cause>, grpc: bool) -> Response<B> {
+    let (status, grpc_status, message) = match cause {
+        Some(c) if c.error() == ContextError::DeadlineExceeded => {
+            (StatusCode::GATEWAY_TIMEOUT, "4", "deadline exceeded")
+        }
+        Some(c) if c.origin() == Origin::Shutdown => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "14",
+            "server shutting down",
+        ),
+        Some(c) if c.origin() == Origin::PoolExhausted => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "8",
+            "request contexts exhausted",
+        ),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "1", "request cancelled"),
+    };
+    let mut resp = Response::new(B::default());
+    if grpc {
+        // A trailers-only gRPC response: HTTP 200, the status in the headers.
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from_static(grpc_status));
+        h.insert("grpc-message", HeaderValue::from_static(message));
+    } else {
+        *resp.status_mut() = status;
+    }
+    resp
+}

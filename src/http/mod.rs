@@ -1,0 +1,959 @@
+//! Propagation over HTTP headers (feature `http`) and a tower layer (feature `tower`).
+//!
+//! A [`Propagator`] turns an incoming request's headers and peer address into a request
+//! context ([`Propagator::extract`]) and carries a context onto an outgoing call's headers
+//! ([`Propagator::inject`]). The header grammars are in [`crate::propagation`]; this module
+//! decides what to do with each header:
+//!
+//! | header | incoming | outgoing |
+//! |---|---|---|
+//! | `traceparent` | kept when valid (one line); otherwise a new trace starts, and `tracestate` is ignored | same trace id and flags, a new span id per call |
+//! | `tracestate` | all lines combined; invalid or over 32 members → dropped whole | passed on unchanged |
+//! | `baggage` | all lines combined; invalid members dropped, over the limits → dropped whole | passed on |
+//! | `x-request-id` | kept when well-formed (1–128 visible ASCII bytes, one line); generated otherwise | passed on; echoed on the response by the layer |
+//! | `grpc-timeout` | the request's deadline, clamped to `max_timeout`; invalid → `default_timeout` | the remaining time minus `outbound_deadline_margin`; an expired budget is not sent, the call fails fast |
+//! | `x-user-id` | honoured only from a peer in `propagation.trusted_peers` | sent only to a trusted destination, unless [`PropagatorBuilder::forward_user_id`] |
+//!
+//! Every header that is ignored, dropped or replaced is counted by header and reason
+//! ([`Propagator::stats`], rendered by [`Propagator::write_prometheus`] as
+//! `ctxpool_propagation_rejected_total{header,reason}`); nothing in a header can make
+//! extraction panic, allocate without bound or fail: the worst a hostile header gets is a
+//! fresh trace, a generated request id and the default deadline.
+//!
+//! Invariants:
+//!
+//! - H1. `extract` always returns a request context: a child of the propagator's parent (or a
+//!   request root of the pool) with a deadline (the incoming `grpc-timeout`, else the
+//!   configured `default_timeout`; either way clamped to `max_timeout` by the pool, which
+//!   counts the clamp). At pool exhaustion it is born cancelled with `PoolExhausted`.
+//! - H2. Extracting a request whose only propagation header is a valid `traceparent`
+//!   allocates nothing (`tests/alloc_free.rs`); the request id is inline, and an empty
+//!   `tracestate`/`baggage` owns no buffer.
+//! - H3. `inject` never sends a deadline the context does not have: the budget is the
+//!   remaining time minus the margin, rounded down (`format_grpc_timeout`); when nothing is
+//!   left, no header is written and the call gets `Err(ContextError::DeadlineExceeded)`.
+//! - H4. The configuration (trusted peers, timeouts, margin) is read once per call from the
+//!   pool's current configuration ([`Pool::config`]), so a runtime update applies to the next
+//!   request.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::Config;
+use crate::propagation::{
+    format_grpc_timeout, format_traceparent, new_span_id, new_trace_id, parse_grpc_timeout,
+    parse_traceparent, parse_user_id, Baggage, BaggageError, GrpcTimeoutError, RequestIdError,
+    TraceParentError, TraceState, TraceStateError, UserIdError, XRequestId, GRPC_TIMEOUT_MAX_LEN,
+    TRACEPARENT_LEN,
+};
+use crate::{CancelGuard, Context, ContextError, Op, Pool, Reason, TraceContext, UserId};
+
+#[cfg(feature = "tower")]
+mod layer;
+#[cfg(feature = "tower")]
+pub use layer::{ContextLayer, ContextService, ResponseFuture};
+
+/// `traceparent` (W3C Trace Context).
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// `tracestate` (W3C Trace Context).
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// `baggage` (W3C Baggage).
+pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+/// `x-request-id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `grpc-timeout` (gRPC over HTTP/2).
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+/// `x-user-id`.
+pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+
+/// The reason a request context is cancelled with when its client goes away (the layer's
+/// response future is dropped before the response is ready).
+pub const CLIENT_DISCONNECTED: Reason = Reason::Message("client disconnected");
+
+/// The operation label of request contexts made by a propagator without one of its own.
+pub static HTTP_REQUEST: Op = Op::new("http_request");
+
+/// Turns request headers into request contexts and contexts into outgoing headers.
+///
+/// Cheap to clone (one `Arc`); share one per server.
+///
+/// ```
+/// use ctxpool::http::{Propagator, TRACEPARENT};
+/// use ctxpool::Pool;
+/// use http::HeaderMap;
+///
+/// let pool = Pool::builder().build().unwrap();
+/// let propagator = Propagator::new(&pool);
+///
+/// let mut incoming = HeaderMap::new();
+/// incoming.insert(
+///     TRACEPARENT,
+///     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap(),
+/// );
+/// incoming.insert("grpc-timeout", "250m".parse().unwrap());
+/// let req = propagator.extract(&incoming, None);
+/// assert_eq!(req.context().trace().unwrap().trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+/// assert!(req.context().remaining().unwrap() <= std::time::Duration::from_millis(250));
+///
+/// // An outgoing call: same trace, a new span, the remaining time minus the margin.
+/// let mut outgoing = HeaderMap::new();
+/// propagator.inject(&req.context(), req.meta(), &mut outgoing, None).unwrap();
+/// let tp = outgoing[TRACEPARENT].to_str().unwrap();
+/// assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+/// assert!(outgoing.contains_key("grpc-timeout"));
+/// assert_eq!(outgoing["x-request-id"], req.meta().request_id().as_str());
+/// ```
+#[derive(Clone)]
+pub struct Propagator {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    pool: Pool,
+    parent: Option<Context>,
+    op: &'static Op,
+    forward_user_id: bool,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Propagator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Propagator")
+            .field("op", &self.shared.op.name())
+            .field("parent", &self.shared.parent.as_ref().map(|p| p.id()))
+            .field("forward_user_id", &self.shared.forward_user_id)
+            .finish()
+    }
+}
+
+/// Builds a [`Propagator`]; made by [`Propagator::builder`].
+#[derive(Debug)]
+#[must_use = "a PropagatorBuilder does nothing until build is called"]
+pub struct PropagatorBuilder {
+    pool: Pool,
+    parent: Option<Context>,
+    op: &'static Op,
+    forward_user_id: bool,
+}
+
+impl PropagatorBuilder {
+    /// Makes request contexts children of `parent` instead of request roots of the pool:
+    /// cancelling `parent` (e.g. with [`Origin::Shutdown`](crate::Origin::Shutdown) at
+    /// shutdown) cancels every request in flight. `parent`'s pool must be the propagator's.
+    pub fn parent(mut self, parent: Context) -> Self {
+        self.parent = Some(parent);
+        self
+    }
+
+    /// The operation label of request contexts (default [`HTTP_REQUEST`]); the tower layer
+    /// can choose one per route instead.
+    pub fn op(mut self, op: &'static Op) -> Self {
+        self.op = op;
+        self
+    }
+
+    /// Sends `x-user-id` to every destination, trusted or not (default: only to addresses in
+    /// `propagation.trusted_peers`).
+    pub fn forward_user_id(mut self, yes: bool) -> Self {
+        self.forward_user_id = yes;
+        self
+    }
+
+    /// The propagator.
+    pub fn build(self) -> Propagator {
+        Propagator {
+            shared: Arc::new(Shared {
+                pool: self.pool,
+                parent: self.parent,
+                op: self.op,
+                forward_user_id: self.forward_user_id,
+                stats: Stats::new(),
+            }),
+        }
+    }
+}
+
+/// What a request carried besides what lives in its context node: the trace state, the
+/// baggage, the request id's text, and where the deadline came from.
+///
+/// The trace id, span id, flags, request id (as a number) and user id are also in the
+/// context itself ([`Context::trace`], [`Context::request_id`], [`Context::user_id`]), and
+/// inherited by its children.
+#[derive(Clone, Debug, Default)]
+pub struct Propagated {
+    parent_span: Option<u64>,
+    tracestate: TraceState,
+    baggage: Baggage,
+    request_id: Option<XRequestId>,
+    user_id: Option<UserId>,
+    timeout: Option<Duration>,
+}
+
+impl Propagated {
+    /// The caller's span id (the `parent-id` of a valid incoming `traceparent`); `None` when
+    /// this request started a new trace.
+    pub fn parent_span(&self) -> Option<u64> {
+        self.parent_span
+    }
+
+    /// The incoming `tracestate` (empty when absent or dropped).
+    pub fn tracestate(&self) -> &TraceState {
+        &self.tracestate
+    }
+
+    /// The incoming baggage (empty when absent or dropped).
+    pub fn baggage(&self) -> &Baggage {
+        &self.baggage
+    }
+
+    /// Mutable baggage, to add entries sent on outgoing calls.
+    pub fn baggage_mut(&mut self) -> &mut Baggage {
+        &mut self.baggage
+    }
+
+    /// The request id: the incoming one when well-formed, else a generated one.
+    pub fn request_id(&self) -> XRequestId {
+        self.request_id.unwrap_or_else(XRequestId::generate)
+    }
+
+    /// The user id, when a trusted peer sent a valid one.
+    pub fn user_id(&self) -> Option<UserId> {
+        self.user_id
+    }
+
+    /// The timeout the request arrived with (`grpc-timeout`, before clamping), if any.
+    pub fn incoming_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+}
+
+/// A request context made by [`Propagator::extract`]: the owner of the context and what the
+/// request carried.
+///
+/// Dropping it cancels the context (with `OwnerDropped`, the normal end of a request).
+#[derive(Debug)]
+pub struct Incoming {
+    guard: CancelGuard,
+    meta: Propagated,
+}
+
+impl Incoming {
+    /// A handle to the request context.
+    pub fn context(&self) -> Context {
+        self.guard.context()
+    }
+
+    /// The owner of the request context.
+    pub fn guard(&self) -> &CancelGuard {
+        &self.guard
+    }
+
+    /// What the request carried.
+    pub fn meta(&self) -> &Propagated {
+        &self.meta
+    }
+
+    /// The owner and the metadata, apart.
+    pub fn into_parts(self) -> (CancelGuard, Propagated) {
+        (self.guard, self.meta)
+    }
+}
+
+/// The request context the tower layer puts into each request's extensions: the context,
+/// what the request carried, and the propagator for outgoing calls.
+///
+/// ```
+/// # fn handler(rc: ctxpool::http::RequestContext) -> Result<(), ctxpool::ContextError> {
+/// let sub = rc.context().with_timeout(std::time::Duration::from_millis(100));
+/// let mut headers = http::HeaderMap::new();
+/// rc.inject_for(&sub, &mut headers, None)?; // trace, baggage, request id, deadline
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    ctx: Context,
+    meta: Arc<Propagated>,
+    propagator: Propagator,
+}
+
+impl RequestContext {
+    /// Wraps a context, its metadata and the propagator that made them.
+    pub fn new(ctx: Context, meta: Arc<Propagated>, propagator: Propagator) -> Self {
+        RequestContext {
+            ctx,
+            meta,
+            propagator,
+        }
+    }
+
+    /// The request's context.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// What the request carried.
+    pub fn meta(&self) -> &Propagated {
+        &self.meta
+    }
+
+    /// The propagator.
+    pub fn propagator(&self) -> &Propagator {
+        &self.propagator
+    }
+
+    /// Writes the request's propagation headers for an outgoing call to `dest`; see
+    /// [`Propagator::inject`].
+    pub fn inject(
+        &self,
+        headers: &mut HeaderMap,
+        dest: Option<IpAddr>,
+    ) -> Result<(), ContextError> {
+        self.propagator.inject(&self.ctx, &self.meta, headers, dest)
+    }
+
+    /// Like [`inject`](RequestContext::inject), with the deadline, trace and cancellation
+    /// of `ctx` (a descendant of the request's context, e.g. a sub-operation with a shorter
+    /// timeout).
+    pub fn inject_for(
+        &self,
+        ctx: &Context,
+        headers: &mut HeaderMap,
+        dest: Option<IpAddr>,
+    ) -> Result<(), ContextError> {
+        self.propagator.inject(ctx, &self.meta, headers, dest)
+    }
+}
+
+impl Propagator {
+    /// A propagator making request roots of `pool` labelled [`HTTP_REQUEST`].
+    pub fn new(pool: &Pool) -> Self {
+        Propagator::builder(pool).build()
+    }
+
+    /// A builder, to set a parent context, an operation label or user-id forwarding.
+    pub fn builder(pool: &Pool) -> PropagatorBuilder {
+        PropagatorBuilder {
+            pool: pool.clone(),
+            parent: None,
+            op: &HTTP_REQUEST,
+            forward_user_id: false,
+        }
+    }
+
+    /// The pool contexts are made in.
+    pub fn pool(&self) -> &Pool {
+        &self.shared.pool
+    }
+
+    /// The counters of what was extracted, rejected and injected.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// A request context from incoming `headers` and the `peer` that sent them, labelled
+    /// with the propagator's operation. Never fails (H1); see the module docs for what each
+    /// header does.
+    #[track_caller]
+    pub fn extract(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Incoming {
+        self.extract_op(headers, peer, self.shared.op)
+    }
+
+    /// Like [`extract`](Propagator::extract), labelled `op`.
+    #[track_caller]
+    pub fn extract_op(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+        op: &'static Op,
+    ) -> Incoming {
+        let stats = &self.shared.stats;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let cfg = self.shared.pool.config();
+        let mut meta = Propagated::default();
+
+        // traceparent, then tracestate only with a valid traceparent (W3C trace-context §4.3).
+        let mut lines = headers.get_all(TRACEPARENT).iter();
+        let parent = match (lines.next(), lines.next()) {
+            (None, _) => None,
+            (Some(_), Some(_)) => {
+                stats.reject(Header::TraceParent, DUPLICATE);
+                None
+            }
+            (Some(v), None) => match parse_traceparent(v.as_bytes()) {
+                Ok(tc) => Some(tc),
+                Err(e) => {
+                    stats.reject(Header::TraceParent, e.reason());
+                    None
+                }
+            },
+        };
+        let trace = match parent {
+            Some(tc) => {
+                meta.parent_span = Some(tc.span_id);
+                if headers.contains_key(TRACESTATE) {
+                    let lines = headers.get_all(TRACESTATE).iter().map(|v| v.as_bytes());
+                    match TraceState::parse(lines) {
+                        Ok(ts) => meta.tracestate = ts,
+                        Err(e) => stats.reject(Header::TraceState, e.reason()),
+                    }
+                }
+                TraceContext {
+                    trace_id: tc.trace_id,
+                    span_id: new_span_id(),
+                    flags: tc.flags,
+                }
+            }
+            None => {
+                stats.new_traces.fetch_add(1, Ordering::Relaxed);
+                if headers.contains_key(TRACESTATE) {
+                    stats.reject(Header::TraceState, NO_TRACEPARENT);
+                }
+                TraceContext {
+                    trace_id: new_trace_id(),
+                    span_id: new_span_id(),
+                    flags: 0x01,
+                }
+            }
+        };
+
+        if headers.contains_key(BAGGAGE) {
+            let lines = headers.get_all(BAGGAGE).iter().map(|v| v.as_bytes());
+            match Baggage::parse(lines) {
+                Ok((b, dropped)) => {
+                    meta.baggage = b;
+                    if dropped > 0 {
+                        stats.reject_n(Header::Baggage, INVALID_MEMBER, dropped as u64);
+                    }
+                }
+                Err(e) => stats.reject(Header::Baggage, e.reason()),
+            }
+        }
+
+        let mut lines = headers.get_all(X_REQUEST_ID).iter();
+        meta.request_id = match (lines.next(), lines.next()) {
+            (None, _) => None,
+            (Some(_), Some(_)) => {
+                stats.reject(Header::RequestId, DUPLICATE);
+                None
+            }
+            (Some(v), None) => match XRequestId::parse(v.as_bytes()) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    stats.reject(Header::RequestId, e.reason());
+                    None
+                }
+            },
+        };
+        let request_id = match meta.request_id {
+            Some(id) => id,
+            None => {
+                stats.generated_ids.fetch_add(1, Ordering::Relaxed);
+                let id = XRequestId::generate();
+                meta.request_id = Some(id);
+                id
+            }
+        };
+
+        let mut lines = headers.get_all(GRPC_TIMEOUT).iter();
+        meta.timeout = match (lines.next(), lines.next()) {
+            (None, _) => None,
+            (Some(_), Some(_)) => {
+                stats.reject(Header::GrpcTimeout, DUPLICATE);
+                None
+            }
+            (Some(v), None) => match parse_grpc_timeout(v.as_bytes()) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    stats.reject(Header::GrpcTimeout, e.reason());
+                    None
+                }
+            },
+        };
+
+        let mut lines = headers.get_all(X_USER_ID).iter();
+        meta.user_id = match (lines.next(), lines.next()) {
+            (None, _) => None,
+            _ if !is_trusted(&cfg, peer) => {
+                stats.reject(Header::UserId, UNTRUSTED_PEER);
+                None
+            }
+            (Some(_), Some(_)) => {
+                stats.reject(Header::UserId, DUPLICATE);
+                None
+            }
+            (Some(v), None) => match parse_user_id(v.as_bytes()) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    stats.reject(Header::UserId, e.reason());
+                    None
+                }
+            },
+        };
+
+        // The deadline: the incoming one, else the default; the pool clamps it to
+        // max_timeout and counts the clamp (H1).
+        let timeout = meta.timeout.unwrap_or(cfg.default_timeout);
+        drop(cfg);
+        let builder = match &self.shared.parent {
+            Some(p) => p.child(),
+            None => self.shared.pool.request(),
+        };
+        let mut builder = builder.op(op).trace(trace).request_id(request_id.id());
+        if let Some(user) = meta.user_id {
+            builder = builder.user_id(user);
+        }
+        Incoming {
+            guard: builder.with_timeout(timeout),
+            meta,
+        }
+    }
+
+    /// Writes `ctx`'s propagation headers for an outgoing call to `dest` (`None`: unknown,
+    /// treated as untrusted), replacing any already there: `traceparent` (the context's trace
+    /// with a new span id), `tracestate` and `baggage` from `meta`, `x-request-id`,
+    /// `grpc-timeout` (the remaining time minus `outbound_deadline_margin`) and, towards a
+    /// trusted destination, `x-user-id`.
+    ///
+    /// Fails fast, writing nothing, when `ctx` is cancelled or its remaining budget after the
+    /// margin is zero (H3): the call would only fail downstream.
+    pub fn inject(
+        &self,
+        ctx: &Context,
+        meta: &Propagated,
+        headers: &mut HeaderMap,
+        dest: Option<IpAddr>,
+    ) -> Result<(), ContextError> {
+        let stats = &self.shared.stats;
+        if let Some(err) = ctx.err() {
+            stats.failed_fast.fetch_add(1, Ordering::Relaxed);
+            return Err(err);
+        }
+        let cfg = self.shared.pool.config();
+        let budget = match ctx.remaining() {
+            None => None,
+            Some(left) => {
+                let budget = left.saturating_sub(cfg.propagation.outbound_deadline_margin);
+                let mut buf = [0u8; GRPC_TIMEOUT_MAX_LEN];
+                let text = format_grpc_timeout(budget, &mut buf);
+                // Zero, or under the wire format's finest unit: nothing to send.
+                if budget.is_zero() || text.starts_with('0') {
+                    stats.failed_fast.fetch_add(1, Ordering::Relaxed);
+                    return Err(ContextError::DeadlineExceeded);
+                }
+                Some(HeaderValue::from_str(text).expect("grpc-timeout is ASCII digits and a unit"))
+            }
+        };
+
+        let trace = ctx.trace().unwrap_or(TraceContext {
+            trace_id: new_trace_id(),
+            span_id: 0,
+            flags: 0x01,
+        });
+        let outgoing = TraceContext {
+            span_id: new_span_id(),
+            ..trace
+        };
+        let mut buf = [0u8; TRACEPARENT_LEN];
+        let tp = format_traceparent(&outgoing, &mut buf);
+        headers.insert(
+            TRACEPARENT,
+            HeaderValue::from_str(tp).expect("traceparent is lowercase hex and dashes"),
+        );
+        put_or_remove(headers, TRACESTATE, meta.tracestate.as_str());
+        put_or_remove(headers, BAGGAGE, meta.baggage.as_str());
+        let id = meta.request_id();
+        headers.insert(
+            X_REQUEST_ID,
+            HeaderValue::from_str(id.as_str()).expect("a request id is visible ASCII"),
+        );
+        match budget {
+            Some(v) => headers.insert(GRPC_TIMEOUT, v),
+            None => headers.remove(GRPC_TIMEOUT),
+        };
+        let user = meta.user_id.or_else(|| ctx.user_id());
+        match user {
+            Some(user) if self.shared.forward_user_id || is_trusted(&cfg, dest) => {
+                let mut digits = itoa_u64(user.0);
+                headers.insert(X_USER_ID, digits.value());
+            }
+            _ => {
+                if user.is_some() {
+                    stats.user_id_withheld.fetch_add(1, Ordering::Relaxed);
+                }
+                headers.remove(X_USER_ID);
+            }
+        }
+        stats.injected.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Appends the propagation counters in the Prometheus text format (with `# HELP` and
+    /// `# TYPE`), to follow [`MetricsSnapshot::to_prometheus`](crate::metrics::MetricsSnapshot::to_prometheus).
+    pub fn write_prometheus(&self, out: &mut String) {
+        self.shared.stats.write_prometheus(out);
+    }
+}
+
+fn put_or_remove(headers: &mut HeaderMap, name: HeaderName, text: &str) {
+    if text.is_empty() {
+        headers.remove(name);
+    } else if let Ok(v) = HeaderValue::from_str(text) {
+        headers.insert(name, v);
+    } else {
+        // Validated text is always a valid header value; never send a broken one.
+        headers.remove(name);
+    }
+}
+
+/// Whether `addr` is in the configured trusted peers (IPv4-mapped IPv6 addresses compared as
+/// IPv4).
+fn is_trusted(cfg: &Config, addr: Option<IpAddr>) -> bool {
+    let Some(addr) = addr else { return false };
+    let addr = addr.to_canonical();
+    cfg.propagation
+        .trusted_peers
+        .iter()
+        .any(|net| net.contains(&addr))
+}
+
+/// Decimal digits of a u64, without allocating a `String`.
+struct Digits {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    fn value(&mut self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.buf[self.start..]).expect("decimal digits")
+    }
+}
+
+fn itoa_u64(mut n: u64) -> Digits {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    Digits { buf, start: i }
+}
+
+/// A header whose rejections are counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Header {
+    /// `traceparent`.
+    TraceParent,
+    /// `tracestate`.
+    TraceState,
+    /// `baggage`.
+    Baggage,
+    /// `x-request-id`.
+    RequestId,
+    /// `grpc-timeout`.
+    GrpcTimeout,
+    /// `x-user-id`.
+    UserId,
+}
+
+impl Header {
+    /// Every header, in label order.
+    pub const ALL: [Header; 6] = [
+        Header::TraceParent,
+        Header::TraceState,
+        Header::Baggage,
+        Header::RequestId,
+        Header::GrpcTimeout,
+        Header::UserId,
+    ];
+
+    /// The header's name (the `header` label).
+    pub fn name(self) -> &'static str {
+        match self {
+            Header::TraceParent => "traceparent",
+            Header::TraceState => "tracestate",
+            Header::Baggage => "baggage",
+            Header::RequestId => "x-request-id",
+            Header::GrpcTimeout => "grpc-timeout",
+            Header::UserId => "x-user-id",
+        }
+    }
+
+    /// Every reason this header can be rejected for (the `reason` labels): the parser's
+    /// reasons and this module's.
+    pub fn reasons(self) -> &'static [&'static str] {
+        match self {
+            Header::TraceParent => &TRACEPARENT_REASONS,
+            Header::TraceState => &TRACESTATE_REASONS,
+            Header::Baggage => &BAGGAGE_REASONS,
+            Header::RequestId => &REQUEST_ID_REASONS,
+            Header::GrpcTimeout => &GRPC_TIMEOUT_REASONS,
+            Header::UserId => &USER_ID_REASONS,
+        }
+    }
+}
+
+/// Several lines of a header that must appear once.
+const DUPLICATE: &str = "duplicate";
+/// `tracestate` without a valid `traceparent` (ignored, W3C trace-context §4.3).
+const NO_TRACEPARENT: &str = "no_traceparent";
+/// A baggage list-member dropped on its own.
+const INVALID_MEMBER: &str = "invalid_member";
+/// `x-user-id` from a peer outside `trusted_peers`.
+const UNTRUSTED_PEER: &str = "untrusted_peer";
+
+/// A parser error type's every variant, listed once; the `match` in `exhaustive` makes
+/// adding a variant without listing it here a compile error.
+macro_rules! reasons {
+    ($name:ident, $err:ident, [$($variant:ident),*], [$($extra:expr),*]) => {
+        static $name: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+            #[allow(dead_code)]
+            fn exhaustive(e: $err) {
+                match e {
+                    $($err::$variant)|* => {}
+                }
+            }
+            let mut v = vec![$($err::$variant.reason()),*];
+            v.extend_from_slice(&[$($extra),*]);
+            v
+        });
+    };
+}
+
+reasons!(
+    TRACEPARENT_REASONS,
+    TraceParentError,
+    [
+        TooShort,
+        TooLong,
+        BadVersion,
+        BadSeparator,
+        UppercaseHex,
+        BadHex,
+        ZeroTraceId,
+        ZeroSpanId
+    ],
+    [DUPLICATE]
+);
+reasons!(
+    TRACESTATE_REASONS,
+    TraceStateError,
+    [TooManyMembers, DuplicateKey, BadMember, BadKey, BadValue],
+    [NO_TRACEPARENT]
+);
+reasons!(
+    BAGGAGE_REASONS,
+    BaggageError,
+    [TooLong, TooManyMembers, BadKey],
+    [INVALID_MEMBER]
+);
+reasons!(
+    REQUEST_ID_REASONS,
+    RequestIdError,
+    [Empty, TooLong, NotVisibleAscii],
+    [DUPLICATE]
+);
+reasons!(
+    GRPC_TIMEOUT_REASONS,
+    GrpcTimeoutError,
+    [Empty, TooManyDigits, BadDigit, BadUnit],
+    [DUPLICATE]
+);
+reasons!(
+    USER_ID_REASONS,
+    UserIdError,
+    [Empty, TooManyDigits, NotADigit, Overflow],
+    [DUPLICATE, UNTRUSTED_PEER]
+);
+
+/// Counters of a [`Propagator`]: relaxed atomics, touched once per request or rejection.
+#[derive(Debug)]
+pub struct Stats {
+    requests: AtomicU64,
+    new_traces: AtomicU64,
+    generated_ids: AtomicU64,
+    injected: AtomicU64,
+    failed_fast: AtomicU64,
+    user_id_withheld: AtomicU64,
+    /// One counter per (header, reason), in `Header::ALL` × `Header::reasons` order.
+    rejected: Box<[AtomicU64]>,
+}
+
+impl Stats {
+    fn new() -> Self {
+        let n: usize = Header::ALL.iter().map(|h| h.reasons().len()).sum();
+        Stats {
+            requests: AtomicU64::new(0),
+            new_traces: AtomicU64::new(0),
+            generated_ids: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
+            failed_fast: AtomicU64::new(0),
+            user_id_withheld: AtomicU64::new(0),
+            rejected: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn index(header: Header, reason: &str) -> Option<usize> {
+        let mut base = 0;
+        for h in Header::ALL {
+            if h == header {
+                return h
+                    .reasons()
+                    .iter()
+                    .position(|r| *r == reason)
+                    .map(|i| base + i);
+            }
+            base += h.reasons().len();
+        }
+        None
+    }
+
+    fn reject(&self, header: Header, reason: &'static str) {
+        self.reject_n(header, reason, 1);
+    }
+
+    fn reject_n(&self, header: Header, reason: &'static str, n: u64) {
+        // Every reason a parser returns is in its REASONS list (checked by a test); an
+        // unlisted one is still counted, under the header's last label, rather than lost.
+        let i = Stats::index(header, reason).unwrap_or_else(|| {
+            Stats::index(header, header.reasons()[header.reasons().len() - 1]).unwrap_or(0)
+        });
+        self.rejected[i].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Requests extracted.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests that started a new trace (no valid `traceparent`).
+    pub fn new_traces(&self) -> u64 {
+        self.new_traces.load(Ordering::Relaxed)
+    }
+
+    /// Requests given a generated request id.
+    pub fn generated_request_ids(&self) -> u64 {
+        self.generated_ids.load(Ordering::Relaxed)
+    }
+
+    /// Outgoing calls whose headers were written.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+
+    /// Outgoing calls refused because the context was cancelled or its budget spent.
+    pub fn failed_fast(&self) -> u64 {
+        self.failed_fast.load(Ordering::Relaxed)
+    }
+
+    /// Outgoing calls to an untrusted destination from which `x-user-id` was withheld.
+    pub fn user_id_withheld(&self) -> u64 {
+        self.user_id_withheld.load(Ordering::Relaxed)
+    }
+
+    /// Incoming headers rejected for `reason` (one of `header.reasons()`).
+    pub fn rejected(&self, header: Header, reason: &str) -> u64 {
+        Stats::index(header, reason).map_or(0, |i| self.rejected[i].load(Ordering::Relaxed))
+    }
+
+    /// Incoming `header`s rejected for any reason.
+    pub fn rejected_total(&self, header: Header) -> u64 {
+        header
+            .reasons()
+            .iter()
+            .map(|r| self.rejected(header, r))
+            .sum()
+    }
+
+    fn write_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let mut family = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP ctxpool_{name} {help}");
+            let _ = writeln!(out, "# TYPE ctxpool_{name} counter");
+            let _ = writeln!(out, "ctxpool_{name} {value}");
+        };
+        family(
+            "propagation_requests_total",
+            "Requests whose headers were extracted into a context.",
+            self.requests(),
+        );
+        family(
+            "propagation_new_traces_total",
+            "Requests without a valid traceparent, which started a new trace.",
+            self.new_traces(),
+        );
+        family(
+            "propagation_generated_request_ids_total",
+            "Requests given a generated x-request-id.",
+            self.generated_request_ids(),
+        );
+        family(
+            "propagation_injected_total",
+            "Outgoing calls whose propagation headers were written.",
+            self.injected(),
+        );
+        family(
+            "propagation_failed_fast_total",
+            "Outgoing calls refused: context cancelled or deadline budget spent.",
+            self.failed_fast(),
+        );
+        family(
+            "propagation_user_id_withheld_total",
+            "Outgoing calls to untrusted destinations from which x-user-id was withheld.",
+            self.user_id_withheld(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ctxpool_propagation_rejected_total Incoming headers ignored or dropped, by header and reason."
+        );
+        let _ = writeln!(out, "# TYPE ctxpool_propagation_rejected_total counter");
+        for h in Header::ALL {
+            for r in h.reasons() {
+                let _ = writeln!(
+                    out,
+                    "ctxpool_propagation_rejected_total{{header=\"{}\",reason=\"{}\"}} {}",
+                    h.name(),
+                    r,
+                    self.rejected(h, r)
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_lists_have_no_duplicates_or_blanks() {
+        for h in Header::ALL {
+            let rs = h.reasons();
+            assert!(!rs.is_empty());
+            for (i, r) in rs.iter().enumerate() {
+                assert!(!r.is_empty(), "{}: blank reason", h.name());
+                assert!(
+                    r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                    "{}: reason {r:?} is not snake_case",
+                    h.name()
+                );
+                assert!(!rs[..i].contains(r), "{}: {r} twice", h.name());
+            }
+        }
+    }
+
+    #[test]
+    fn digits() {
+        for n in [0u64, 7, 10, 1001, u64::MAX] {
+            assert_eq!(itoa_u64(n).value(), n.to_string().as_str());
+        }
+    }
+}
