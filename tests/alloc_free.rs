@@ -400,3 +400,29 @@ fn grpc_timeout_and_user_id() {
     });
     assert_eq!(n, 0);
 }
+
+/// `Propagator::extract` of a request whose only propagation header is a valid
+/// `traceparent` (the request id generated, the default deadline armed) allocates nothing,
+/// nor does dropping the request context (http H2).
+#[test]
+fn http_extract_with_traceparent() {
+    use ctxpool::http::{Propagator, TRACEPARENT};
+    let pool = ctxpool::Pool::builder().build().unwrap();
+    let propagator = Propagator::new(&pool);
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        TRACEPARENT,
+        http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    headers.insert("grpc-timeout", http::HeaderValue::from_static("250m"));
+    headers.insert("x-request-id", http::HeaderValue::from_static("req-1"));
+    let n = allocations(|| {
+        let req = propagator.extract(&headers, None);
+        let tc = req.context().trace().unwrap();
+        assert_eq!(tc.trace_id, trace().trace_id);
+        assert_eq!(req.meta().request_id().as_str(), "req-1");
+        assert!(req.context().deadline().is_some());
+    });
+    assert_eq!(n, 0);
+    assert_eq!(propagator.stats().requests(), (1_000 + CYCLES) as u64);
+}
