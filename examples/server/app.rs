@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use ctxpool::http::{ContextLayer, Propagator, RequestContext, HTTP_REQUEST};
+use ctxpool::http::{status_for, ContextLayer, Propagator, RequestContext, HTTP_REQUEST};
 use ctxpool::{CancelGuard, Cause, Config, Context, Op, Pool};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -198,10 +198,10 @@ async fn work(
     for task in tasks {
         parts_done += u32::from(task.await.unwrap_or(false));
     }
-    if let Some(err) = ctx.err() {
+    if let Some(cause) = ctx.cause() {
         // The layer answers 504/503 itself once it sees the cancel; this is the race where
-        // the handler saw it first.
-        return (StatusCode::GATEWAY_TIMEOUT, format!("{err}\n")).into_response();
+        // the handler saw it first: answer as the layer would.
+        return (status_for(cause), format!("{}\n", cause.error())).into_response();
     }
     Json(WorkReply {
         request_id,

@@ -227,22 +227,13 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 
 /// The response for a request whose context was cancelled before the inner service answered.
 fn cancelled_response<B: Default>(cause: Option<Cause>, grpc: bool) -> Response<B> {
-    let (status, grpc_status, message) = match cause {
-        Some(c) if c.error() == ContextError::DeadlineExceeded => {
-            (StatusCode::GATEWAY_TIMEOUT, "4", "deadline exceeded")
-        }
-        Some(c) if c.origin() == Origin::Shutdown => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "14",
-            "server shutting down",
-        ),
-        Some(c) if c.origin() == Origin::PoolExhausted => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "8",
-            "request contexts exhausted",
-        ),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "1", "request cancelled"),
+    let (grpc_status, message) = match cause {
+        Some(c) if c.error() == ContextError::DeadlineExceeded => ("4", "deadline exceeded"),
+        Some(c) if c.origin() == Origin::Shutdown => ("14", "server shutting down"),
+        Some(c) if c.origin() == Origin::PoolExhausted => ("8", "request contexts exhausted"),
+        _ => ("1", "request cancelled"),
     };
+    let status = cause.map_or(StatusCode::SERVICE_UNAVAILABLE, super::status_for);
     let mut resp = Response::new(B::default());
     if grpc {
         // A trailers-only gRPC response: HTTP 200, the status in the headers.

@@ -74,6 +74,27 @@ pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 /// response future is dropped before the response is ready).
 pub const CLIENT_DISCONNECTED: Reason = Reason::Message("client disconnected");
 
+/// The HTTP status for a request whose context was cancelled with `cause`: `504 Gateway
+/// Timeout` when a deadline passed (its own or an ancestor's), `503 Service Unavailable`
+/// otherwise (shutdown, pool exhaustion, an explicit cancel). The tower layer answers with
+/// it; a handler that notices the cancellation first can answer the same way.
+///
+/// ```
+/// use ctxpool::http::status_for;
+/// use ctxpool::{Cause, Origin};
+///
+/// let past = std::time::Instant::now();
+/// assert_eq!(status_for(Cause::Parent(Origin::DeadlineExceeded(past))), 504);
+/// assert_eq!(status_for(Cause::Shutdown), 503);
+/// ```
+pub fn status_for(cause: crate::Cause) -> ::http::StatusCode {
+    if cause.error() == ContextError::DeadlineExceeded {
+        ::http::StatusCode::GATEWAY_TIMEOUT
+    } else {
+        ::http::StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
 /// The operation label of request contexts made by a propagator without one of its own.
 pub static HTTP_REQUEST: Op = Op::new("http_request");
 
@@ -267,11 +288,21 @@ impl Incoming {
 /// what the request carried, and the propagator for outgoing calls.
 ///
 /// ```
-/// # fn handler(rc: ctxpool::http::RequestContext) -> Result<(), ctxpool::ContextError> {
-/// let sub = rc.context().with_timeout(std::time::Duration::from_millis(100));
-/// let mut headers = http::HeaderMap::new();
-/// rc.inject_for(&sub, &mut headers, None)?; // trace, baggage, request id, deadline
-/// # Ok(()) }
+/// use ctxpool::http::RequestContext;
+///
+/// // In a handler: `Extension(rc): Extension<RequestContext>` with axum.
+/// fn call_backend(rc: &RequestContext) -> Result<http::HeaderMap, ctxpool::ContextError> {
+///     let sub = rc.context().with_timeout(std::time::Duration::from_millis(100));
+///     let mut headers = http::HeaderMap::new();
+///     rc.inject_for(&sub, &mut headers, None)?; // trace, baggage, request id, deadline
+///     Ok(headers)
+/// }
+/// # let pool = ctxpool::Pool::builder().build().unwrap();
+/// # let p = ctxpool::http::Propagator::new(&pool);
+/// # let (guard, meta) = p.extract(&http::HeaderMap::new(), None).into_parts();
+/// # let rc = RequestContext::new(guard.context(), std::sync::Arc::new(meta), p);
+/// let headers = call_backend(&rc).unwrap();
+/// assert!(headers.contains_key("grpc-timeout"));
 /// ```
 #[derive(Clone, Debug)]
 pub struct RequestContext {
