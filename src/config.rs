@@ -228,8 +228,11 @@ impl Default for MetricsConfig {
 /// The `[propagation]` section: deadlines and trace context across process boundaries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PropagationConfig {
-    /// Peers whose incoming deadlines and trace context are honoured. Default none. In a file,
-    /// each entry is a CIDR block (`"10.0.0.0/8"`) or an IP address (one host).
+    /// Peers trusted with user identity: an incoming `x-user-id` is honoured only from them,
+    /// and an outgoing one is sent only to them (see `ctxpool::http`, feature `http`). Trace
+    /// context, baggage, request ids and deadlines are taken from any peer (deadlines clamped
+    /// to `max_timeout`). Default none. In a file, each entry is a CIDR block
+    /// (`"10.0.0.0/8"`) or an IP address (one host).
     pub trusted_peers: Vec<IpNet>,
     /// Taken off a deadline sent to a peer, for the time the request spends in transit.
     /// Default 5ms; below `max_timeout`, at most 1m.
