@@ -1,0 +1,220 @@
+//! Propagation over HTTP headers: `ctxpool::http::Propagator` against OpenTelemetry's W3C
+//! propagators, in one group so that the ratio is comparable.
+//!
+//! Group `extract_inject` (the ids are compared over time; do not rename them). Every
+//! iteration reads the same incoming `http::HeaderMap` (`traceparent`, a `tracestate` of 3
+//! members, a `baggage` of 3 entries, one percent-encoded) and writes an outgoing one, made
+//! once outside the timing and cleared (its memory kept) before each write:
+//!
+//! - `ctxpool`: `propagator.extract(&headers, None)` (a pooled request context with the
+//!   default deadline, the trace, `tracestate`, baggage and a generated request id), then
+//!   `propagator.inject(..)` (`traceparent` with a new span id, `tracestate`, `baggage`,
+//!   `x-request-id`, `grpc-timeout`), then the request context is dropped. The pool is built
+//!   with `Pool::builder().build()`, not the global one.
+//! - `opentelemetry`: a `TextMapCompositePropagator` of `TraceContextPropagator` and
+//!   `BaggagePropagator` (`opentelemetry_sdk` 0.31) extracts into an `opentelemetry::Context`
+//!   and injects it (`traceparent`, `tracestate`, `baggage`), through the `HeaderMap`
+//!   adapters `opentelemetry-http` would provide; the context is dropped. It does less than
+//!   `ctxpool` (no deadline, no request id, no new span id).
+//!
+//! Before the group runs, the heap allocations per operation of each id are counted (a
+//! counting global allocator, per thread) and printed, with those of extracting a request
+//! whose only propagation header is a valid `traceparent` (zero for `ctxpool`: invariant H2
+//! of `ctxpool::http`).
+//!
+//! Run with `cargo bench --bench propagation`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::Criterion;
+use ctxpool::http::Propagator;
+use ctxpool::Pool;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::propagation::{
+    Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
+};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+
+// ---------------------------------------------------------------------------------------------
+// Counting allocator: each thread counts its own allocations in a thread-local, so criterion's
+// other threads (if any) cannot disturb a count.
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note_alloc() {
+    // `try_with`: an allocation during thread-local teardown must not panic.
+    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+}
+
+/// Allocations made by the calling thread so far.
+fn thread_allocs() -> u64 {
+    ALLOCS.try_with(Cell::get).unwrap_or(0)
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; it only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_alloc();
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+// ---------------------------------------------------------------------------------------------
+// `http::HeaderMap` as OpenTelemetry's carrier (what `opentelemetry-http` does).
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The incoming request's propagation headers.
+fn incoming() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("traceparent", HeaderValue::from_static(TRACEPARENT));
+    h.insert(
+        "tracestate",
+        HeaderValue::from_static("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,tenant@vendor=a:b"),
+    );
+    h.insert(
+        "baggage",
+        HeaderValue::from_static("userId=alice,serverNode=DF%2028,isProduction=false"),
+    );
+    h
+}
+
+fn otel_propagator() -> TextMapCompositePropagator {
+    TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ])
+}
+
+fn ctxpool_once(propagator: &Propagator, headers: &HeaderMap, out: &mut HeaderMap) {
+    let incoming = propagator.extract(black_box(headers), None);
+    out.clear();
+    propagator
+        .inject(&incoming.context(), incoming.meta(), out, None)
+        .expect("a fresh request context has its whole budget");
+    black_box(&*out);
+}
+
+fn otel_once(propagator: &TextMapCompositePropagator, headers: &HeaderMap, out: &mut HeaderMap) {
+    let cx = propagator.extract(&HeaderExtractor(black_box(headers)));
+    out.clear();
+    propagator.inject_context(&cx, &mut HeaderInjector(out));
+    black_box(&*out);
+}
+
+/// Heap allocations per call of `f`, on this thread, after a warm-up (per-thread caches,
+/// the pool's first page, the outgoing map's capacity).
+fn allocs_per_op(mut f: impl FnMut()) -> f64 {
+    const WARM_UP: u64 = 1_000;
+    const N: u64 = 10_000;
+    for _ in 0..WARM_UP {
+        f();
+    }
+    let before = thread_allocs();
+    for _ in 0..N {
+        f();
+    }
+    (thread_allocs() - before) as f64 / N as f64
+}
+
+fn report_allocs(pool: &Pool) {
+    let propagator = Propagator::new(pool);
+    let otel = otel_propagator();
+    let headers = incoming();
+    let mut out = HeaderMap::new();
+    let ours = allocs_per_op(|| ctxpool_once(&propagator, &headers, &mut out));
+    let theirs = allocs_per_op(|| otel_once(&otel, &headers, &mut out));
+
+    let mut only_tp = HeaderMap::new();
+    only_tp.insert("traceparent", HeaderValue::from_static(TRACEPARENT));
+    let ours_tp = allocs_per_op(|| drop(black_box(propagator.extract(black_box(&only_tp), None))));
+    let theirs_tp = allocs_per_op(|| drop(black_box(otel.extract(&HeaderExtractor(&only_tp)))));
+
+    println!("heap allocations per operation (counted on this thread):");
+    println!("  extract_inject/ctxpool          {ours:>6.2}");
+    println!("  extract_inject/opentelemetry    {theirs:>6.2}");
+    println!("  extract traceparent only, ctxpool        {ours_tp:>6.2}");
+    println!("  extract traceparent only, opentelemetry  {theirs_tp:>6.2}");
+}
+
+fn extract_inject(c: &mut Criterion) {
+    let pool = Pool::builder().build().expect("the default configuration");
+    report_allocs(&pool);
+
+    let mut g = c.benchmark_group("extract_inject");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    let headers = incoming();
+    let mut out = HeaderMap::new();
+
+    let propagator = Propagator::new(&pool);
+    g.bench_function("ctxpool", |b| {
+        b.iter(|| ctxpool_once(&propagator, &headers, &mut out))
+    });
+
+    let otel = otel_propagator();
+    g.bench_function("opentelemetry", |b| {
+        b.iter(|| otel_once(&otel, &headers, &mut out))
+    });
+    g.finish();
+}
+
+// Written out instead of `criterion_group!`/`criterion_main!`, whose generated `pub fn` would
+// trip the crate's `missing_docs = "deny"` lint.
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    extract_inject(&mut c);
+    c.final_summary();
+}
