@@ -63,6 +63,15 @@ impl<T> Swap<T> {
         return self.inner.lock().unwrap().clone();
     }
 
+    /// Runs `f` on the current value without touching its reference count (arc-swap's
+    /// guard: a per-thread debt slot, so concurrent readers share no written cache line).
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        #[cfg(not(loom))]
+        return f(&self.inner.load());
+        #[cfg(loom)]
+        return f(&self.inner.lock().unwrap());
+    }
+
     pub(crate) fn store(&self, value: std::sync::Arc<T>) {
         #[cfg(not(loom))]
         self.inner.store(value);

@@ -109,6 +109,14 @@ impl<'a> ChildBuilder<'a> {
         }
     }
 
+    /// Makes [`with_cancel`](ChildBuilder::with_cancel) apply the pool's default timeout, as
+    /// on a request root (read from the pool's packed limits word: no configuration access).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn default_timeout(mut self) -> Self {
+        self.request = true;
+        self
+    }
+
     /// Sets the operation label.
     pub fn op(mut self, op: &'static Op) -> Self {
         self.op = Some(op);

@@ -32,9 +32,10 @@
 //! - H3. `inject` never sends a deadline the context does not have: the budget is the
 //!   remaining time minus the margin, rounded down (`format_grpc_timeout`); when nothing is
 //!   left, no header is written and the call gets `Err(ContextError::DeadlineExceeded)`.
-//! - H4. The configuration (trusted peers, timeouts, margin) is read once per call from the
-//!   pool's current configuration ([`Pool::config`]), so a runtime update applies to the next
-//!   request.
+//! - H4. The configuration is read on every call, so a runtime update applies to the next
+//!   request: the default and maximum timeouts from the pool's packed limits word (as every
+//!   context creation does), the trusted peers and the margin through [`Pool::with_config`]
+//!   (an arc-swap guard: no write to a shared reference count per request).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -212,6 +213,16 @@ pub struct Propagated {
     request_id: Option<XRequestId>,
     user_id: Option<UserId>,
     timeout: Option<Duration>,
+    /// The incoming header values, kept when they are exactly what `inject` would send, so
+    /// that an outgoing call clones them (a reference count) instead of copying the text.
+    raw: Raw,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Raw {
+    tracestate: Option<HeaderValue>,
+    baggage: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
 }
 
 impl Propagated {
@@ -233,6 +244,7 @@ impl Propagated {
 
     /// Mutable baggage, to add entries sent on outgoing calls.
     pub fn baggage_mut(&mut self) -> &mut Baggage {
+        self.raw.baggage = None;
         &mut self.baggage
     }
 
@@ -403,18 +415,16 @@ impl Propagator {
     ) -> Incoming {
         let stats = &self.shared.stats;
         stats.requests.fetch_add(1, Ordering::Relaxed);
-        let cfg = self.shared.pool.config();
         let mut meta = Propagated::default();
 
         // traceparent, then tracestate only with a valid traceparent (W3C trace-context §4.3).
-        let mut lines = headers.get_all(TRACEPARENT).iter();
-        let parent = match (lines.next(), lines.next()) {
-            (None, _) => None,
-            (Some(_), Some(_)) => {
+        let parent = match single(headers, &TRACEPARENT) {
+            Lines::None => None,
+            Lines::Many => {
                 stats.reject(Header::TraceParent, DUPLICATE);
                 None
             }
-            (Some(v), None) => match parse_traceparent(v.as_bytes()) {
+            Lines::One(v) => match parse_traceparent(v.as_bytes()) {
                 Ok(tc) => Some(tc),
                 Err(e) => {
                     stats.reject(Header::TraceParent, e.reason());
@@ -422,13 +432,20 @@ impl Propagator {
                 }
             },
         };
+        let tracestate = headers.get_all(TRACESTATE);
         let trace = match parent {
             Some(tc) => {
                 meta.parent_span = Some(tc.span_id);
-                if headers.contains_key(TRACESTATE) {
-                    let lines = headers.get_all(TRACESTATE).iter().map(|v| v.as_bytes());
-                    match TraceState::parse(lines) {
-                        Ok(ts) => meta.tracestate = ts,
+                let mut lines = tracestate.iter();
+                if let Some(first) = lines.next() {
+                    let one = lines.next().is_none();
+                    match TraceState::parse(tracestate.iter().map(HeaderValue::as_bytes)) {
+                        Ok(ts) => {
+                            if one && ts.as_str().as_bytes() == first.as_bytes() {
+                                meta.raw.tracestate = Some(first.clone());
+                            }
+                            meta.tracestate = ts;
+                        }
                         Err(e) => stats.reject(Header::TraceState, e.reason()),
                     }
                 }
@@ -440,7 +457,7 @@ impl Propagator {
             }
             None => {
                 stats.new_traces.fetch_add(1, Ordering::Relaxed);
-                if headers.contains_key(TRACESTATE) {
+                if tracestate.iter().next().is_some() {
                     stats.reject(Header::TraceState, NO_TRACEPARENT);
                 }
                 TraceContext {
@@ -451,28 +468,34 @@ impl Propagator {
             }
         };
 
-        if headers.contains_key(BAGGAGE) {
-            let lines = headers.get_all(BAGGAGE).iter().map(|v| v.as_bytes());
-            match Baggage::parse(lines) {
+        let baggage = headers.get_all(BAGGAGE);
+        let mut lines = baggage.iter();
+        if let Some(first) = lines.next() {
+            let one = lines.next().is_none();
+            match Baggage::parse(baggage.iter().map(HeaderValue::as_bytes)) {
                 Ok((b, dropped)) => {
-                    meta.baggage = b;
                     if dropped > 0 {
                         stats.reject_n(Header::Baggage, INVALID_MEMBER, dropped as u64);
+                    } else if one && b.as_str().as_bytes() == first.as_bytes() {
+                        meta.raw.baggage = Some(first.clone());
                     }
+                    meta.baggage = b;
                 }
                 Err(e) => stats.reject(Header::Baggage, e.reason()),
             }
         }
 
-        let mut lines = headers.get_all(X_REQUEST_ID).iter();
-        meta.request_id = match (lines.next(), lines.next()) {
-            (None, _) => None,
-            (Some(_), Some(_)) => {
+        meta.request_id = match single(headers, &X_REQUEST_ID) {
+            Lines::None => None,
+            Lines::Many => {
                 stats.reject(Header::RequestId, DUPLICATE);
                 None
             }
-            (Some(v), None) => match XRequestId::parse(v.as_bytes()) {
-                Ok(id) => Some(id),
+            Lines::One(v) => match XRequestId::parse(v.as_bytes()) {
+                Ok(id) => {
+                    meta.raw.request_id = Some(v.clone());
+                    Some(id)
+                }
                 Err(e) => {
                     stats.reject(Header::RequestId, e.reason());
                     None
@@ -489,14 +512,13 @@ impl Propagator {
             }
         };
 
-        let mut lines = headers.get_all(GRPC_TIMEOUT).iter();
-        meta.timeout = match (lines.next(), lines.next()) {
-            (None, _) => None,
-            (Some(_), Some(_)) => {
+        meta.timeout = match single(headers, &GRPC_TIMEOUT) {
+            Lines::None => None,
+            Lines::Many => {
                 stats.reject(Header::GrpcTimeout, DUPLICATE);
                 None
             }
-            (Some(v), None) => match parse_grpc_timeout(v.as_bytes()) {
+            Lines::One(v) => match parse_grpc_timeout(v.as_bytes()) {
                 Ok(d) => Some(d),
                 Err(e) => {
                     stats.reject(Header::GrpcTimeout, e.reason());
@@ -505,18 +527,17 @@ impl Propagator {
             },
         };
 
-        let mut lines = headers.get_all(X_USER_ID).iter();
-        meta.user_id = match (lines.next(), lines.next()) {
-            (None, _) => None,
-            _ if !is_trusted(&cfg, peer) => {
+        meta.user_id = match single(headers, &X_USER_ID) {
+            Lines::None => None,
+            _ if !self.trusted(peer) => {
                 stats.reject(Header::UserId, UNTRUSTED_PEER);
                 None
             }
-            (Some(_), Some(_)) => {
+            Lines::Many => {
                 stats.reject(Header::UserId, DUPLICATE);
                 None
             }
-            (Some(v), None) => match parse_user_id(v.as_bytes()) {
+            Lines::One(v) => match parse_user_id(v.as_bytes()) {
                 Ok(id) => Some(id),
                 Err(e) => {
                     stats.reject(Header::UserId, e.reason());
@@ -525,10 +546,6 @@ impl Propagator {
             },
         };
 
-        // The deadline: the incoming one, else the default; the pool clamps it to
-        // max_timeout and counts the clamp (H1).
-        let timeout = meta.timeout.unwrap_or(cfg.default_timeout);
-        drop(cfg);
         let builder = match &self.shared.parent {
             Some(p) => p.child(),
             None => self.shared.pool.request(),
@@ -537,10 +554,18 @@ impl Propagator {
         if let Some(user) = meta.user_id {
             builder = builder.user_id(user);
         }
-        Incoming {
-            guard: builder.with_timeout(timeout),
-            meta,
-        }
+        // The deadline: the incoming one, else the default; the pool clamps it to
+        // max_timeout and counts the clamp (H1).
+        let guard = match meta.timeout {
+            Some(d) => builder.with_timeout(d),
+            None => builder.default_timeout().with_cancel(),
+        };
+        Incoming { guard, meta }
+    }
+
+    /// Whether `addr` is in the configured trusted peers.
+    fn trusted(&self, addr: Option<IpAddr>) -> bool {
+        addr.is_some_and(|a| self.shared.pool.with_config(|cfg| is_trusted(cfg, a)))
     }
 
     /// Writes `ctx`'s propagation headers for an outgoing call to `dest` (`None`: unknown,
@@ -563,11 +588,16 @@ impl Propagator {
             stats.failed_fast.fetch_add(1, Ordering::Relaxed);
             return Err(err);
         }
-        let cfg = self.shared.pool.config();
+        let user = meta.user_id.or_else(|| ctx.user_id());
+        let (margin, send_user) = self.shared.pool.with_config(|cfg| {
+            let send_user = user.is_some()
+                && (self.shared.forward_user_id || dest.is_some_and(|d| is_trusted(cfg, d)));
+            (cfg.propagation.outbound_deadline_margin, send_user)
+        });
         let budget = match ctx.remaining() {
             None => None,
             Some(left) => {
-                let budget = left.saturating_sub(cfg.propagation.outbound_deadline_margin);
+                let budget = left.saturating_sub(margin);
                 let mut buf = [0u8; GRPC_TIMEOUT_MAX_LEN];
                 let text = format_grpc_timeout(budget, &mut buf);
                 // Zero, or under the wire format's finest unit: nothing to send.
@@ -594,20 +624,27 @@ impl Propagator {
             TRACEPARENT,
             HeaderValue::from_str(tp).expect("traceparent is lowercase hex and dashes"),
         );
-        put_or_remove(headers, TRACESTATE, meta.tracestate.as_str());
-        put_or_remove(headers, BAGGAGE, meta.baggage.as_str());
-        let id = meta.request_id();
-        headers.insert(
-            X_REQUEST_ID,
-            HeaderValue::from_str(id.as_str()).expect("a request id is visible ASCII"),
+        put(
+            headers,
+            TRACESTATE,
+            &meta.raw.tracestate,
+            meta.tracestate.as_str(),
         );
+        put(headers, BAGGAGE, &meta.raw.baggage, meta.baggage.as_str());
+        match &meta.raw.request_id {
+            Some(v) => headers.insert(X_REQUEST_ID, v.clone()),
+            None => headers.insert(
+                X_REQUEST_ID,
+                HeaderValue::from_str(meta.request_id().as_str())
+                    .expect("a request id is visible ASCII"),
+            ),
+        };
         match budget {
             Some(v) => headers.insert(GRPC_TIMEOUT, v),
             None => headers.remove(GRPC_TIMEOUT),
         };
-        let user = meta.user_id.or_else(|| ctx.user_id());
         match user {
-            Some(user) if self.shared.forward_user_id || is_trusted(&cfg, dest) => {
+            Some(user) if send_user => {
                 let mut digits = itoa_u64(user.0);
                 headers.insert(X_USER_ID, digits.value());
             }
@@ -629,8 +666,27 @@ impl Propagator {
     }
 }
 
-fn put_or_remove(headers: &mut HeaderMap, name: HeaderName, text: &str) {
-    if text.is_empty() {
+/// How many lines of a header a request has.
+enum Lines<'a> {
+    None,
+    One(&'a HeaderValue),
+    Many,
+}
+
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Lines<'a> {
+    let mut it = headers.get_all(name).iter();
+    match (it.next(), it.next()) {
+        (None, _) => Lines::None,
+        (Some(v), None) => Lines::One(v),
+        (Some(_), Some(_)) => Lines::Many,
+    }
+}
+
+/// Sets `name` to the kept incoming value, else to `text`; removes it when `text` is empty.
+fn put(headers: &mut HeaderMap, name: HeaderName, raw: &Option<HeaderValue>, text: &str) {
+    if let Some(v) = raw {
+        headers.insert(name, v.clone());
+    } else if text.is_empty() {
         headers.remove(name);
     } else if let Ok(v) = HeaderValue::from_str(text) {
         headers.insert(name, v);
@@ -642,8 +698,7 @@ fn put_or_remove(headers: &mut HeaderMap, name: HeaderName, text: &str) {
 
 /// Whether `addr` is in the configured trusted peers (IPv4-mapped IPv6 addresses compared as
 /// IPv4).
-fn is_trusted(cfg: &Config, addr: Option<IpAddr>) -> bool {
-    let Some(addr) = addr else { return false };
+fn is_trusted(cfg: &Config, addr: IpAddr) -> bool {
     let addr = addr.to_canonical();
     cfg.propagation
         .trusted_peers

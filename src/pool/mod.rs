@@ -197,6 +197,11 @@ impl PoolInner {
         self.config.load()
     }
 
+    /// Runs `f` on the configuration in force, without cloning its `Arc`.
+    pub(crate) fn with_config<R>(&self, f: impl FnOnce(&Config) -> R) -> R {
+        self.config.with(f)
+    }
+
     /// Validates `new` against the running configuration and, if it passes, makes it current:
     /// first the whole `Config` (readers of `config()` see the old or the new one), then the
     /// packed hot-path word (readers of `limits()` see the old or the new pair, never a mix).
@@ -1096,6 +1101,12 @@ impl Pool {
     /// The configuration in force.
     pub fn config(&self) -> std::sync::Arc<Config> {
         self.inner.get().config()
+    }
+
+    /// Runs `f` on the configuration in force, without cloning its `Arc` (cheaper than
+    /// [`config`](Pool::config) on a hot path: concurrent readers write no shared line).
+    pub fn with_config<R>(&self, f: impl FnOnce(&Config) -> R) -> R {
+        self.inner.get().with_config(f)
     }
 
     /// Replaces the configuration at run time, or explains why not.
