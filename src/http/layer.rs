@@ -18,6 +18,11 @@
 //!    every sub-operation watching it stops; after a response the context ends as a normal
 //!    request does (`OwnerDropped`, not counted as a cancellation).
 //!
+//! The request context ends when the inner service's future completes, i.e. when the
+//! response head is ready (as Go's ends when `ServeHTTP` returns). A streaming response body
+//! that must outlive that point and still be cancellable should be driven by a context of its
+//! own (e.g. a child of the propagator's parent), not by the request's.
+//!
 //! Per-route metrics come from the pool: the operation label chosen by
 //! [`ContextLayer::op_for`] labels the context, so `ctxpool_contexts_created_total{op}`,
 //! `ctxpool_contexts_cancelled_total{op,reason}` (deadline, explicit = client disconnected,
