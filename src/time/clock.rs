@@ -172,6 +172,7 @@ impl Clock {
     }
 
     /// Nanoseconds since the epoch on the real clock (the manual clock's time otherwise).
+    #[cfg(not(loom))]
     pub(crate) fn elapsed_nanos(&self) -> u128 {
         if self.manual {
             u128::from(self.word().load(Ordering::Acquire)) * 1_000_000
