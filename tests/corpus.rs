@@ -16,6 +16,10 @@ mod fuzz_checks;
 #[path = "support/fuzz_config.rs"]
 mod fuzz_config;
 
+#[cfg(feature = "http")]
+#[path = "support/fuzz_http.rs"]
+mod fuzz_http;
+
 use std::path::{Path, PathBuf};
 
 /// The driver for a fuzz target's inputs, by target name.
@@ -29,6 +33,8 @@ fn driver(target: &str) -> Option<fn(&[u8])> {
         "request_id" => Some(fuzz_checks::request_id),
         #[cfg(feature = "serde")]
         "config" => Some(fuzz_config::run),
+        #[cfg(feature = "http")]
+        "http_extract" => Some(fuzz_http::run),
         _ => None,
     }
 }
