@@ -55,38 +55,75 @@ impl fmt::Display for BaggageError {
 
 impl std::error::Error for BaggageError {}
 
-/// `tchar` of RFC 9110 §5.6.2 (`token = 1*tchar`): the bytes of a key.
+/// Byte classes of the `baggage` grammar, one bit each in [`CLASS`]: `tchar` (RFC 9110
+/// §5.6.2, `token = 1*tchar`, the bytes of a key).
+const TCHAR: u8 = 1;
+/// `baggage-octet = %x21 / %x23-2B / %x2D-3A / %x3C-5B / %x5D-7E`: visible ASCII but `"`,
+/// `,`, `;` and `\`.
+const OCTET: u8 = 2;
+/// A hex digit, either case (`HEXDIG` of a percent-encoded octet).
+const HEXDIG: u8 = 4;
+
+/// The class bits of every byte: one load instead of a chain of comparisons.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let mut bits = 0;
+        if c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            )
+        {
+            bits |= TCHAR;
+        }
+        if matches!(c, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e) {
+            bits |= OCTET;
+        }
+        if c.is_ascii_hexdigit() {
+            bits |= HEXDIG;
+        }
+        t[b] = bits;
+        b += 1;
+    }
+    t
+};
+
+/// `tchar`: a byte of a key.
 #[inline]
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
+    CLASS[usize::from(b)] & TCHAR != 0
 }
 
 fn is_token(s: &[u8]) -> bool {
     !s.is_empty() && s.iter().all(|&b| is_tchar(b))
 }
 
-/// `baggage-octet = %x21 / %x23-2B / %x2D-3A / %x3C-5B / %x5D-7E`: visible ASCII but `"`,
-/// `,`, `;` and `\`.
+/// `baggage-octet`: a byte of a value.
 #[inline]
 fn is_baggage_octet(b: u8) -> bool {
-    matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e)
+    CLASS[usize::from(b)] & OCTET != 0
+}
+
+/// A hex digit, either case.
+#[inline]
+fn is_hexdig(b: u8) -> bool {
+    CLASS[usize::from(b)] & HEXDIG != 0
 }
 
 /// A received value (or property value): baggage-octets only, and every `%` starts a
@@ -99,7 +136,7 @@ fn is_valid_value(v: &[u8]) -> bool {
             return false;
         }
         if b == b'%' {
-            if !(i + 2 < v.len() && v[i + 1].is_ascii_hexdigit() && v[i + 2].is_ascii_hexdigit()) {
+            if !(i + 2 < v.len() && is_hexdig(v[i + 1]) && is_hexdig(v[i + 2])) {
                 return false;
             }
             i += 3;
@@ -159,6 +196,75 @@ fn percent_encode_into(value: &str, out: &mut String) {
             out.push('%');
             out.push(char::from(HEX[usize::from(b >> 4)]));
             out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+}
+
+/// The end of a value (or property value) in normalised form starting at `line[i]`: the
+/// index of the `,` or `;` after it, or the line's end; `None` at a byte that is not a
+/// baggage-octet (OWS included) or a `%` without two hex digits after it.
+#[inline]
+fn value_end(line: &[u8], mut i: usize) -> Option<usize> {
+    while let Some(&b) = line.get(i) {
+        if b == b',' || b == b';' {
+            break;
+        }
+        if !is_baggage_octet(b) {
+            return None;
+        }
+        if b == b'%' {
+            // The two digits are never `,` or `;`: inside the value, as `is_valid_value` asks.
+            if !(i + 2 < line.len() && is_hexdig(line[i + 1]) && is_hexdig(line[i + 2])) {
+                return None;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    Some(i)
+}
+
+/// The end of a `token` starting at `line[i]`, `None` when it is empty.
+#[inline]
+fn token_end(line: &[u8], start: usize) -> Option<usize> {
+    let mut i = start;
+    while i < line.len() && is_tchar(line[i]) {
+        i += 1;
+    }
+    (i > start).then_some(i)
+}
+
+/// The number of members of `line` when it is already normalised, every member valid: what
+/// [`push_member`] would write for each member is the member itself, and they are joined
+/// by single commas (no OWS anywhere, no empty member). `None` for anything else (which the
+/// member-by-member path then handles); `Some(0)` for an empty line.
+fn normalised_members(line: &[u8]) -> Option<usize> {
+    if line.is_empty() {
+        return Some(0);
+    }
+    let mut members = 0;
+    let mut i = 0;
+    loop {
+        // key '=' value
+        i = token_end(line, i)?;
+        if line.get(i) != Some(&b'=') {
+            return None;
+        }
+        i = value_end(line, i + 1)?;
+        // *( ';' pkey [ '=' pvalue ] )
+        while line.get(i) == Some(&b';') {
+            i = token_end(line, i + 1)?;
+            if line.get(i) == Some(&b'=') {
+                i = value_end(line, i + 1)?;
+            }
+        }
+        members += 1;
+        match line.get(i) {
+            None => return Some(members),
+            // A ',' must start another member: at the end it would leave an empty one.
+            Some(b',') if i + 1 < line.len() => i += 1,
+            Some(_) => return None,
         }
     }
 }
@@ -327,6 +433,28 @@ impl Baggage {
             input = input.saturating_add(line.len());
             if input > MAX_BAGGAGE_INPUT_BYTES {
                 return Err(BaggageError::TooLong);
+            }
+            // A line already normalised, that fits whole: copied as it is (the common case).
+            if let Some(members) = normalised_members(line) {
+                let sep = usize::from(!bag.text.is_empty());
+                if members == 0 {
+                    continue;
+                }
+                if bag.len + members <= MAX_BAGGAGE_MEMBERS
+                    && bag.text.len() + sep + line.len() <= MAX_BAGGAGE_BYTES
+                {
+                    // SAFETY: `normalised_members` returned `Some`, so it accepted every byte
+                    // of `line`, and it accepts only tchars, baggage-octets, `=`, `;` and
+                    // `,`: ASCII, so UTF-8.
+                    let text = unsafe { core::str::from_utf8_unchecked(line) };
+                    bag.text.reserve(sep + text.len());
+                    if sep == 1 {
+                        bag.text.push(',');
+                    }
+                    bag.text.push_str(text);
+                    bag.len += members;
+                    continue;
+                }
             }
             // One allocation for a well-formed line: its normalised text is never longer.
             bag.text.reserve(line.len().min(MAX_BAGGAGE_BYTES) + 1);

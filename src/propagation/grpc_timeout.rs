@@ -138,17 +138,31 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Result<Duration, GrpcTimeoutError> {
 /// assert_eq!(format_grpc_timeout(Duration::ZERO, &mut buf), "0n");
 /// ```
 pub fn format_grpc_timeout(d: Duration, buf: &mut [u8; GRPC_TIMEOUT_MAX_LEN]) -> &str {
+    const UNITS: [(u64, u8); 6] = [
+        (1, b'n'),
+        (1_000, b'u'),
+        (1_000_000, b'm'),
+        (1_000_000_000, b'S'),
+        (60 * 1_000_000_000, b'M'),
+        (3_600 * 1_000_000_000, b'H'),
+    ];
+    // The finest unit whose count fits; past 99999999H, 99999999H. Under 2⁶⁴ ns (584 years,
+    // every real budget) in u64, whose divisions by constants are multiplications.
     let nanos = d.as_nanos();
-    let (count, unit) = [b'n', b'u', b'm', b'S', b'M', b'H']
-        .into_iter()
-        .map(|u| {
-            let per = u128::from(unit_nanos(u).unwrap_or(1));
-            (nanos / per, u)
-        })
-        .find(|&(count, _)| count <= u128::from(MAX_VALUE))
-        .unwrap_or((u128::from(MAX_VALUE), b'H'));
+    let (count, unit) = match u64::try_from(nanos) {
+        Ok(nanos) => UNITS
+            .into_iter()
+            .map(|(per, u)| (nanos / per, u))
+            .find(|&(count, _)| count <= MAX_VALUE),
+        Err(_) => UNITS
+            .into_iter()
+            .map(|(per, u)| (nanos / u128::from(per), u))
+            .find(|&(count, _)| count <= u128::from(MAX_VALUE))
+            .map(|(count, u)| (count as u64, u)),
+    }
+    .unwrap_or((MAX_VALUE, b'H'));
     // `count` ≤ 99,999,999: at most 8 digits.
-    let mut count = count as u64;
+    let mut count = count;
     let mut digits = [0u8; GRPC_TIMEOUT_MAX_LEN - 1];
     let mut n = 0;
     loop {
@@ -161,8 +175,10 @@ pub fn format_grpc_timeout(d: Duration, buf: &mut [u8; GRPC_TIMEOUT_MAX_LEN]) ->
     }
     buf[..n].copy_from_slice(&digits[digits.len() - n..]);
     buf[n] = unit;
-    // Digits and a unit letter: ASCII.
-    core::str::from_utf8(&buf[..=n]).unwrap_or_default()
+    let text = &buf[..=n];
+    // SAFETY: `text` is `n` bytes `b'0' + (count % 10)` (ASCII digits) and a unit letter from
+    // `UNITS`, all written above: ASCII, so UTF-8.
+    unsafe { core::str::from_utf8_unchecked(text) }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use core::fmt;
 
 use super::random::random_u64;
+use super::traceparent::{lower_hex_u64, write_hex_u64};
 use crate::{RequestId, UserId};
 
 /// The longest `x-request-id` kept, in bytes.
@@ -95,19 +96,19 @@ impl XRequestId {
     /// A fresh id: 16 lowercase hex digits of [`random_u64`](super::random_u64), the text
     /// `RequestId`'s `Display` gives, so [`id`](Self::id) reads the number back.
     pub fn generate() -> XRequestId {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let n = random_u64();
+        let mut digits = [0u8; 16];
+        write_hex_u64(&mut digits, random_u64());
         let mut bytes = [0u8; MAX_REQUEST_ID_LEN];
-        for (i, b) in bytes[..16].iter_mut().enumerate() {
-            *b = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
-        }
+        bytes[..16].copy_from_slice(&digits);
         XRequestId { len: 16, bytes }
     }
 
     /// The text.
     pub fn as_str(&self) -> &str {
-        // Only visible ASCII is ever stored (`parse`, `generate`).
-        core::str::from_utf8(self.as_bytes()).unwrap_or_default()
+        // SAFETY: the fields are private and only `parse` (which checks every byte is in
+        // 0x21..=0x7e) and `generate` (lowercase hex digits) fill them: the text is ASCII,
+        // so UTF-8.
+        unsafe { core::str::from_utf8_unchecked(self.as_bytes()) }
     }
 
     /// The text's bytes.
@@ -121,20 +122,7 @@ impl XRequestId {
     pub fn id(&self) -> RequestId {
         let text = self.as_bytes();
         if text.len() == 16 {
-            let mut n = 0u64;
-            let mut all_hex = true;
-            for &b in text {
-                let d = match b {
-                    b'0'..=b'9' => b - b'0',
-                    b'a'..=b'f' => b - b'a' + 10,
-                    _ => {
-                        all_hex = false;
-                        break;
-                    }
-                };
-                n = (n << 4) | u64::from(d);
-            }
-            if all_hex {
+            if let Some(n) = lower_hex_u64(text) {
                 return RequestId(n);
             }
         }

@@ -93,6 +93,53 @@ fn hex(field: &[u8]) -> Result<u128, TraceParentError> {
         .try_fold(0u128, |acc, &b| Ok((acc << 4) | u128::from(hex_digit(b)?)))
 }
 
+/// The value of each byte as a lowercase hex digit, [`NOT_HEX`] for any other byte.
+static HEX_VALUE: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 16 {
+        t[HEX[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// [`HEX_VALUE`] of a byte that is not a lowercase hex digit.
+const NOT_HEX: u8 = 0x80;
+
+/// `field` (at most 16 digits) as a number, when every byte is a lowercase hex digit; no
+/// branch per byte (random ids mix digits and letters, which a branch would mispredict).
+#[inline]
+pub(crate) fn lower_hex_u64(field: &[u8]) -> Option<u64> {
+    let mut n = 0u64;
+    let mut seen = 0u8;
+    for &b in field {
+        let d = HEX_VALUE[usize::from(b)];
+        seen |= d;
+        n = (n << 4) | u64::from(d & 0xf);
+    }
+    (seen & NOT_HEX == 0).then_some(n)
+}
+
+/// Each byte as its two lowercase hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
+/// Writes `n` as 16 lowercase hex digits.
+#[inline]
+pub(crate) fn write_hex_u64(out: &mut [u8; 16], n: u64) {
+    for (pair, byte) in out.chunks_exact_mut(2).zip(n.to_be_bytes()) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
+    }
+}
+
 /// Optional whitespace (`OWS`, RFC 9110 §5.6.3): space or horizontal tab.
 #[inline]
 pub(crate) fn is_ows(b: u8) -> bool {
@@ -163,9 +210,21 @@ pub fn parse_traceparent(value: &[u8]) -> Result<TraceContext, TraceParentError>
     if v.len() > TRACEPARENT_LEN && v[TRACEPARENT_LEN] != b'-' {
         return Err(BadSeparator);
     }
-    let trace_id = hex(&v[3..35])?;
-    let span_id = hex(&v[36..52])? as u64;
-    let flags = hex(&v[53..55])? as u8;
+    let fields = (
+        lower_hex_u64(&v[3..19]),
+        lower_hex_u64(&v[19..35]),
+        lower_hex_u64(&v[36..52]),
+        lower_hex_u64(&v[53..55]),
+    );
+    let (Some(high), Some(low), Some(span_id), Some(flags)) = fields else {
+        // Not all lowercase hex: the first bad byte, field by field, says which error.
+        hex(&v[3..35])?;
+        hex(&v[36..52])?;
+        hex(&v[53..55])?;
+        return Err(BadHex);
+    };
+    let trace_id = (u128::from(high) << 64) | u128::from(low);
+    let flags = flags as u8;
     if trace_id == 0 {
         return Err(ZeroTraceId);
     }
@@ -179,16 +238,8 @@ pub fn parse_traceparent(value: &[u8]) -> Result<TraceContext, TraceParentError>
     })
 }
 
+/// The lowercase hex digits.
 const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Writes `n` as `out.len()` lowercase hex digits (the low `4 * out.len()` bits).
-#[inline]
-fn write_hex(out: &mut [u8], mut n: u128) {
-    for b in out.iter_mut().rev() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
-    }
-}
 
 /// Writes `tc` as a version-00 `traceparent` value,
 /// `00-{trace_id:032x}-{span_id:016x}-{flags:02x}` (55 bytes), into `buf` and returns it.
@@ -211,13 +262,19 @@ pub fn format_traceparent<'b>(tc: &TraceContext, buf: &'b mut [u8; TRACEPARENT_L
     buf[0] = b'0';
     buf[1] = b'0';
     buf[2] = b'-';
-    write_hex(&mut buf[3..35], tc.trace_id);
+    let mut digits = [0u8; 16];
+    write_hex_u64(&mut digits, (tc.trace_id >> 64) as u64);
+    buf[3..19].copy_from_slice(&digits);
+    write_hex_u64(&mut digits, tc.trace_id as u64);
+    buf[19..35].copy_from_slice(&digits);
     buf[35] = b'-';
-    write_hex(&mut buf[36..52], u128::from(tc.span_id));
+    write_hex_u64(&mut digits, tc.span_id);
+    buf[36..52].copy_from_slice(&digits);
     buf[52] = b'-';
-    write_hex(&mut buf[53..55], u128::from(tc.flags));
-    // Every byte written above is ASCII.
-    core::str::from_utf8(buf).unwrap_or_default()
+    buf[53..55].copy_from_slice(&HEX_PAIRS[usize::from(tc.flags)]);
+    // SAFETY: every byte of `buf` was written above, from `HEX` or `HEX_PAIRS` (lowercase
+    // hex digits) or as `0` and `-`: ASCII, so UTF-8.
+    unsafe { core::str::from_utf8_unchecked(buf) }
 }
 
 #[cfg(test)]

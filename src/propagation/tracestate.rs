@@ -58,22 +58,73 @@ impl fmt::Display for TraceStateError {
 
 impl std::error::Error for TraceStateError {}
 
+/// Byte classes of the `tracestate` grammar, one bit each in [`CLASS`].
+const KEY_START: u8 = 1;
+/// `keychar`.
+const KEY_CHAR: u8 = 2;
+/// `chr` (a value byte, space included).
+const VALUE_CHAR: u8 = 4;
+
+/// The class bits of every byte: one load instead of a chain of comparisons.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let mut bits = 0;
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            bits |= KEY_START | KEY_CHAR;
+        }
+        if matches!(c, b'_' | b'-' | b'*' | b'/' | b'@') {
+            bits |= KEY_CHAR;
+        }
+        if c >= 0x20 && c <= 0x7e && c != b',' && c != b'=' {
+            bits |= VALUE_CHAR;
+        }
+        t[b] = bits;
+        b += 1;
+    }
+    t
+};
+
 /// `lcalpha / DIGIT`: the first byte of a key.
 #[inline]
 fn is_key_start(b: u8) -> bool {
-    b.is_ascii_lowercase() || b.is_ascii_digit()
+    CLASS[usize::from(b)] & KEY_START != 0
 }
 
 /// `keychar = lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@"`.
 #[inline]
 fn is_key_char(b: u8) -> bool {
-    is_key_start(b) || matches!(b, b'_' | b'-' | b'*' | b'/' | b'@')
+    CLASS[usize::from(b)] & KEY_CHAR != 0
 }
 
 /// `chr = %x20 / nblk-chr`, `nblk-chr = %x21-2B / %x2D-3C / %x3E-7E`.
 #[inline]
 fn is_value_char(b: u8) -> bool {
-    (0x20..=0x7e).contains(&b) && b != b',' && b != b'='
+    CLASS[usize::from(b)] & VALUE_CHAR != 0
+}
+
+/// Whether all 8 bytes of `x` are `chr` (0x20 to 0x7e, but `,` and `=`): one test for 8
+/// bytes of a value.
+#[inline]
+fn all_value_chars(x: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0x80;
+    /// Whether a byte of `y` is zero (exact: no carry crosses a byte).
+    #[inline]
+    fn has_zero_byte(y: u64) -> bool {
+        ((y & !HIGH).wrapping_add(!HIGH) | y) & HIGH != HIGH
+    }
+    let ascii = x & HIGH == 0;
+    // With every byte below 0x80 (`ascii`), neither sum carries into the next byte.
+    let from_space = x.wrapping_add(ONES * 0x60) & HIGH == HIGH;
+    let to_tilde = x.wrapping_add(ONES) & HIGH == 0;
+    ascii
+        & from_space
+        & to_tilde
+        & !has_zero_byte(x ^ (ONES * u64::from(b',')))
+        & !has_zero_byte(x ^ (ONES * u64::from(b'=')))
 }
 
 /// Checks a whole key.
@@ -163,19 +214,31 @@ impl TraceState {
         lines: I,
     ) -> Result<TraceState, TraceStateError> {
         let mut ts = TraceState::new();
+        // The keys so far, borrowed from the lines, for the duplicate check.
+        let mut keys: [&'a [u8]; MAX_TRACESTATE_MEMBERS] = [&[]; MAX_TRACESTATE_MEMBERS];
         for line in lines {
-            ts.parse_line(line)?;
+            ts.parse_line(line, &mut keys)?;
         }
         Ok(ts)
     }
 
-    /// Appends the members of one header line.
-    fn parse_line(&mut self, line: &[u8]) -> Result<(), TraceStateError> {
+    /// Appends the members of one header line; `keys[..self.len]` are the keys so far, and
+    /// the line's are added. Validates the whole line before touching `self.text`: one
+    /// reservation of the exact length, and, when the line is already normalised (the
+    /// common case: members joined by single commas, no whitespace around them), one copy.
+    fn parse_line<'a>(
+        &mut self,
+        line: &'a [u8],
+        keys: &mut [&'a [u8]; MAX_TRACESTATE_MEMBERS],
+    ) -> Result<(), TraceStateError> {
         use TraceStateError::*;
         let n = line.len();
-        // One allocation for a well-formed line (the normalised text is never longer, plus
-        // the joining comma); bounded by what one member list may hold.
-        self.text.reserve(n.min(MAX_TRACESTATE_MEMBERS * 514) + 1);
+        let first = self.len;
+        // Bytes of the line's members, normalised (without the joining commas).
+        let mut kept = 0;
+        // Where the next member starts if the line is normalised (no OWS, no empty member).
+        let mut next = 0;
+        let mut normalised = true;
         let mut i = 0;
         while i < n {
             // OWS before a member (or an empty member).
@@ -189,17 +252,18 @@ impl TraceState {
                 i += 1;
                 continue;
             }
-            // key
+            // key: at most 256 key chars; a 257th is an error.
             let key_start = i;
             if !is_key_start(line[i]) {
                 return Err(BadKey);
             }
             i += 1;
-            while i < n && is_key_char(line[i]) {
+            let key_limit = n.min(key_start + MAX_TRACESTATE_KEY_LEN);
+            while i < key_limit && is_key_char(line[i]) {
                 i += 1;
-                if i - key_start > MAX_TRACESTATE_KEY_LEN {
-                    return Err(BadKey);
-                }
+            }
+            if i < n && i == key_limit && is_key_char(line[i]) {
+                return Err(BadKey);
             }
             let key = &line[key_start..i];
             match line.get(i) {
@@ -207,47 +271,72 @@ impl TraceState {
                 None | Some(b',' | b' ' | b'\t') => return Err(BadMember),
                 Some(_) => return Err(BadKey),
             }
-            // value, then OWS up to ',' or the end: trailing spaces and tabs are OWS (not part
-            // of the value), a tab followed by anything but OWS is an error.
+            // value: value chars (spaces included) up to 256 bytes past the `=`, less its
+            // trailing spaces; then OWS up to ',' or the end. Anything else (a tab followed
+            // by a value char, a 257th non-space byte, a byte outside `chr`) is an error.
             let value_start = i;
-            let mut value_end = i;
-            let mut in_trailing_tab = false;
-            while i < n && line[i] != b',' {
-                let b = line[i];
-                if b == b'\t' {
-                    in_trailing_tab = true;
-                } else if b != b' ' {
-                    if in_trailing_tab || !is_value_char(b) {
-                        return Err(BadValue);
-                    }
-                    value_end = i + 1;
-                    if value_end - value_start > MAX_TRACESTATE_VALUE_LEN {
-                        return Err(BadValue);
-                    }
+            let value_limit = n.min(value_start + MAX_TRACESTATE_VALUE_LEN);
+            while let Some(chunk) = line.get(i..i + 8).filter(|_| i + 8 <= value_limit) {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(chunk);
+                if !all_value_chars(u64::from_le_bytes(word)) {
+                    break;
                 }
+                i += 8;
+            }
+            while i < value_limit && is_value_char(line[i]) {
                 i += 1;
             }
-            if value_end == value_start {
+            let mut value_end = i;
+            while value_end > value_start && line[value_end - 1] == b' ' {
+                value_end -= 1;
+            }
+            while i < n && is_ows(line[i]) {
+                i += 1;
+            }
+            if (i < n && line[i] != b',') || value_end == value_start {
                 return Err(BadValue);
             }
-            let value = &line[value_start..value_end];
             if self.len == MAX_TRACESTATE_MEMBERS {
                 return Err(TooManyMembers);
             }
-            // Checked byte by byte above: ASCII.
-            let key = core::str::from_utf8(key).map_err(|_| BadKey)?;
-            let value = core::str::from_utf8(value).map_err(|_| BadValue)?;
-            if self.get(key).is_some() {
+            if keys[..self.len].contains(&key) {
                 return Err(DuplicateKey);
             }
-            if !self.text.is_empty() {
-                self.text.push(',');
-            }
-            self.text.push_str(key);
-            self.text.push('=');
-            self.text.push_str(value);
+            keys[self.len] = key;
             self.len += 1;
+            normalised &= key_start == next;
+            next = value_end + 1;
+            kept += value_end - key_start;
             // `i` is at a ',' (skipped by the next round) or at the end.
+        }
+        let members = self.len - first;
+        if members == 0 {
+            return Ok(());
+        }
+        // SAFETY: the loop above accepted every byte of `line` (it returns at the first one
+        // it does not), and accepts only OWS, `,`, key chars, `=` and value chars: ASCII, so
+        // UTF-8.
+        let text = unsafe { core::str::from_utf8_unchecked(line) };
+        let commas = members - 1 + usize::from(!self.text.is_empty());
+        self.text.reserve(kept + commas);
+        if !self.text.is_empty() {
+            self.text.push(',');
+        }
+        if normalised && next == n + 1 {
+            self.text.push_str(text);
+        } else {
+            let mut sep = false;
+            for member in text.split(',') {
+                let member = member.trim_matches(|c| c == ' ' || c == '\t');
+                if !member.is_empty() {
+                    if sep {
+                        self.text.push(',');
+                    }
+                    self.text.push_str(member);
+                    sep = true;
+                }
+            }
         }
         Ok(())
     }
@@ -357,6 +446,33 @@ mod tests {
     use super::TraceStateError::*;
     use super::*;
     use proptest::prelude::*;
+
+    /// The 8-bytes-at-once value check agrees with the byte table: every byte value at
+    /// every position, in a word of otherwise valid bytes, then random words.
+    #[test]
+    fn word_check_agrees_with_the_byte_table() {
+        let byte_check = |w: [u8; 8]| w.iter().all(|&b| is_value_char(b));
+        for pos in 0..8 {
+            for b in 0..=255u8 {
+                let mut w = *b"abcdefgh";
+                w[pos] = b;
+                assert_eq!(all_value_chars(u64::from_le_bytes(w)), byte_check(w), "{w:?}");
+            }
+        }
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..200_000 {
+            // xorshift, biased towards printable bytes half of the time
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let w = if x & 1 == 0 {
+                (x & 0x7f7f_7f7f_7f7f_7f7f).to_le_bytes()
+            } else {
+                x.to_le_bytes()
+            };
+            assert_eq!(all_value_chars(u64::from_le_bytes(w)), byte_check(w), "{w:?}");
+        }
+    }
 
     fn parse(s: &str) -> Result<TraceState, TraceStateError> {
         TraceState::parse([s.as_bytes()])
