@@ -456,7 +456,11 @@ mod tests {
             for b in 0..=255u8 {
                 let mut w = *b"abcdefgh";
                 w[pos] = b;
-                assert_eq!(all_value_chars(u64::from_le_bytes(w)), byte_check(w), "{w:?}");
+                assert_eq!(
+                    all_value_chars(u64::from_le_bytes(w)),
+                    byte_check(w),
+                    "{w:?}"
+                );
             }
         }
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -470,7 +474,11 @@ mod tests {
             } else {
                 x.to_le_bytes()
             };
-            assert_eq!(all_value_chars(u64::from_le_bytes(w)), byte_check(w), "{w:?}");
+            assert_eq!(
+                all_value_chars(u64::from_le_bytes(w)),
+                byte_check(w),
+                "{w:?}"
+            );
         }
     }
 
