@@ -32,10 +32,8 @@ use std::time::Duration;
 use criterion::Criterion;
 use ctxpool::http::Propagator;
 use ctxpool::Pool;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::propagation::{
-    Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
-};
+use http::header::{HeaderMap, HeaderValue};
+use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
 // ---------------------------------------------------------------------------------------------
@@ -84,33 +82,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-// ---------------------------------------------------------------------------------------------
-// `http::HeaderMap` as OpenTelemetry's carrier (what `opentelemetry-http` does).
-
-struct HeaderExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(HeaderName::as_str).collect()
-    }
-}
-
-struct HeaderInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
-    }
-}
+#[path = "../tests/support/otel_carrier.rs"]
+mod otel_carrier;
+use otel_carrier::{HeaderExtractor, HeaderInjector};
 
 // ---------------------------------------------------------------------------------------------
 

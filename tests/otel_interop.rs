@@ -14,39 +14,18 @@
 
 use ctxpool::http::{Incoming, Propagator, BAGGAGE, TRACEPARENT, TRACESTATE};
 use ctxpool::Pool;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use opentelemetry::baggage::{BaggageExt, KeyValueMetadata};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState as OtelTraceState,
 };
 use opentelemetry::Context as OtelContext;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
-// ---------------------------------------------------------------------------------------------
-// `http::HeaderMap` as OpenTelemetry's carrier (what `opentelemetry-http` does).
-
-struct HeaderExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(HeaderName::as_str).collect()
-    }
-}
-
-struct HeaderInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        let name = HeaderName::from_bytes(key.as_bytes()).expect("OpenTelemetry header name");
-        let value = HeaderValue::from_str(&value).expect("OpenTelemetry header value");
-        self.0.insert(name, value);
-    }
-}
+#[path = "support/otel_carrier.rs"]
+mod otel_carrier;
+use otel_carrier::{HeaderExtractor, HeaderInjector};
 
 /// OpenTelemetry's view of `headers`: its extracted context (trace and baggage).
 fn otel_extract(headers: &HeaderMap) -> OtelContext {
