@@ -129,22 +129,8 @@ fn is_hexdig(b: u8) -> bool {
 /// A received value (or property value): baggage-octets only, and every `%` starts a
 /// percent-encoded octet (`%` and two hex digits, RFC 3986 §2.1), so it always decodes.
 fn is_valid_value(v: &[u8]) -> bool {
-    let mut i = 0;
-    while i < v.len() {
-        let b = v[i];
-        if !is_baggage_octet(b) {
-            return false;
-        }
-        if b == b'%' {
-            if !(i + 2 < v.len() && is_hexdig(v[i + 1]) && is_hexdig(v[i + 2])) {
-                return false;
-            }
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    true
+    // `,` and `;` are not baggage-octets, so a valid value is one `value_end` scans whole.
+    value_end(v, 0) == Some(v.len())
 }
 
 #[inline]
