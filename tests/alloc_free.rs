@@ -407,7 +407,22 @@ fn grpc_timeout_and_user_id() {
 #[test]
 fn http_extract_with_traceparent() {
     use ctxpool::http::{Propagator, TRACEPARENT};
-    let pool = ctxpool::Pool::builder().build().unwrap();
+    // Turned by this thread every 1,024 cycles, as in `deadline_armed_create_drop` (with a
+    // driver thread, the wheel's growth would land on whichever thread drains the ring). The
+    // upkeep the turns run (a metrics publish, a leak scan: they allocate, off the request
+    // path) is pushed beyond the test's length, so the count is the request path's alone.
+    let mut cfg = ctxpool::Config {
+        pool_capacity: 4096,
+        ..ctxpool::Config::default()
+    };
+    cfg.metrics.publish_interval = Duration::from_secs(3600);
+    cfg.leak.threshold = Duration::from_secs(3600);
+    cfg.leak.interval = Duration::from_secs(3600);
+    let pool = ctxpool::Pool::builder()
+        .config(&cfg)
+        .driver(DriverMode::Manual)
+        .build()
+        .unwrap();
     let propagator = Propagator::new(&pool);
     let mut headers = http::HeaderMap::new();
     headers.insert(
@@ -416,12 +431,21 @@ fn http_extract_with_traceparent() {
     );
     headers.insert("grpc-timeout", http::HeaderValue::from_static("250m"));
     headers.insert("x-request-id", http::HeaderValue::from_static("req-1"));
+    // The first arc-swap read on a thread allocates that thread's debt-list node, once; the
+    // upkeep job the turns run reads the configuration, so read it once before counting.
+    pool.with_config(|_| ());
+    let mut i = 0u32;
     let n = allocations(|| {
         let req = propagator.extract(&headers, None);
         let tc = req.context().trace().unwrap();
         assert_eq!(tc.trace_id, trace().trace_id);
         assert_eq!(req.meta().request_id().as_str(), "req-1");
         assert!(req.context().deadline().is_some());
+        drop(req);
+        i += 1;
+        if i % 1024 == 0 {
+            pool.turn();
+        }
     });
     assert_eq!(n, 0);
     assert_eq!(propagator.stats().requests(), (1_000 + CYCLES) as u64);
