@@ -450,3 +450,72 @@ fn http_extract_with_traceparent() {
     assert_eq!(n, 0);
     assert_eq!(propagator.stats().requests(), (1_000 + CYCLES) as u64);
 }
+
+/// The whole round of a proxying server: `extract` of a request with every propagation
+/// header (`tracestate` and `baggage` on one line each, in normal form, held in a shared
+/// buffer as hyper hands them over), `inject` into an outgoing map that is cleared between
+/// calls (its values dropped, as after a send), and the drop: no allocation (http H2, H5,
+/// V3). The injected values are checked, so the work is not skipped.
+#[test]
+fn http_extract_inject_full() {
+    use ctxpool::http::{Propagator, BAGGAGE, TRACEPARENT, TRACESTATE};
+    let mut cfg = ctxpool::Config {
+        pool_capacity: 4096,
+        ..ctxpool::Config::default()
+    };
+    cfg.metrics.publish_interval = Duration::from_secs(3600);
+    cfg.leak.threshold = Duration::from_secs(3600);
+    cfg.leak.interval = Duration::from_secs(3600);
+    let pool = ctxpool::Pool::builder()
+        .config(&cfg)
+        .driver(DriverMode::Manual)
+        .build()
+        .unwrap();
+    let propagator = Propagator::new(&pool);
+    let shared = |s: &str| {
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::from(s.as_bytes().to_vec())).unwrap()
+    };
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        TRACEPARENT,
+        shared("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    let tracestate = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,tenant@vendor=a:b";
+    let baggage = "userId=alice,serverNode=DF%2028,isProduction=false";
+    headers.insert(TRACESTATE, shared(tracestate));
+    headers.insert(BAGGAGE, shared(baggage));
+    headers.insert("grpc-timeout", shared("2S"));
+    headers.insert("x-request-id", shared("req-1"));
+    pool.with_config(|_| ());
+    let mut out = http::HeaderMap::new();
+    let mut i = 0u32;
+    let n = allocations(|| {
+        let req = propagator.extract(&headers, None);
+        out.clear();
+        propagator
+            .inject(&req.context(), req.meta(), &mut out, None)
+            .unwrap();
+        assert_eq!(out.len(), 5);
+        assert_eq!(out[TRACESTATE], tracestate);
+        assert_eq!(out[BAGGAGE], baggage);
+        assert_eq!(
+            &out[TRACEPARENT].as_bytes()[..36],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-"
+        );
+        assert_eq!(out["x-request-id"], "req-1");
+        let budget =
+            ctxpool::propagation::parse_grpc_timeout(out["grpc-timeout"].as_bytes()).unwrap();
+        assert!(budget < Duration::from_secs(2));
+        drop(req);
+        i += 1;
+        if i % 1024 == 0 {
+            pool.turn();
+        }
+    });
+    assert_eq!(n, 0);
+    assert_eq!(propagator.stats().injected(), (1_000 + CYCLES) as u64);
+    // Reading the baggage parses the kept line once (H5); the parse is what was sent.
+    let req = propagator.extract(&headers, None);
+    assert_eq!(req.meta().baggage().as_str(), baggage);
+    assert_eq!(req.meta().tracestate().len(), 3);
+}

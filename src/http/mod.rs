@@ -26,9 +26,13 @@
 //!   request root of the pool) with a deadline (the incoming `grpc-timeout`, else the
 //!   configured `default_timeout`; either way clamped to `max_timeout` by the pool, which
 //!   counts the clamp). At pool exhaustion it is born cancelled with `PoolExhausted`.
-//! - H2. Extracting a request whose only propagation header is a valid `traceparent`
-//!   allocates nothing (`tests/alloc_free.rs`); the request id is inline, and an empty
-//!   `tracestate`/`baggage` owns no buffer.
+//! - H2. Extracting a request allocates nothing when its propagation headers are a valid
+//!   `traceparent`, `x-request-id` and `grpc-timeout`, and `tracestate` and `baggage` each
+//!   on one line in normal form, as every implementation we know sends them
+//!   (`tests/alloc_free.rs`): the request id is inline, and of `tracestate` and `baggage`
+//!   only the incoming value is kept (H5). Injecting allocates nothing in steady state: the
+//!   values it makes are cut from a per-thread buffer (`value.rs`, V1–V3), the kept ones
+//!   cloned (a reference count).
 //! - H3. `inject` never sends a deadline the context does not have: the budget is the
 //!   remaining time minus the margin, rounded down (`format_grpc_timeout`); when nothing is
 //!   left, no header is written and the call gets `Err(ContextError::DeadlineExceeded)`.
@@ -36,27 +40,37 @@
 //!   request: the default and maximum timeouts from the pool's packed limits word (as every
 //!   context creation does), the trusted peers and the margin through [`Pool::with_config`]
 //!   (an arc-swap guard: no write to a shared reference count per request).
+//! - H5. A `tracestate` or `baggage` that arrives as one line already in normal form (what
+//!   [`TraceState::as_str`] or [`Baggage::as_str`] would give) is validated in one pass and
+//!   kept as the incoming `HeaderValue`, not parsed into a copy; [`Propagated::tracestate`]
+//!   and [`Propagated::baggage`] parse it on first read (it is valid, so the parse succeeds).
+//!   Anything else (several lines, whitespace, members to drop) is parsed at once, and sent
+//!   on from the parsed text. Either way the same members reach `inject` (property tests in
+//!   `propagation::{tracestate, baggage}`: `is_normalised_line_agrees_with_parse`).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ::http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::Config;
+use crate::metrics::ShardedCounter;
 use crate::propagation::{
     format_grpc_timeout, format_traceparent, new_span_id, new_trace_id, parse_grpc_timeout,
     parse_traceparent, parse_user_id, Baggage, BaggageError, GrpcTimeoutError, RequestIdError,
     TraceParentError, TraceState, TraceStateError, UserIdError, XRequestId, GRPC_TIMEOUT_MAX_LEN,
-    TRACEPARENT_LEN,
+    MAX_REQUEST_ID_LEN, TRACEPARENT_LEN,
 };
 use crate::{CancelGuard, Context, ContextError, Op, Pool, Reason, TraceContext, UserId};
 
 #[cfg(feature = "tower")]
 mod layer;
+mod value;
 #[cfg(feature = "tower")]
 pub use layer::{ContextLayer, ContextService, ResponseFuture};
+use value::{header_value, room};
 
 /// `traceparent` (W3C Trace Context).
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -208,13 +222,17 @@ impl PropagatorBuilder {
 #[derive(Clone, Debug, Default)]
 pub struct Propagated {
     parent_span: Option<u64>,
-    tracestate: TraceState,
-    baggage: Baggage,
+    /// The parsed `tracestate`. Unset while it is empty or still only in `raw` (H5): parsed
+    /// from there on first read.
+    tracestate: OnceLock<TraceState>,
+    /// The parsed baggage, as `tracestate`.
+    baggage: OnceLock<Baggage>,
     request_id: Option<XRequestId>,
     user_id: Option<UserId>,
     timeout: Option<Duration>,
     /// The incoming header values, kept when they are exactly what `inject` would send, so
-    /// that an outgoing call clones them (a reference count) instead of copying the text.
+    /// that an outgoing call clones them (a reference count) instead of copying the text,
+    /// and `extract` need not parse them into a copy (H5).
     raw: Raw,
 }
 
@@ -234,18 +252,36 @@ impl Propagated {
 
     /// The incoming `tracestate` (empty when absent or dropped).
     pub fn tracestate(&self) -> &TraceState {
-        &self.tracestate
+        self.tracestate.get_or_init(|| {
+            // H5: a kept line was validated by `extract`, so this parse succeeds.
+            self.raw
+                .tracestate
+                .as_ref()
+                .and_then(|v| TraceState::parse([v.as_bytes()]).ok())
+                .unwrap_or_default()
+        })
     }
 
     /// The incoming baggage (empty when absent or dropped).
     pub fn baggage(&self) -> &Baggage {
-        &self.baggage
+        self.baggage.get_or_init(|| {
+            // H5: a kept line was validated by `extract`, so this parse succeeds whole.
+            self.raw
+                .baggage
+                .as_ref()
+                .and_then(|v| Baggage::parse([v.as_bytes()]).ok())
+                .map(|(bag, _)| bag)
+                .unwrap_or_default()
+        })
     }
 
     /// Mutable baggage, to add entries sent on outgoing calls.
     pub fn baggage_mut(&mut self) -> &mut Baggage {
+        self.baggage();
         self.raw.baggage = None;
-        &mut self.baggage
+        self.baggage
+            .get_mut()
+            .expect("initialised by `baggage()` above")
     }
 
     /// The request id: the incoming one when well-formed, else a generated one.
@@ -414,7 +450,7 @@ impl Propagator {
         op: &'static Op,
     ) -> Incoming {
         let stats = &self.shared.stats;
-        stats.requests.fetch_add(1, Ordering::Relaxed);
+        stats.requests.inc();
         let mut meta = Propagated::default();
 
         // traceparent, then tracestate only with a valid traceparent (W3C trace-context §4.3).
@@ -438,13 +474,18 @@ impl Propagator {
                 meta.parent_span = Some(tc.span_id);
                 let mut lines = tracestate.iter();
                 if let Some(first) = lines.next() {
-                    let one = lines.next().is_none();
-                    match TraceState::parse(tracestate.iter().map(HeaderValue::as_bytes)) {
-                        Ok(ts) => {
-                            if one && ts.as_str().as_bytes() == first.as_bytes() {
-                                meta.raw.tracestate = Some(first.clone());
+                    // H5: one line already in normal form is kept as it came, unparsed.
+                    let kept = match lines.next() {
+                        None => TraceState::is_normalised_line(first.as_bytes()),
+                        Some(_) => Ok(false),
+                    };
+                    match kept {
+                        Ok(true) => meta.raw.tracestate = Some(first.clone()),
+                        Ok(false) => {
+                            match TraceState::parse(tracestate.iter().map(HeaderValue::as_bytes)) {
+                                Ok(ts) => meta.tracestate = OnceLock::from(ts),
+                                Err(e) => stats.reject(Header::TraceState, e.reason()),
                             }
-                            meta.tracestate = ts;
                         }
                         Err(e) => stats.reject(Header::TraceState, e.reason()),
                     }
@@ -456,7 +497,7 @@ impl Propagator {
                 }
             }
             None => {
-                stats.new_traces.fetch_add(1, Ordering::Relaxed);
+                stats.new_traces.inc();
                 if tracestate.iter().next().is_some() {
                     stats.reject(Header::TraceState, NO_TRACEPARENT);
                 }
@@ -471,17 +512,19 @@ impl Propagator {
         let baggage = headers.get_all(BAGGAGE);
         let mut lines = baggage.iter();
         if let Some(first) = lines.next() {
-            let one = lines.next().is_none();
-            match Baggage::parse(baggage.iter().map(HeaderValue::as_bytes)) {
-                Ok((b, dropped)) => {
-                    if dropped > 0 {
-                        stats.reject_n(Header::Baggage, INVALID_MEMBER, dropped as u64);
-                    } else if one && b.as_str().as_bytes() == first.as_bytes() {
-                        meta.raw.baggage = Some(first.clone());
+            // H5: one line already in normal form is kept as it came, unparsed.
+            if lines.next().is_none() && Baggage::is_normalised_line(first.as_bytes()) {
+                meta.raw.baggage = Some(first.clone());
+            } else {
+                match Baggage::parse(baggage.iter().map(HeaderValue::as_bytes)) {
+                    Ok((b, dropped)) => {
+                        if dropped > 0 {
+                            stats.reject_n(Header::Baggage, INVALID_MEMBER, dropped as u64);
+                        }
+                        meta.baggage = OnceLock::from(b);
                     }
-                    meta.baggage = b;
+                    Err(e) => stats.reject(Header::Baggage, e.reason()),
                 }
-                Err(e) => stats.reject(Header::Baggage, e.reason()),
             }
         }
 
@@ -505,7 +548,7 @@ impl Propagator {
         let request_id = match meta.request_id {
             Some(id) => id,
             None => {
-                stats.generated_ids.fetch_add(1, Ordering::Relaxed);
+                stats.generated_ids.inc();
                 let id = XRequestId::generate();
                 meta.request_id = Some(id);
                 id
@@ -576,6 +619,9 @@ impl Propagator {
     ///
     /// Fails fast, writing nothing, when `ctx` is cancelled or its remaining budget after the
     /// margin is zero (H3): the call would only fail downstream.
+    ///
+    /// The values it makes share per-thread buffers of 1 KiB instead of allocating one each
+    /// (H2): holding an injected value (after the headers are sent) keeps its buffer alive.
     pub fn inject(
         &self,
         ctx: &Context,
@@ -588,6 +634,10 @@ impl Propagator {
             stats.failed_fast.fetch_add(1, Ordering::Relaxed);
             return Err(err);
         }
+        // V3: room for every value made below, while the previous call's are gone.
+        room(GRPC_TIMEOUT_MAX_LEN + TRACEPARENT_LEN + MAX_REQUEST_ID_LEN + 20);
+        // Nothing to replace in an empty map: its removals are skipped (each is a lookup).
+        let fresh = headers.is_empty();
         let user = meta.user_id.or_else(|| ctx.user_id());
         let (margin, send_user) = self.shared.pool.with_config(|cfg| {
             let send_user = user.is_some()
@@ -605,7 +655,7 @@ impl Propagator {
                     stats.failed_fast.fetch_add(1, Ordering::Relaxed);
                     return Err(ContextError::DeadlineExceeded);
                 }
-                Some(HeaderValue::from_str(text).expect("grpc-timeout is ASCII digits and a unit"))
+                Some(header_value(text))
             }
         };
 
@@ -620,29 +670,28 @@ impl Propagator {
         };
         let mut buf = [0u8; TRACEPARENT_LEN];
         let tp = format_traceparent(&outgoing, &mut buf);
-        headers.insert(
-            TRACEPARENT,
-            HeaderValue::from_str(tp).expect("traceparent is lowercase hex and dashes"),
-        );
+        headers.insert(TRACEPARENT, header_value(tp));
         put(
             headers,
+            fresh,
             TRACESTATE,
             &meta.raw.tracestate,
-            meta.tracestate.as_str(),
+            &meta.tracestate,
         );
-        put(headers, BAGGAGE, &meta.raw.baggage, meta.baggage.as_str());
+        put(headers, fresh, BAGGAGE, &meta.raw.baggage, &meta.baggage);
         match &meta.raw.request_id {
             Some(v) => headers.insert(X_REQUEST_ID, v.clone()),
-            None => headers.insert(
-                X_REQUEST_ID,
-                HeaderValue::from_str(meta.request_id().as_str())
-                    .expect("a request id is visible ASCII"),
-            ),
+            None => headers.insert(X_REQUEST_ID, header_value(meta.request_id().as_str())),
         };
         match budget {
-            Some(v) => headers.insert(GRPC_TIMEOUT, v),
-            None => headers.remove(GRPC_TIMEOUT),
-        };
+            Some(v) => {
+                headers.insert(GRPC_TIMEOUT, v);
+            }
+            None if !fresh => {
+                headers.remove(GRPC_TIMEOUT);
+            }
+            None => {}
+        }
         match user {
             Some(user) if send_user => {
                 let mut digits = itoa_u64(user.0);
@@ -652,10 +701,12 @@ impl Propagator {
                 if user.is_some() {
                     stats.user_id_withheld.fetch_add(1, Ordering::Relaxed);
                 }
-                headers.remove(X_USER_ID);
+                if !fresh {
+                    headers.remove(X_USER_ID);
+                }
             }
         }
-        stats.injected.fetch_add(1, Ordering::Relaxed);
+        stats.injected.inc();
         Ok(())
     }
 
@@ -682,17 +733,26 @@ fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Lines<'a> {
     }
 }
 
-/// Sets `name` to the kept incoming value, else to `text`; removes it when `text` is empty.
-fn put(headers: &mut HeaderMap, name: HeaderName, raw: &Option<HeaderValue>, text: &str) {
+/// Sets `name` to the kept incoming value, else to the parsed one's text; removes it when
+/// there is none (H5: an unset `parsed` with no `raw` is empty) unless the map was `fresh`
+/// (empty when `inject` began).
+fn put<T: AsRef<str>>(
+    headers: &mut HeaderMap,
+    fresh: bool,
+    name: HeaderName,
+    raw: &Option<HeaderValue>,
+    parsed: &OnceLock<T>,
+) {
+    let text = parsed.get().map_or("", AsRef::as_ref);
     if let Some(v) = raw {
         headers.insert(name, v.clone());
     } else if text.is_empty() {
-        headers.remove(name);
-    } else if let Ok(v) = HeaderValue::from_str(text) {
-        headers.insert(name, v);
+        if !fresh {
+            headers.remove(name);
+        }
     } else {
-        // Validated text is always a valid header value; never send a broken one.
-        headers.remove(name);
+        // Validated text (the grammars admit only visible ASCII and spaces).
+        headers.insert(name, header_value(text));
     }
 }
 
@@ -714,7 +774,7 @@ struct Digits {
 
 impl Digits {
     fn value(&mut self) -> HeaderValue {
-        HeaderValue::from_bytes(&self.buf[self.start..]).expect("decimal digits")
+        header_value(core::str::from_utf8(&self.buf[self.start..]).expect("decimal digits"))
     }
 }
 
@@ -860,13 +920,15 @@ reasons!(
     [DUPLICATE, UNTRUSTED_PEER]
 );
 
-/// Counters of a [`Propagator`]: relaxed atomics, touched once per request or rejection.
+/// Counters of a [`Propagator`]. Those touched on every request or outgoing call are
+/// [`ShardedCounter`]s (no shared cache line between threads); the rejection counters are
+/// relaxed atomics, touched only when a header is bad.
 #[derive(Debug)]
 pub struct Stats {
-    requests: AtomicU64,
-    new_traces: AtomicU64,
-    generated_ids: AtomicU64,
-    injected: AtomicU64,
+    requests: ShardedCounter,
+    new_traces: ShardedCounter,
+    generated_ids: ShardedCounter,
+    injected: ShardedCounter,
     failed_fast: AtomicU64,
     user_id_withheld: AtomicU64,
     /// One counter per (header, reason), in `Header::ALL` × `Header::reasons` order.
@@ -877,10 +939,10 @@ impl Stats {
     fn new() -> Self {
         let n: usize = Header::ALL.iter().map(|h| h.reasons().len()).sum();
         Stats {
-            requests: AtomicU64::new(0),
-            new_traces: AtomicU64::new(0),
-            generated_ids: AtomicU64::new(0),
-            injected: AtomicU64::new(0),
+            requests: ShardedCounter::new(),
+            new_traces: ShardedCounter::new(),
+            generated_ids: ShardedCounter::new(),
+            injected: ShardedCounter::new(),
             failed_fast: AtomicU64::new(0),
             user_id_withheld: AtomicU64::new(0),
             rejected: (0..n).map(|_| AtomicU64::new(0)).collect(),
@@ -917,22 +979,22 @@ impl Stats {
 
     /// Requests extracted.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.requests.get()
     }
 
     /// Requests that started a new trace (no valid `traceparent`).
     pub fn new_traces(&self) -> u64 {
-        self.new_traces.load(Ordering::Relaxed)
+        self.new_traces.get()
     }
 
     /// Requests given a generated request id.
     pub fn generated_request_ids(&self) -> u64 {
-        self.generated_ids.load(Ordering::Relaxed)
+        self.generated_ids.get()
     }
 
     /// Outgoing calls whose headers were written.
     pub fn injected(&self) -> u64 {
-        self.injected.load(Ordering::Relaxed)
+        self.injected.get()
     }
 
     /// Outgoing calls refused because the context was cancelled or its budget spent.

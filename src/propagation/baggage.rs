@@ -381,6 +381,15 @@ impl Baggage {
         }
     }
 
+    /// Whether `line`, alone, is a baggage that [`parse`](Baggage::parse) would keep whole,
+    /// already in the form [`as_str`](Baggage::as_str) gives it (at least one member, none
+    /// dropped, no whitespace, within the limits): then the line itself can be sent on, and
+    /// parsing it into a `Baggage` (a copy) can wait until someone reads it.
+    pub(crate) fn is_normalised_line(line: &[u8]) -> bool {
+        line.len() <= MAX_BAGGAGE_BYTES
+            && normalised_members(line).is_some_and(|m| m > 0 && m <= MAX_BAGGAGE_MEMBERS)
+    }
+
     /// Parses the values of every `baggage` header line of a message, in order, and returns
     /// the baggage with the number of list-members dropped.
     ///
@@ -572,6 +581,13 @@ impl Baggage {
         self.text = text;
         self.len = len;
         len != before
+    }
+}
+
+impl AsRef<str> for Baggage {
+    /// The header value, as [`as_str`](Self::as_str).
+    fn as_ref(&self) -> &str {
+        self.as_str()
     }
 }
 
@@ -842,6 +858,21 @@ mod tests {
             for (k, v) in &model {
                 let got = back.get(k);
                 prop_assert_eq!(got.as_deref(), Some(v.as_str()));
+            }
+        }
+
+        /// `is_normalised_line` (which `ctxpool::http` uses to send a line on without
+        /// parsing it into a copy) says yes exactly when `parse` keeps the whole line as it
+        /// is, dropping nothing.
+        #[test]
+        fn is_normalised_line_agrees_with_parse(
+            s in "[a-z=,; \t%0-9A-F\"\u{e9}]{0,120}",
+            long in 0usize..200,
+        ) {
+            for line in [s.clone(), vec!["k=v"; long].join(","), "k=".to_string() + &"v".repeat(long * 50)] {
+                let (bag, dropped) = parse(&line);
+                let kept_whole = dropped == 0 && !bag.is_empty() && bag.as_str() == line;
+                prop_assert_eq!(Baggage::is_normalised_line(line.as_bytes()), kept_whole, "{:?}", line);
             }
         }
 

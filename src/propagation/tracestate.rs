@@ -222,6 +222,18 @@ impl TraceState {
         Ok(ts)
     }
 
+    /// Whether `line`, alone, is a valid `tracestate` already in the form
+    /// [`as_str`](TraceState::as_str) would give it (members joined by single commas, no
+    /// whitespace around them, at least one member): then the line itself can be sent on,
+    /// and parsing it into a `TraceState` (a copy) can wait until someone reads it.
+    /// `Ok(false)` for a valid line in another form (whitespace, empty members, or none).
+    pub(crate) fn is_normalised_line(line: &[u8]) -> Result<bool, TraceStateError> {
+        let mut keys: [&[u8]; MAX_TRACESTATE_MEMBERS] = [&[]; MAX_TRACESTATE_MEMBERS];
+        let mut len = 0;
+        let scan = scan_line(line, &mut keys, &mut len)?;
+        Ok(len > 0 && scan.normalised)
+    }
+
     /// Appends the members of one header line; `keys[..self.len]` are the keys so far, and
     /// the line's are added. Validates the whole line before touching `self.text`: one
     /// reservation of the exact length, and, when the line is already normalised (the
@@ -231,99 +243,22 @@ impl TraceState {
         line: &'a [u8],
         keys: &mut [&'a [u8]; MAX_TRACESTATE_MEMBERS],
     ) -> Result<(), TraceStateError> {
-        use TraceStateError::*;
-        let n = line.len();
         let first = self.len;
-        // Bytes of the line's members, normalised (without the joining commas).
-        let mut kept = 0;
-        // Where the next member starts if the line is normalised (no OWS, no empty member).
-        let mut next = 0;
-        let mut normalised = true;
-        let mut i = 0;
-        while i < n {
-            // OWS before a member (or an empty member).
-            while i < n && is_ows(line[i]) {
-                i += 1;
-            }
-            if i == n {
-                break;
-            }
-            if line[i] == b',' {
-                i += 1;
-                continue;
-            }
-            // key: at most 256 key chars; a 257th is an error.
-            let key_start = i;
-            if !is_key_start(line[i]) {
-                return Err(BadKey);
-            }
-            i += 1;
-            let key_limit = n.min(key_start + MAX_TRACESTATE_KEY_LEN);
-            while i < key_limit && is_key_char(line[i]) {
-                i += 1;
-            }
-            if i < n && i == key_limit && is_key_char(line[i]) {
-                return Err(BadKey);
-            }
-            let key = &line[key_start..i];
-            match line.get(i) {
-                Some(b'=') => i += 1,
-                None | Some(b',' | b' ' | b'\t') => return Err(BadMember),
-                Some(_) => return Err(BadKey),
-            }
-            // value: value chars (spaces included) up to 256 bytes past the `=`, less its
-            // trailing spaces; then OWS up to ',' or the end. Anything else (a tab followed
-            // by a value char, a 257th non-space byte, a byte outside `chr`) is an error.
-            let value_start = i;
-            let value_limit = n.min(value_start + MAX_TRACESTATE_VALUE_LEN);
-            while let Some(chunk) = line.get(i..i + 8).filter(|_| i + 8 <= value_limit) {
-                let mut word = [0u8; 8];
-                word.copy_from_slice(chunk);
-                if !all_value_chars(u64::from_le_bytes(word)) {
-                    break;
-                }
-                i += 8;
-            }
-            while i < value_limit && is_value_char(line[i]) {
-                i += 1;
-            }
-            let mut value_end = i;
-            while value_end > value_start && line[value_end - 1] == b' ' {
-                value_end -= 1;
-            }
-            while i < n && is_ows(line[i]) {
-                i += 1;
-            }
-            if (i < n && line[i] != b',') || value_end == value_start {
-                return Err(BadValue);
-            }
-            if self.len == MAX_TRACESTATE_MEMBERS {
-                return Err(TooManyMembers);
-            }
-            if keys[..self.len].contains(&key) {
-                return Err(DuplicateKey);
-            }
-            keys[self.len] = key;
-            self.len += 1;
-            normalised &= key_start == next;
-            next = value_end + 1;
-            kept += value_end - key_start;
-            // `i` is at a ',' (skipped by the next round) or at the end.
-        }
+        let Scan { kept, normalised } = scan_line(line, keys, &mut self.len)?;
         let members = self.len - first;
         if members == 0 {
             return Ok(());
         }
-        // SAFETY: the loop above accepted every byte of `line` (it returns at the first one
-        // it does not), and accepts only OWS, `,`, key chars, `=` and value chars: ASCII, so
-        // UTF-8.
+        // SAFETY: `scan_line` returned `Ok`, so it accepted every byte of `line` (it returns
+        // at the first one it does not), and it accepts only OWS, `,`, key chars, `=` and
+        // value chars: ASCII, so UTF-8.
         let text = unsafe { core::str::from_utf8_unchecked(line) };
         let commas = members - 1 + usize::from(!self.text.is_empty());
         self.text.reserve(kept + commas);
         if !self.text.is_empty() {
             self.text.push(',');
         }
-        if normalised && next == n + 1 {
+        if normalised {
             self.text.push_str(text);
         } else {
             let mut sep = false;
@@ -340,7 +275,6 @@ impl TraceState {
         }
         Ok(())
     }
-
     /// The header value to send: `k1=v1,k2=v2`, `""` when empty (the spec asks not to send
     /// an empty `tracestate`).
     pub fn as_str(&self) -> &str {
@@ -434,11 +368,117 @@ impl TraceState {
     }
 }
 
+impl AsRef<str> for TraceState {
+    /// The header value, as [`as_str`](Self::as_str).
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
 impl fmt::Display for TraceState {
     /// The header value, as [`as_str`](Self::as_str).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
+}
+
+/// What [`scan_line`] found in a valid line.
+struct Scan {
+    /// Bytes of the line's members, without whitespace around them or the joining commas.
+    kept: usize,
+    /// Whether the line is exactly its members joined by single commas.
+    normalised: bool,
+}
+
+/// Validates one `tracestate` line: `keys[..*len]` are the keys of the earlier lines, and the
+/// line's are added (`*len` counts them). Stops at the first error.
+fn scan_line<'a>(
+    line: &'a [u8],
+    keys: &mut [&'a [u8]; MAX_TRACESTATE_MEMBERS],
+    len: &mut usize,
+) -> Result<Scan, TraceStateError> {
+    use TraceStateError::*;
+    let n = line.len();
+    // Bytes of the line's members, normalised (without the joining commas).
+    let mut kept = 0;
+    // Where the next member starts if the line is normalised (no OWS, no empty member).
+    let mut next = 0;
+    let mut normalised = true;
+    let mut i = 0;
+    while i < n {
+        // OWS before a member (or an empty member).
+        while i < n && is_ows(line[i]) {
+            i += 1;
+        }
+        if i == n {
+            break;
+        }
+        if line[i] == b',' {
+            i += 1;
+            continue;
+        }
+        // key: at most 256 key chars; a 257th is an error.
+        let key_start = i;
+        if !is_key_start(line[i]) {
+            return Err(BadKey);
+        }
+        i += 1;
+        let key_limit = n.min(key_start + MAX_TRACESTATE_KEY_LEN);
+        while i < key_limit && is_key_char(line[i]) {
+            i += 1;
+        }
+        if i < n && i == key_limit && is_key_char(line[i]) {
+            return Err(BadKey);
+        }
+        let key = &line[key_start..i];
+        match line.get(i) {
+            Some(b'=') => i += 1,
+            None | Some(b',' | b' ' | b'\t') => return Err(BadMember),
+            Some(_) => return Err(BadKey),
+        }
+        // value: value chars (spaces included) up to 256 bytes past the `=`, less its
+        // trailing spaces; then OWS up to ',' or the end. Anything else (a tab followed
+        // by a value char, a 257th non-space byte, a byte outside `chr`) is an error.
+        let value_start = i;
+        let value_limit = n.min(value_start + MAX_TRACESTATE_VALUE_LEN);
+        while let Some(chunk) = line.get(i..i + 8).filter(|_| i + 8 <= value_limit) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if !all_value_chars(u64::from_le_bytes(word)) {
+                break;
+            }
+            i += 8;
+        }
+        while i < value_limit && is_value_char(line[i]) {
+            i += 1;
+        }
+        let mut value_end = i;
+        while value_end > value_start && line[value_end - 1] == b' ' {
+            value_end -= 1;
+        }
+        while i < n && is_ows(line[i]) {
+            i += 1;
+        }
+        if (i < n && line[i] != b',') || value_end == value_start {
+            return Err(BadValue);
+        }
+        if *len == MAX_TRACESTATE_MEMBERS {
+            return Err(TooManyMembers);
+        }
+        if keys[..*len].contains(&key) {
+            return Err(DuplicateKey);
+        }
+        keys[*len] = key;
+        *len += 1;
+        normalised &= key_start == next;
+        next = value_end + 1;
+        kept += value_end - key_start;
+        // `i` is at a ',' (skipped by the next round) or at the end.
+    }
+    Ok(Scan {
+        kept,
+        normalised: normalised && next == n + 1,
+    })
 }
 
 #[cfg(test)]
@@ -722,6 +762,34 @@ mod tests {
             }
             let back = parse(ts.as_str()).unwrap();
             prop_assert_eq!(&back, &ts);
+        }
+
+        /// `is_normalised_line` (which `ctxpool::http` uses to send a line on without
+        /// parsing it into a copy) says yes exactly when `parse` keeps the line as it is,
+        /// and rejects exactly what `parse` rejects.
+        #[test]
+        fn is_normalised_line_agrees_with_parse(
+            members in proptest::collection::vec((key(), value(), "[ \t,]{0,2}"), 0..36),
+            noise in "[a-z0-9=, \t@A-Z]{0,40}",
+            with_noise in any::<bool>(),
+        ) {
+            let mut line: String = members
+                .iter()
+                .map(|(k, v, sep)| format!("{k}={v}{sep}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            if with_noise {
+                line.push_str(&noise);
+            }
+            let quick = TraceState::is_normalised_line(line.as_bytes());
+            match TraceState::parse([line.as_bytes()]) {
+                Ok(ts) => prop_assert_eq!(
+                    quick,
+                    Ok(!ts.is_empty() && ts.as_str() == line),
+                    "{:?}", line
+                ),
+                Err(e) => prop_assert_eq!(quick, Err(e), "{:?}", line),
+            }
         }
 
         #[test]
