@@ -22,6 +22,11 @@
 //! whose only propagation header is a valid `traceparent` (zero for `ctxpool`: invariant H2
 //! of `ctxpool::http`).
 //!
+//! Group `extract_headers`: `extract` alone, of the same propagation headers among ordinary
+//! ones (`host`, `user-agent`, `authorization`, …), ids `lines_N` for maps of N lines: how
+//! the cost grows with the request's size, across the switch from walking the map to
+//! looking headers up (`ctxpool::http`, `WALK_MAX`).
+//!
 //! Run with `cargo bench --bench propagation`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -185,10 +190,63 @@ fn extract_inject(c: &mut Criterion) {
     g.finish();
 }
 
+/// The incoming map of [`incoming`] with ordinary headers added (`host`, `user-agent`, …,
+/// then `x-extra-N`), `lines` lines in all.
+fn incoming_with(lines: usize) -> HeaderMap {
+    let mut h = incoming();
+    let ordinary = [
+        ("host", "api.example.com"),
+        ("user-agent", "curl/8.5.0"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, br"),
+        ("content-type", "application/json"),
+        ("content-length", "42"),
+        (
+            "authorization",
+            "Bearer eyJhbGciOiJIUzI1NiJ9.e30.ZRrHA1JJJW8opsbCGfG_HACGpVUMN_a9IV7pAx_Zmeo",
+        ),
+        ("cookie", "session=3f2a9c"),
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-proto", "https"),
+    ];
+    let mut i = 0;
+    while h.len() < lines {
+        match ordinary.get(i) {
+            Some((k, v)) => h.insert(*k, HeaderValue::from_static(v)),
+            None => h.insert(
+                http::header::HeaderName::try_from(format!("x-extra-{i}")).unwrap(),
+                HeaderValue::from_static("1"),
+            ),
+        };
+        i += 1;
+    }
+    h
+}
+
+/// Group `extract_headers`: `extract` (and drop) of the same propagation headers among
+/// more and more ordinary ones, ids `lines_N` for a map of N lines. Up to 24 lines
+/// `extract` walks the map; above, it looks each propagation header up.
+fn extract_headers(c: &mut Criterion, pool: &Pool) {
+    let mut g = c.benchmark_group("extract_headers");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    let propagator = Propagator::new(pool);
+    for lines in [3, 8, 16, 24, 25, 32, 64] {
+        let headers = incoming_with(lines);
+        assert_eq!(headers.len(), lines);
+        g.bench_function(format!("lines_{lines}"), |b| {
+            b.iter(|| drop(black_box(propagator.extract(black_box(&headers), None))))
+        });
+    }
+    g.finish();
+}
+
 // Written out instead of `criterion_group!`/`criterion_main!`, whose generated `pub fn` would
 // trip the crate's `missing_docs = "deny"` lint.
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     extract_inject(&mut c);
+    let pool = Pool::builder().build().expect("the default configuration");
+    extract_headers(&mut c, &pool);
     c.final_summary();
 }

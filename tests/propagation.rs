@@ -365,10 +365,28 @@ fn snapshot(p: &Propagator) -> Vec<(Header, &'static str, u64)> {
 
 #[test]
 fn hostile_header_table() {
+    run_table(0);
+}
+
+/// The same table among 30 ordinary header lines: past the size up to which `extract` walks
+/// the map, it looks each propagation header up instead; the outcomes must not change.
+#[test]
+fn hostile_header_table_in_a_large_map() {
+    run_table(30);
+}
+
+/// Runs every case of [`table`], each request also carrying `padding` ordinary header lines.
+fn run_table(padding: usize) {
     let pool = pool();
     let p = Propagator::new(&pool);
     for c in table() {
         let mut headers = HeaderMap::new();
+        for i in 0..padding {
+            headers.append(
+                HeaderName::try_from(format!("x-ordinary-{i}")).unwrap(),
+                HeaderValue::from_static("tracestate=a,traceparent"),
+            );
+        }
         for (k, v) in &c.headers {
             let value = HeaderValue::from_bytes(v)
                 .unwrap_or_else(|e| panic!("{}: the http crate refuses {k}: {e}", c.name));
