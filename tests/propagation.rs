@@ -576,6 +576,26 @@ fn inject_sends_the_remaining_budget_and_fails_fast_when_spent() {
         p.inject(&cancelled, req.meta(), &mut out, None),
         Err(ContextError::Canceled)
     );
+
+    // A new margin applies to the next call (H4), and an invalid one changes nothing.
+    let mut cfg = (*pool.config()).clone();
+    cfg.propagation.outbound_deadline_margin = Duration::from_millis(400);
+    pool.update_config(cfg.clone()).unwrap();
+    let mut out = HeaderMap::new();
+    p.inject(&req.context(), req.meta(), &mut out, None)
+        .unwrap();
+    let sent = ctxpool::propagation::parse_grpc_timeout(out[GRPC_TIMEOUT].as_bytes()).unwrap();
+    assert!(sent <= Duration::from_millis(600), "{sent:?}");
+    assert!(sent > Duration::from_millis(450), "{sent:?}");
+    cfg.propagation.outbound_deadline_margin = Duration::from_secs(3600);
+    assert!(pool.update_config(cfg).is_err());
+    p.inject(&req.context(), req.meta(), &mut out, None)
+        .unwrap();
+    let again = ctxpool::propagation::parse_grpc_timeout(out[GRPC_TIMEOUT].as_bytes()).unwrap();
+    assert!(
+        again <= sent && again > Duration::from_millis(450),
+        "{again:?}"
+    );
 }
 
 #[test]

@@ -38,8 +38,9 @@
 //!   left, no header is written and the call gets `Err(ContextError::DeadlineExceeded)`.
 //! - H4. The configuration is read on every call, so a runtime update applies to the next
 //!   request: the default and maximum timeouts from the pool's packed limits word (as every
-//!   context creation does), the trusted peers and the margin through [`Pool::with_config`]
-//!   (an arc-swap guard: no write to a shared reference count per request).
+//!   context creation does) and `outbound_deadline_margin` from a word of its own, the
+//!   trusted peers through [`Pool::with_config`] (an arc-swap guard: no write to a shared
+//!   reference count per request), and only when there is a user id to check.
 //! - H5. A `tracestate` or `baggage` that arrives as one line already in normal form (what
 //!   [`TraceState::as_str`] or [`Baggage::as_str`] would give) is validated in one pass and
 //!   kept as the incoming `HeaderValue`, not parsed into a copy; [`Propagated::tracestate`]
@@ -640,11 +641,12 @@ impl Propagator {
         // Nothing to replace in an empty map: its removals are skipped (each is a lookup).
         let fresh = headers.is_empty();
         let user = meta.user_id.or_else(|| ctx.user_id());
-        let (margin, send_user) = self.shared.pool.with_config(|cfg| {
-            let send_user = user.is_some()
-                && (self.shared.forward_user_id || dest.is_some_and(|d| is_trusted(cfg, d)));
-            (cfg.propagation.outbound_deadline_margin, send_user)
-        });
+        // H4: the margin from its own word; the peers (only needed with a user id to send)
+        // through the configuration.
+        let margin = self.shared.pool.outbound_margin();
+        let send_user = user.is_some()
+            && (self.shared.forward_user_id
+                || dest.is_some_and(|d| self.shared.pool.with_config(|cfg| is_trusted(cfg, d))));
         let budget = match ctx.remaining() {
             None => None,
             Some(left) => {

@@ -113,6 +113,9 @@ pub(crate) struct PoolInner {
     /// The hot-path limits of the configuration in one word, so that a reader sees one whole
     /// configuration: `default_timeout` in ms (high half) and `max_timeout` in ms (low half).
     limits: AtomicU64,
+    /// `propagation.outbound_deadline_margin` in nanoseconds (at most a minute, validated),
+    /// read on every outgoing call (`http::Propagator::inject`) without the arc-swap guard.
+    outbound_margin_ns: AtomicU64,
 }
 
 /// Every how many contexts a thread captures a backtrace (0: never).
@@ -128,6 +131,11 @@ fn backtrace_every(c: &Config) -> u32 {
 /// Whole milliseconds of a validated duration (at most 7 days, so it fits).
 fn millis(d: Duration) -> u32 {
     u32::try_from(crate::time::clock::ceil_ms(d)).unwrap_or(u32::MAX)
+}
+
+/// Nanoseconds of a duration, saturating.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Packs the hot-path limits (see `PoolInner::limits`).
@@ -172,6 +180,9 @@ impl PoolInner {
             config_update: Mutex::new(()),
             config_updates: [AtomicU64::new(0), AtomicU64::new(0)],
             limits: AtomicU64::new(pack_limits(b.default_timeout_ms, b.max_timeout_ms)),
+            outbound_margin_ns: AtomicU64::new(nanos(
+                b.effective_config().propagation.outbound_deadline_margin,
+            )),
         }
     }
 
@@ -190,6 +201,12 @@ impl PoolInner {
     pub(crate) fn limits(&self) -> (u32, u32) {
         let w = self.limits.load(Ordering::Acquire);
         ((w >> 32) as u32, w as u32)
+    }
+
+    /// `propagation.outbound_deadline_margin` in force (one load).
+    #[inline]
+    pub(crate) fn outbound_margin(&self) -> Duration {
+        Duration::from_nanos(self.outbound_margin_ns.load(Ordering::Relaxed))
     }
 
     /// The current configuration.
@@ -214,10 +231,12 @@ impl PoolInner {
         }
         let limits = pack_limits(millis(new.default_timeout), millis(new.max_timeout));
         let metrics_on = new.metrics.enabled;
+        let margin_ns = nanos(new.propagation.outbound_deadline_margin);
         self.backtrace_every
             .store(backtrace_every(&new), Ordering::Relaxed);
         self.config.store(std::sync::Arc::new(new));
         self.limits.store(limits, Ordering::Release);
+        self.outbound_margin_ns.store(margin_ns, Ordering::Relaxed);
         self.metrics.enabled.store(metrics_on, Ordering::Relaxed);
         self.config_updates[0].fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -1107,6 +1126,12 @@ impl Pool {
     /// [`config`](Pool::config) on a hot path: concurrent readers write no shared line).
     pub fn with_config<R>(&self, f: impl FnOnce(&Config) -> R) -> R {
         self.inner.get().with_config(f)
+    }
+
+    /// `propagation.outbound_deadline_margin` in force: one load, for every outgoing call.
+    #[cfg(feature = "http")]
+    pub(crate) fn outbound_margin(&self) -> Duration {
+        self.inner.get().outbound_margin()
     }
 
     /// Replaces the configuration at run time, or explains why not.
