@@ -22,6 +22,9 @@
 //! whose only propagation header is a valid `traceparent` (zero for `ctxpool`: invariant H2
 //! of `ctxpool::http`).
 //!
+//! Group `extract_inject_floor`: the `HeaderMap` operations of each id alone (values made
+//! beforehand), a lower bound for any implementation over `http::HeaderMap`.
+//!
 //! Group `extract_headers`: `extract` alone, of the same propagation headers among ordinary
 //! ones (`host`, `user-agent`, `authorization`, …), ids `lines_N` for maps of N lines: how
 //! the cost grows with the request's size, across the switch from walking the map to
@@ -190,6 +193,70 @@ fn extract_inject(c: &mut Criterion) {
     g.finish();
 }
 
+/// Group `extract_inject_floor`: the `http::HeaderMap` work alone, with no parsing, no
+/// formatting and no context, values made beforehand (a reference count each), into the
+/// same cleared outgoing map:
+///
+/// - `headermap_ctxpool`: what `extract_inject/ctxpool` does to maps: a walk of the incoming
+///   map for its six headers, and five inserts (`traceparent`, `tracestate`, `baggage`,
+///   `x-request-id`, `grpc-timeout`).
+/// - `headermap_opentelemetry`: what `extract_inject/opentelemetry` must do at least: three
+///   lookups, three inserts.
+///
+/// These bound from below what any implementation over `HeaderMap` can reach.
+fn extract_inject_floor(c: &mut Criterion) {
+    use ctxpool::http::TRACEPARENT as TP;
+    use ctxpool::http::{BAGGAGE, GRPC_TIMEOUT, TRACESTATE, X_REQUEST_ID};
+    let mut g = c.benchmark_group("extract_inject_floor");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    let headers = incoming();
+    let mut out = HeaderMap::new();
+    let values: Vec<HeaderValue> = [TRACEPARENT, "a=1", "k=v", "0123456789abcdef", "2999m"]
+        .iter()
+        .map(|v| {
+            HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(v.as_bytes())).unwrap()
+        })
+        .collect();
+    g.bench_function("headermap_ctxpool", |b| {
+        b.iter(|| {
+            let mut found = [None; 6];
+            for (name, value) in black_box(&headers) {
+                let i = match name.as_str() {
+                    "traceparent" => 0,
+                    "tracestate" => 1,
+                    "baggage" => 2,
+                    "x-request-id" => 3,
+                    "grpc-timeout" => 4,
+                    "x-user-id" => 5,
+                    _ => continue,
+                };
+                found[i] = Some(value);
+            }
+            black_box(&found);
+            out.clear();
+            out.insert(TP, values[0].clone());
+            out.insert(TRACESTATE, values[1].clone());
+            out.insert(BAGGAGE, values[2].clone());
+            out.insert(X_REQUEST_ID, values[3].clone());
+            out.insert(GRPC_TIMEOUT, values[4].clone());
+            black_box(&out);
+        })
+    });
+    g.bench_function("headermap_opentelemetry", |b| {
+        b.iter(|| {
+            let h = black_box(&headers);
+            black_box((h.get("traceparent"), h.get("tracestate"), h.get("baggage")));
+            out.clear();
+            out.insert(TP, values[0].clone());
+            out.insert(TRACESTATE, values[1].clone());
+            out.insert(BAGGAGE, values[2].clone());
+            black_box(&out);
+        })
+    });
+    g.finish();
+}
+
 /// The incoming map of [`incoming`] with ordinary headers added (`host`, `user-agent`, …,
 /// then `x-extra-N`), `lines` lines in all.
 fn incoming_with(lines: usize) -> HeaderMap {
@@ -248,5 +315,6 @@ fn main() {
     extract_inject(&mut c);
     let pool = Pool::builder().build().expect("the default configuration");
     extract_headers(&mut c, &pool);
+    extract_inject_floor(&mut c);
     c.final_summary();
 }
