@@ -66,7 +66,9 @@ mod tree;
 mod values;
 
 pub use config::Config;
-pub use context::{CancelGuard, Cancelled, ChildBuilder, Context, ContextId, WeakContext};
+pub use context::{
+    CancelGuard, Cancelled, CancelledOwned, ChildBuilder, Context, ContextId, WeakContext,
+};
 pub use pool::{BuildError, Pool, PoolBuilder, PoolStats, MAX_TIMEOUT_LIMIT};
 pub use time::{DriverMode, ManualClock, TimerStats};
 pub use tree::cause::{Cause, ContextError, Origin, PoolExhausted, Reason};

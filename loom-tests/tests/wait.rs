@@ -118,6 +118,45 @@ fn dropped_future_unlinks_while_cancel_wakes() {
     });
 }
 
+/// (6) `cancelled_owned()`: the future holds the only handle to the context (the one it was
+/// made from is dropped first) and is woken by the parent's cancel on another thread; when
+/// it completes and is dropped, its handle releases the node.
+#[test]
+fn owned_future_woken_by_parent_cancel() {
+    model(|| {
+        let pool = pool(2);
+        let root = pool.background().with_cancel();
+        let fut = root.child().build().cancelled_owned();
+        let t = thread::spawn(move || {
+            let mut fut = Box::pin(fut);
+            block_on(fut.as_mut());
+            fut.context().cause()
+        });
+        assert!(root.cancel(Reason::Code(3)));
+        assert_eq!(t.join().unwrap(), Some(CODE3));
+        drop(root);
+        assert_all_released(&pool);
+    });
+}
+
+/// `cancelled_owned()` polled once and dropped while the parent's cancel takes the waiter
+/// list: its `Drop` unlinks the waiter (unless notified) before its handle, the context's
+/// last, releases the node (struct fields drop after `Drop::drop`), so the canceller never
+/// touches a waiter or a node that is gone (I5, tree I1).
+#[test]
+fn dropped_owned_future_holding_the_last_handle() {
+    model(|| {
+        let pool = pool(2);
+        let root = pool.background().with_cancel();
+        let fut = root.child().build().cancelled_owned();
+        let t = thread::spawn(move || poll_once(fut));
+        assert!(root.cancel(Reason::Code(3)));
+        t.join().unwrap();
+        drop(root);
+        assert_all_released(&pool);
+    });
+}
+
 /// Two waiters on one context (two `cancelled()` futures polled by one task, so both are on
 /// the node's waiter list at once) while the context's owner cancels it: both are woken, and
 /// the list is drained without touching a waiter after its owner dropped it.

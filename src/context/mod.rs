@@ -11,7 +11,7 @@ mod wait;
 
 pub use builder::ChildBuilder;
 pub use guard::{CancelGuard, ContextId, WeakContext};
-pub use wait::Cancelled;
+pub use wait::{Cancelled, CancelledOwned};
 
 use core::any::TypeId;
 use core::fmt;
@@ -405,6 +405,25 @@ impl Context {
     /// ```
     pub fn cancelled(&self) -> Cancelled<'_> {
         Cancelled::new(self)
+    }
+
+    /// Like [`cancelled`](Context::cancelled), but the future holds its own handle to the
+    /// context (a clone of this one), so it is `'static`: for a future, a stream or an HTTP
+    /// body that must own what it waits on.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use ctxpool::Context;
+    ///
+    /// let owner = Context::background().with_cancel();
+    /// let done = owner.context().cancelled_owned();
+    /// let task = tokio::spawn(async move { done.await });
+    /// owner.cancel(ctxpool::Reason::None);
+    /// task.await.unwrap();
+    /// # });
+    /// ```
+    pub fn cancelled_owned(&self) -> CancelledOwned {
+        CancelledOwned::new(self.clone())
     }
 
     /// Blocks the thread until this context is cancelled. Blocks forever on a context that can

@@ -3,6 +3,7 @@
 //! Both link a pinned [`Waiter`] into the node's list (tree I5) and register the node up the
 //! tree (tree I8), so that a cancel anywhere above wakes them.
 
+use core::borrow::Borrow;
 use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context as TaskContext, Poll};
@@ -24,27 +25,71 @@ enum Stage {
 /// Future returned by [`Context::cancelled`]. Allocation-free, `Send`, and cancel-safe.
 #[must_use = "futures do nothing unless polled"]
 pub struct Cancelled<'a> {
-    ctx: &'a Context,
+    wait: Wait<&'a Context>,
+}
+
+/// Future returned by [`Context::cancelled_owned`]: [`Cancelled`] holding its own handle
+/// to the context, for a future or stream that must own what it waits on (`'static`).
+/// Allocation-free, `Send`, and cancel-safe.
+#[must_use = "futures do nothing unless polled"]
+pub struct CancelledOwned {
+    wait: Wait<Context>,
+}
+
+/// The state of both futures: `C` is how the context is held.
+struct Wait<C: Borrow<Context>> {
+    ctx: C,
     waiter: Waiter,
     stage: Stage,
 }
 
-impl core::fmt::Debug for Cancelled<'_> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Cancelled")
-            .field("ctx", &self.ctx.id())
+impl<C: Borrow<Context>> Wait<C> {
+    fn new(ctx: C) -> Self {
+        Wait {
+            ctx,
+            waiter: Waiter::new(),
+            stage: Stage::Init,
+        }
+    }
+
+    fn fmt(&self, name: &str, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct(name)
+            .field("ctx", &self.ctx.borrow().id())
             .field("stage", &self.stage)
             .finish()
+    }
+}
+
+impl core::fmt::Debug for Cancelled<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.wait.fmt("Cancelled", f)
+    }
+}
+
+impl core::fmt::Debug for CancelledOwned {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.wait.fmt("CancelledOwned", f)
     }
 }
 
 impl<'a> Cancelled<'a> {
     pub(crate) fn new(ctx: &'a Context) -> Self {
         Cancelled {
-            ctx,
-            waiter: Waiter::new(),
-            stage: Stage::Init,
+            wait: Wait::new(ctx),
         }
+    }
+}
+
+impl CancelledOwned {
+    pub(crate) fn new(ctx: Context) -> Self {
+        CancelledOwned {
+            wait: Wait::new(ctx),
+        }
+    }
+
+    /// The context waited on.
+    pub fn context(&self) -> &Context {
+        &self.wait.ctx
     }
 }
 
@@ -107,27 +152,48 @@ impl Future for Cancelled<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        // SAFETY: we never move `waiter` out of the pinned future; it is only linked by
-        // address while the future is pinned, and `Drop` unlinks it.
-        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: `wait` is structurally pinned: it is never moved out of this pinned future
+        // (no method moves it), so it stays where `Wait::poll` links it until its `Drop`.
+        unsafe { self.get_unchecked_mut().wait.poll(cx) }
+    }
+}
+
+impl Future for CancelledOwned {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        // SAFETY: as for `Cancelled`: `wait` is structurally pinned.
+        unsafe { self.get_unchecked_mut().wait.poll(cx) }
+    }
+}
+
+impl<C: Borrow<Context>> Wait<C> {
+    /// The poll of both futures.
+    ///
+    /// # Safety
+    /// `self` is pinned (never moved again until dropped): the waiter is linked by address
+    /// from the first `Pending` until `Drop` unlinks it or a cancel notifies it (I5).
+    unsafe fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let this = self;
+        let ctx: &Context = this.ctx.borrow();
         match this.stage {
             Stage::Done => Poll::Ready(()),
             Stage::Init => {
-                if this.ctx.is_cancelled() {
+                if ctx.is_cancelled() {
                     this.stage = Stage::Done;
                     return Poll::Ready(());
                 }
-                if this.ctx.is_never_cancelled() {
+                if ctx.is_never_cancelled() {
                     return Poll::Pending;
                 }
-                // SAFETY: the waiter is pinned inside this pinned future and `Drop` unlinks it.
-                if !unsafe { link(this.ctx, &this.waiter, Wake::Task(cx.waker().clone())) } {
+                // SAFETY: the waiter is pinned (this function's contract) and `Drop` unlinks it.
+                if !unsafe { link(ctx, &this.waiter, Wake::Task(cx.waker().clone())) } {
                     this.stage = Stage::Done;
                     return Poll::Ready(());
                 }
                 // Recorded before `register`, which may unwind: `Drop` then unlinks the waiter.
                 this.stage = Stage::Waiting;
-                register(this.ctx);
+                register(ctx);
                 if this.waiter.is_notified() {
                     this.stage = Stage::Done;
                     return Poll::Ready(());
@@ -141,16 +207,16 @@ impl Future for Cancelled<'_> {
                 }
                 // Also complete if the context reads as cancelled while our wake-up is still
                 // on its way (or was lost to a panicking waker elsewhere).
-                if this.ctx.is_cancelled() {
-                    unlink_waiter(this.ctx, &this.waiter);
+                if ctx.is_cancelled() {
+                    unlink_waiter(ctx, &this.waiter);
                     this.stage = Stage::Done;
                     return Poll::Ready(());
                 }
-                let Some(idx) = this.ctx.node_idx() else {
+                let Some(idx) = ctx.node_idx() else {
                     return Poll::Pending;
                 };
                 // SAFETY: the handle keeps the node live (I1).
-                let node = unsafe { this.ctx.inner().node(idx) };
+                let node = unsafe { ctx.inner().node(idx) };
                 // Clone the new waker before taking the lock and drop the old one after
                 // releasing it: no user code runs under the lock (state.rs).
                 let mut fresh = Some(Wake::Task(cx.waker().clone()));
@@ -174,10 +240,10 @@ impl Future for Cancelled<'_> {
     }
 }
 
-impl Drop for Cancelled<'_> {
+impl<C: Borrow<Context>> Drop for Wait<C> {
     fn drop(&mut self) {
         if self.stage == Stage::Waiting {
-            unlink_waiter(self.ctx, &self.waiter);
+            unlink_waiter(self.ctx.borrow(), &self.waiter);
         }
     }
 }
