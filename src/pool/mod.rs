@@ -204,6 +204,8 @@ impl PoolInner {
     }
 
     /// `propagation.outbound_deadline_margin` in force (one load).
+    // Used by `http` (and the tests).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     #[inline]
     pub(crate) fn outbound_margin(&self) -> Duration {
         Duration::from_nanos(self.outbound_margin_ns.load(Ordering::Relaxed))

@@ -385,6 +385,8 @@ impl Baggage {
     /// already in the form [`as_str`](Baggage::as_str) gives it (at least one member, none
     /// dropped, no whitespace, within the limits): then the line itself can be sent on, and
     /// parsing it into a `Baggage` (a copy) can wait until someone reads it.
+    // Used by `http` (and the tests).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn is_normalised_line(line: &[u8]) -> bool {
         line.len() <= MAX_BAGGAGE_BYTES
             && normalised_members(line).is_some_and(|m| m > 0 && m <= MAX_BAGGAGE_MEMBERS)

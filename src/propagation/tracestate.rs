@@ -227,6 +227,8 @@ impl TraceState {
     /// whitespace around them, at least one member): then the line itself can be sent on,
     /// and parsing it into a `TraceState` (a copy) can wait until someone reads it.
     /// `Ok(false)` for a valid line in another form (whitespace, empty members, or none).
+    // Used by `http` (and the tests).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn is_normalised_line(line: &[u8]) -> Result<bool, TraceStateError> {
         let mut keys: [&[u8]; MAX_TRACESTATE_MEMBERS] = [&[]; MAX_TRACESTATE_MEMBERS];
         let mut len = 0;
