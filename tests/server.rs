@@ -256,6 +256,83 @@ async fn dropped_client_cancels_the_server_side_context() {
     assert_eq!(s.settle().await, 0, "every context of the request released");
 }
 
+/// A streamed body outlives the response head: its producer, under the request's context,
+/// runs to the end (the layer holds the context through the body), and nothing is cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_keeps_the_request_context_to_its_end() {
+    let s = start(Config::default()).await;
+    let r = s
+        .get("/stream?lines=5&ms=20", &[("x-request-id", "stream-ok")])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = std::str::from_utf8(&r.body).unwrap();
+    assert_eq!(text.lines().count(), 5, "{text}");
+    assert_eq!(text.lines().last(), Some("line 4"));
+    assert_eq!(s.settle().await, 0, "every context of the request released");
+    assert!(
+        !s.app
+            .observed
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|o| o.request_id == "stream-ok"),
+        "a complete stream is not a cancellation"
+    );
+}
+
+/// A client hanging up in the middle of a streamed body cancels the request's context with
+/// `client disconnected`, and the producer observes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_body_cancels_the_producer() {
+    use tokio::io::AsyncReadExt;
+    let s = start(Config::default()).await;
+    let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(
+        b"GET /stream?lines=100000&ms=5 HTTP/1.1\r\nhost: x\r\nx-request-id: stream-gone\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Read until the first line of the body has arrived: the head is long sent.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(7).any(|w| w == b"line 0\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .expect("the stream starts")
+            .unwrap();
+        assert!(n > 0, "the server closed the stream early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(conn);
+    let cause = s.observed("stream-gone").await;
+    assert!(cause.contains("client disconnected"), "{cause}");
+    assert_eq!(s.settle().await, 0, "every context of the request released");
+}
+
+/// The deadline covers the body: past it, a stream still going is cut (the client sees an
+/// incomplete body, not a complete-looking one) and the producer observes the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_mid_body_cuts_the_stream() {
+    let s = start(Config::default()).await;
+    let req = Request::get(format!("http://{}/stream?lines=100000&ms=5", s.addr))
+        .header("grpc-timeout", "300m")
+        .header("x-request-id", "stream-late")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = s.client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "the head is sent in time");
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("the stream is cut");
+    assert!(
+        body.is_err(),
+        "an incomplete body is an error for the client"
+    );
+    let cause = s.observed("stream-late").await;
+    assert!(cause.contains("DeadlineExceeded"), "{cause}");
+    assert_eq!(s.settle().await, 0, "every context of the request released");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_config_put_is_rejected_whole() {
     let s = start(Config::default()).await;

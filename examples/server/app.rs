@@ -33,6 +33,10 @@ pub static WORK_PART: Op = Op::new("work_part");
 pub static FANOUT: Op = Op::new("fanout");
 /// One outgoing call of `/fanout`.
 pub static FANOUT_CALL: Op = Op::new("fanout_call");
+/// `GET /stream`.
+pub static STREAM: Op = Op::new("stream");
+/// The producer of a `/stream` body.
+pub static STREAM_PRODUCER: Op = Op::new("stream_producer");
 /// The server's root context: every request is its child.
 pub static SERVER: Op = Op::new("server");
 
@@ -111,12 +115,14 @@ pub fn router(app: Arc<App>) -> Router {
         .op_for(|_, uri| match uri.path() {
             "/work" => &WORK,
             "/fanout" => &FANOUT,
+            "/stream" => &STREAM,
             _ => &HTTP_REQUEST,
         })
         .peer_from(|ext| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()));
     Router::new()
         .route("/work", get(work))
         .route("/fanout", get(fanout))
+        .route("/stream", get(stream))
         .route("/metrics", get(metrics))
         .route("/debug/leaks", get(leaks))
         .route("/debug/config", get(get_config).put(put_config))
@@ -124,6 +130,74 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(layer)
         .with_state(app)
+}
+
+/// Query of `/stream`.
+#[derive(Deserialize)]
+pub struct StreamQuery {
+    /// Lines sent.
+    #[serde(default = "one")]
+    pub lines: u32,
+    /// Milliseconds before each line.
+    #[serde(default)]
+    pub ms: u64,
+}
+
+/// A response body fed by a channel: ends when the producer drops its sender.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|line| line.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// `GET /stream?lines=N&ms=M`: N lines, one every M ms, written by a task under a child of
+/// the request's context after the response head is sent. The layer keeps the request's
+/// context alive while the body streams, so the producer runs to the end, unless the client
+/// goes away (`client disconnected`), the deadline passes (the body is cut) or the server
+/// shuts down: it observes which.
+async fn stream(
+    State(app): State<Arc<App>>,
+    Extension(rc): Extension<RequestContext>,
+    Query(q): Query<StreamQuery>,
+) -> Response {
+    let producer = rc.context().child().op(&STREAM_PRODUCER).with_cancel();
+    let request_id = rc.meta().request_id().as_str().to_owned();
+    let lines = q.lines.clamp(1, 100_000);
+    let ms = Duration::from_millis(q.ms.min(60_000));
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        for i in 0..lines {
+            let sent = tokio::select! {
+                biased;
+                _ = producer.cancelled() => false,
+                sent = async {
+                    tokio::time::sleep(ms).await;
+                    tx.send(Bytes::from(format!("line {i}\n"))).await.is_ok()
+                } => sent,
+            };
+            if !sent {
+                // The body is gone or the context cancelled: the cancel says why (a dropped
+                // body cancels right after dropping its receiver).
+                producer.cancelled().await;
+                app.observe(&request_id, &producer);
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "text/plain")
+        .body(axum::body::Body::new(ChannelBody(rx)))
+        .expect("a valid response")
 }
 
 /// Query of `/work`.

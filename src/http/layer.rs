@@ -13,15 +13,32 @@
 //!    A context cancelled at shutdown or born cancelled at pool exhaustion gets `503`
 //!    (`grpc-status: 14` / `8`);
 //! 3. puts `x-request-id` on the response;
-//! 4. when the response future is dropped before it completes (the client went away, or a
-//!    server-wide timeout dropped it), cancels the context with [`CLIENT_DISCONNECTED`], so
-//!    every sub-operation watching it stops; after a response the context ends as a normal
-//!    request does (`OwnerDropped`, not counted as a cancellation).
+//! 4. hands the request context to the response body ([`ContextBody`]), which holds it until
+//!    the body ends: a streamed body is produced under the request's context, its deadline
+//!    included. Past the deadline (or at shutdown) a body still streaming fails with the
+//!    context's error, which makes the server abort the response (HTTP/1 closes the
+//!    connection, HTTP/2 resets the stream): the client sees a cut response, never a
+//!    complete-looking one;
+//! 5. when the response future or the body is dropped before the end (the client went away,
+//!    or a server-wide timeout dropped it), cancels the context with [`CLIENT_DISCONNECTED`],
+//!    so every sub-operation watching it stops. After a complete response the context ends
+//!    as a normal request does (`OwnerDropped`, not counted as a cancellation).
 //!
-//! The request context ends when the inner service's future completes, i.e. when the
-//! response head is ready (as Go's ends when `ServeHTTP` returns). A streaming response body
-//! that must outlive that point and still be cancellable should be driven by a context of its
-//! own (e.g. a child of the propagator's parent), not by the request's.
+//! Invariants (cited as **L1**..**L3**):
+//!
+//! - **L1** exactly one owner of the request's `CancelGuard` at a time: the response future,
+//!   then the body. Whoever holds it when it is dropped before the end cancels with
+//!   `CLIENT_DISCONNECTED`; the end (the body's last frame, `is_end_stream`, all of an exact
+//!   `size_hint` sent, an error of the inner service or body) ends the context normally.
+//! - **L2** a body that is already at its end (`is_end_stream`, e.g. an empty body) ends the
+//!   context when the response is made: servers drop such a body without polling it, which
+//!   must not read as a disconnect; so does the response to a `HEAD` request, whose body is
+//!   never sent. So does a response made when the context is already
+//!   cancelled: the handler answered knowing (say, an error page), and its body is sent
+//!   whole.
+//! - **L3** the body checks the context before each frame (one load) and, while the inner
+//!   body is pending, waits on it ([`Context::cancelled_owned`](crate::Context::cancelled_owned)),
+//!   so a cancel stops a body that streams without pause and one that is idle alike.
 //!
 //! Per-route metrics come from the pool: the operation label chosen by
 //! [`ContextLayer::op_for`] labels the context, so `ctxpool_contexts_created_total{op}`,
@@ -36,11 +53,17 @@ use std::task::{Context as TaskContext, Poll};
 
 use ::http::header::{HeaderValue, CONTENT_TYPE};
 use ::http::{Method, Request, Response, StatusCode, Uri};
+use bytes::Buf;
+use http_body::{Body, Frame, SizeHint};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{Propagator, RequestContext, CLIENT_DISCONNECTED, X_REQUEST_ID};
-use crate::{CancelGuard, Cause, ContextError, Op, Origin};
+use crate::{CancelGuard, CancelledOwned, Cause, ContextError, Op, Origin};
+
+/// The error type of [`ContextBody`]: the inner body's error, or the context's
+/// ([`ContextError`]) when it was cancelled while the body streamed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Chooses a request's operation label from its method and URI.
 pub type OpFor = Arc<dyn Fn(&Method, &Uri) -> &'static Op + Send + Sync>;
@@ -136,11 +159,11 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: Default + Send + 'static,
+    ResBody: Body + Default + Send + 'static,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<ContextBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<Response<ResBody>, S::Error>;
+    type Future = ResponseFuture<Response<ContextBody<ResBody>>, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -154,6 +177,8 @@ where
             None => layer.propagator.shared.op,
         };
         let grpc = is_grpc(&req);
+        // L2: the server sends no body for HEAD, and drops it unpolled.
+        let head = req.method() == Method::HEAD;
         let (guard, meta) = layer
             .propagator
             .extract_op(req.headers(), peer, op)
@@ -182,23 +207,166 @@ where
                 }
                 None => None,
             };
-            // Completed (or cancelled) here: the context ends normally from now on.
+            // L1: the guard passes to the body, or the context ends here.
             let guard = owner.0.take().expect("owner taken once");
             let mut resp = match result {
-                Some(Ok(resp)) => resp,
+                Some(Ok(resp)) if head => {
+                    drop(guard);
+                    resp.map(ContextBody::ended)
+                }
+                Some(Ok(resp)) => resp.map(|body| ContextBody::new(body, guard)),
                 Some(Err(e)) => return Err(e),
-                None => cancelled_response(ctx.cause(), grpc),
+                None => cancelled_response(ctx.cause(), grpc).map(ContextBody::ended),
             };
             resp.headers_mut().insert(X_REQUEST_ID, request_id);
-            drop(guard);
             Ok(resp)
         })
     }
 }
 
-/// Owns the request's `CancelGuard` while the response future is alive; dropped early, the
-/// client went away.
+/// Owns the request's `CancelGuard` while the response future or body is alive; dropped
+/// before the end, the client went away (L1).
 struct Owner(Option<CancelGuard>);
+
+impl Owner {
+    /// The response is complete: the context ends normally (L1).
+    fn finish(&mut self) {
+        drop(self.0.take());
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response body of [`ContextService`]: the inner body, holding the request context
+    /// until it ends (L1–L3, see the [module docs](self)).
+    ///
+    /// Its error is the inner body's, or the context's [`ContextError`] when the context
+    /// was cancelled (deadline, shutdown) while the body streamed.
+    ///
+    /// It is not `Unpin` (it waits on the context with a waiter linked by address, without
+    /// allocating): servers pin their bodies; to poll one by hand, `Box::pin` it.
+    pub struct ContextBody<B> {
+        #[pin]
+        inner: B,
+        // Set while the context is held and may still be cancelled (L3).
+        #[pin]
+        cancelled: Option<CancelledOwned>,
+        owner: Owner,
+        // Bytes of data sent, against an exact `size_hint` (L1).
+        sent: u64,
+    }
+}
+
+impl<B: Body> ContextBody<B> {
+    /// `inner`, holding `guard` until it ends (L1, L2).
+    fn new(inner: B, guard: CancelGuard) -> Self {
+        if inner.is_end_stream() || guard.context().is_cancelled() {
+            // L2: nothing will be polled, or the handler answered knowing the context was
+            // cancelled (an error page): the context ends with the response head.
+            return ContextBody::ended(inner);
+        }
+        ContextBody {
+            cancelled: Some(guard.context().cancelled_owned()),
+            owner: Owner(Some(guard)),
+            inner,
+            sent: 0,
+        }
+    }
+
+    /// `inner`, with no context to hold (the context already ended).
+    fn ended(inner: B) -> Self {
+        ContextBody {
+            inner,
+            cancelled: None,
+            owner: Owner(None),
+            sent: 0,
+        }
+    }
+}
+
+impl<B: std::fmt::Debug> std::fmt::Debug for ContextBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContextBody")
+            .field("inner", &self.inner)
+            .field("holds_context", &self.owner.0.is_some())
+            .field("sent", &self.sent)
+            .finish()
+    }
+}
+
+impl<B> Body for ContextBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        let mut this = self.project();
+        // Set exactly while the owner holds the guard.
+        let Some(err) = this
+            .cancelled
+            .as_ref()
+            .as_pin_ref()
+            .map(|c| c.context().err())
+        else {
+            return this.inner.poll_frame(cx).map_err(Into::into);
+        };
+        // L3: a cancel stops a body that never pauses.
+        if let Some(err) = err {
+            this.cancelled.set(None);
+            this.owner.finish();
+            return Poll::Ready(Some(Err(Box::new(err))));
+        }
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.sent = this.sent.saturating_add(data.remaining() as u64);
+                }
+                // L1: the end as the server sees it, which may not poll again.
+                let exact = this.inner.size_hint().exact();
+                if this.inner.is_end_stream() || exact.is_some_and(|n| *this.sent >= n) {
+                    this.cancelled.set(None);
+                    this.owner.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => {
+                // The end, or the body's own error: either way the context ends normally.
+                this.cancelled.set(None);
+                this.owner.finish();
+                Poll::Ready(other.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                // L3: woken by a cancel while the inner body waits.
+                let err = match this.cancelled.as_mut().as_pin_mut() {
+                    Some(mut c) => match c.as_mut().poll(cx) {
+                        Poll::Ready(()) => c.context().err(),
+                        Poll::Pending => None,
+                    },
+                    None => None,
+                };
+                if let Some(err) = err {
+                    this.cancelled.set(None);
+                    this.owner.finish();
+                    return Poll::Ready(Some(Err(Box::new(err))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 impl Drop for Owner {
     fn drop(&mut self) {

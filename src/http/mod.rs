@@ -70,7 +70,7 @@ use crate::{CancelGuard, Context, ContextError, Op, Pool, Reason, TraceContext, 
 mod layer;
 mod value;
 #[cfg(feature = "tower")]
-pub use layer::{ContextLayer, ContextService, ResponseFuture};
+pub use layer::{BoxError, ContextBody, ContextLayer, ContextService, ResponseFuture};
 use value::{header_value, room};
 
 /// `traceparent` (W3C Trace Context).
