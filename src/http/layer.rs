@@ -71,7 +71,16 @@ pub type OpFor = Arc<dyn Fn(&Method, &Uri) -> &'static Op + Send + Sync>;
 /// Finds a request's peer address (e.g. from axum's `ConnectInfo`).
 pub type PeerOf = Arc<dyn Fn(&::http::Extensions) -> Option<IpAddr> + Send + Sync>;
 
-/// A tower [`Layer`] giving every request a context; see the [module docs](self).
+/// A tower [`Layer`] giving every request a context.
+///
+/// Per request, the service extracts a request context from the headers and the peer
+/// ([`Propagator::extract_op`], labelled by [`op_for`](ContextLayer::op_for)) and puts a
+/// [`RequestContext`] into the request's extensions; runs the inner service until it answers
+/// or the context is cancelled: past the deadline `504 Gateway Timeout` (a trailers-only
+/// `grpc-status: 4` for gRPC), at shutdown or pool exhaustion `503`; echoes `x-request-id`;
+/// and hands the context to the response body ([`ContextBody`]), which holds it until the
+/// body ends. Dropping the response future or the body before the end cancels the context
+/// with [`CLIENT_DISCONNECTED`].
 ///
 /// ```
 /// use ctxpool::http::{ContextLayer, Propagator};
@@ -237,7 +246,15 @@ impl Owner {
 
 pin_project_lite::pin_project! {
     /// The response body of [`ContextService`]: the inner body, holding the request context
-    /// until it ends (L1–L3, see the [module docs](self)).
+    /// until it ends.
+    ///
+    /// The end is the inner body's last frame, `is_end_stream` after a frame, all bytes of
+    /// an exact `size_hint`, or an error: the context then ends normally. Dropped before
+    /// the end (the client went away), the body cancels the context with
+    /// [`CLIENT_DISCONNECTED`]. A cancel while it streams (deadline, shutdown) fails the next
+    /// poll with the context's error, so the server aborts the response. A body already at
+    /// its end, the body of a `HEAD` response, and one made after the context was cancelled
+    /// hold nothing: their context ends with the response head.
     ///
     /// Its error is the inner body's, or the context's [`ContextError`] when the context
     /// was cancelled (deadline, shutdown) while the body streamed.
