@@ -219,12 +219,26 @@ where
     B: Body + Default + Send + 'static,
     F: Fn() -> B + Send + Sync + Clone + 'static,
 {
+    responding(pool, seen, method, move || Response::new(body()))
+}
+
+/// The layer around a handler answering `make()`; records the request context in `seen`.
+fn responding<B, F>(
+    pool: &Pool,
+    seen: Seen,
+    method: Method,
+    make: F,
+) -> (Response<ContextBody<B>>, Context)
+where
+    B: Body + Default + Send + 'static,
+    F: Fn() -> Response<B> + Send + Sync + Clone + 'static,
+{
     let s2 = seen.clone();
     let inner = tower::service_fn(move |req: Request<Empty<Bytes>>| {
         let rc = req.extensions().get::<RequestContext>().unwrap().clone();
         *s2.lock().unwrap() = Some(rc.context().clone());
-        let body = body.clone();
-        async move { Ok::<_, Infallible>(Response::new(body())) }
+        let make = make.clone();
+        async move { Ok::<_, Infallible>(make()) }
     });
     let svc = ContextLayer::new(Propagator::new(pool)).layer(inner);
     let req = Request::builder()
@@ -287,4 +301,157 @@ async fn a_head_request_or_an_empty_body_ends_the_context_with_the_response() {
         "hello"
     );
     assert_eq!(ctx.cause(), Some(Cause::OwnerDropped));
+}
+
+/// A body of 10-byte data frames whose exact `size_hint` is what is *left*, as hyper's own
+/// bodies report it, and that says nothing of its end until polled past it.
+#[derive(Default)]
+struct Shrinking {
+    left: u64,
+}
+
+impl Body for Shrinking {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        self.left -= 10;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"0123456789")))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
+
+#[tokio::test]
+async fn a_shrinking_exact_size_hint_ends_the_context_after_the_last_byte_only() {
+    let pool = pool();
+    let (resp, ctx) = answering(&pool, Seen::default(), Method::GET, || Shrinking {
+        left: 30,
+    });
+    let mut body = Box::pin(resp.into_body());
+    for i in 0..3 {
+        assert!(!ctx.is_cancelled(), "before frame {i}");
+        assert!(next(&mut body).await.unwrap().is_ok());
+    }
+    // All 30 announced bytes are out: the server may stop polling here (L1).
+    assert_eq!(ctx.cause(), Some(Cause::OwnerDropped));
+}
+
+/// Data, then trailers; the end is known only by polling once more.
+#[derive(Default)]
+struct WithTrailers {
+    step: u8,
+}
+
+impl Body for WithTrailers {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.step += 1;
+        Poll::Ready(match self.step {
+            1 => Some(Ok(Frame::data(Bytes::from_static(b"hello")))),
+            2 => {
+                let mut t = http::HeaderMap::new();
+                t.insert("grpc-status", http::HeaderValue::from_static("0"));
+                Some(Ok(Frame::trailers(t)))
+            }
+            _ => None,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_trailers_frame_is_the_end() {
+    let pool = pool();
+    let (resp, ctx) = answering(&pool, Seen::default(), Method::GET, WithTrailers::default);
+    let mut body = Box::pin(resp.into_body());
+    assert!(next(&mut body).await.unwrap().unwrap().is_data());
+    assert!(!ctx.is_cancelled());
+    assert!(next(&mut body).await.unwrap().unwrap().is_trailers());
+    // hyper drops the body right after trailers, unpolled: not a disconnect.
+    drop(body);
+    assert_eq!(ctx.cause(), Some(Cause::OwnerDropped));
+}
+
+#[tokio::test]
+async fn a_content_length_header_bounds_a_body_of_unknown_size() {
+    let pool = pool();
+    let (tx, rx) = mpsc::channel(4);
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let (resp, ctx) = responding(&pool, Seen::default(), Method::GET, move || {
+        let mut r = Response::new(ChanBody(rx.lock().unwrap().take()));
+        r.headers_mut().insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from_static("5"),
+        );
+        r
+    });
+    let mut body = Box::pin(resp.into_body());
+    tx.send(Bytes::from_static(b"hel")).await.unwrap();
+    assert!(next(&mut body).await.unwrap().is_ok());
+    assert!(!ctx.is_cancelled(), "3 of 5 bytes sent");
+    tx.send(Bytes::from_static(b"lo")).await.unwrap();
+    assert!(next(&mut body).await.unwrap().is_ok());
+    // hyper stops writing at the announced length and drops the body.
+    drop(body);
+    assert_eq!(ctx.cause(), Some(Cause::OwnerDropped));
+}
+
+#[tokio::test]
+async fn bodiless_statuses_end_the_context_with_the_response() {
+    let pool = pool();
+    for status in [
+        StatusCode::NO_CONTENT,
+        StatusCode::NOT_MODIFIED,
+        StatusCode::CONTINUE,
+    ] {
+        let (tx, rx) = mpsc::channel::<Bytes>(1);
+        let rx = Arc::new(Mutex::new(Some(rx)));
+        let (resp, ctx) = responding(&pool, Seen::default(), Method::GET, move || {
+            let mut r = Response::new(ChanBody(rx.lock().unwrap().take()));
+            *r.status_mut() = status;
+            r
+        });
+        assert_eq!(ctx.cause(), Some(Cause::OwnerDropped), "{status}");
+        drop((resp, tx));
+        assert_eq!(ctx.cause(), Some(Cause::OwnerDropped), "{status}");
+    }
+}
+
+#[test]
+fn a_panicking_handler_cancels_with_its_own_reason() {
+    let pool = pool();
+    let seen: Seen = Default::default();
+    let s2 = seen.clone();
+    let inner = tower::service_fn(move |req: Request<Empty<Bytes>>| {
+        let rc = req.extensions().get::<RequestContext>().unwrap().clone();
+        *s2.lock().unwrap() = Some(rc.context().clone());
+        async move {
+            if rc.context().is_cancelled() {
+                return Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()));
+            }
+            panic!("the handler fails");
+        }
+    });
+    let svc = ContextLayer::new(Propagator::new(&pool)).layer(inner);
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        futures_now(svc.oneshot(request(None)))
+    }));
+    assert!(unwound.is_err());
+    assert_eq!(
+        self::seen(&seen).cause(),
+        Some(Cause::Cancelled(ctxpool::http::HANDLER_PANICKED))
+    );
 }

@@ -28,12 +28,17 @@
 //!
 //! - **L1** exactly one owner of the request's `CancelGuard` at a time: the response future,
 //!   then the body. Whoever holds it when it is dropped before the end cancels with
-//!   `CLIENT_DISCONNECTED`; the end (the body's last frame, `is_end_stream`, all of an exact
-//!   `size_hint` sent, an error of the inner service or body) ends the context normally.
+//!   `CLIENT_DISCONNECTED` (`HANDLER_PANICKED` when dropped by a panic's unwinding). The end
+//!   is what the server treats as the end, since it may drop the body without polling it
+//!   again: the body's last frame, a trailers frame, `is_end_stream` or an exact
+//!   `size_hint` of zero after a frame, or as many bytes sent as the response's
+//!   `content-length` (else the body's exact `size_hint` when the response was made; hyper
+//!   stops writing there); an error of the inner service or body ends it too. The end ends
+//!   the context normally.
 //! - **L2** a body that is already at its end (`is_end_stream`, e.g. an empty body) ends the
 //!   context when the response is made: servers drop such a body without polling it, which
-//!   must not read as a disconnect; so does the response to a `HEAD` request, whose body is
-//!   never sent. So does a response made when the context is already
+//!   must not read as a disconnect; so do a body of length zero, the response to a `HEAD`
+//!   request and a `1xx`, `204` or `304` response, whose bodies are never sent. So does a response made when the context is already
 //!   cancelled: the handler answered knowing (say, an error page), and its body is sent
 //!   whole.
 //! - **L3** the body checks the context before each frame (one load) and, while the inner
@@ -58,7 +63,7 @@ use http_body::{Body, Frame, SizeHint};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Propagator, RequestContext, CLIENT_DISCONNECTED, X_REQUEST_ID};
+use super::{Propagator, RequestContext, CLIENT_DISCONNECTED, HANDLER_PANICKED, X_REQUEST_ID};
 use crate::{CancelGuard, CancelledOwned, Cause, ContextError, Op, Origin};
 
 /// The error type of [`ContextBody`]: the inner body's error, or the context's
@@ -219,11 +224,14 @@ where
             // L1: the guard passes to the body, or the context ends here.
             let guard = owner.0.take().expect("owner taken once");
             let mut resp = match result {
-                Some(Ok(resp)) if head => {
+                Some(Ok(resp)) if head || bodiless(resp.status()) => {
                     drop(guard);
                     resp.map(ContextBody::ended)
                 }
-                Some(Ok(resp)) => resp.map(|body| ContextBody::new(body, guard)),
+                Some(Ok(resp)) => {
+                    let length = content_length(resp.headers());
+                    resp.map(|body| ContextBody::new(body, guard, length))
+                }
                 Some(Err(e)) => return Err(e),
                 None => cancelled_response(ctx.cause(), grpc).map(ContextBody::ended),
             };
@@ -233,8 +241,25 @@ where
     }
 }
 
+/// Statuses whose responses have no body: servers send none and drop it unpolled (L2).
+fn bodiless(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+/// The response's `content-length`, when it is one valid number (what the server will
+/// write, and then stop).
+fn content_length(headers: &::http::HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(::http::header::CONTENT_LENGTH).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => v.to_str().ok()?.trim().parse().ok(),
+        _ => None,
+    }
+}
+
 /// Owns the request's `CancelGuard` while the response future or body is alive; dropped
-/// before the end, the client went away (L1).
+/// before the end, the client went away (L1), or the handler panicked.
 struct Owner(Option<CancelGuard>);
 
 impl Owner {
@@ -268,15 +293,21 @@ pin_project_lite::pin_project! {
         #[pin]
         cancelled: Option<CancelledOwned>,
         owner: Owner,
-        // Bytes of data sent, against an exact `size_hint` (L1).
+        // Bytes of data sent, against `total` (L1).
         sent: u64,
+        // The body's length as the server knows it when it starts sending: the response's
+        // `content-length`, else the inner body's exact `size_hint` (which is what is *left*
+        // once frames go out, so it is read once, here).
+        total: Option<u64>,
     }
 }
 
 impl<B: Body> ContextBody<B> {
-    /// `inner`, holding `guard` until it ends (L1, L2).
-    fn new(inner: B, guard: CancelGuard) -> Self {
-        if inner.is_end_stream() || guard.context().is_cancelled() {
+    /// `inner`, holding `guard` until it ends (L1, L2); `content_length` is the response's
+    /// header, if any.
+    fn new(inner: B, guard: CancelGuard, content_length: Option<u64>) -> Self {
+        let total = content_length.or_else(|| inner.size_hint().exact());
+        if inner.is_end_stream() || total == Some(0) || guard.context().is_cancelled() {
             // L2: nothing will be polled, or the handler answered knowing the context was
             // cancelled (an error page): the context ends with the response head.
             return ContextBody::ended(inner);
@@ -286,6 +317,7 @@ impl<B: Body> ContextBody<B> {
             owner: Owner(Some(guard)),
             inner,
             sent: 0,
+            total,
         }
     }
 
@@ -296,6 +328,7 @@ impl<B: Body> ContextBody<B> {
             cancelled: None,
             owner: Owner(None),
             sent: 0,
+            total: None,
         }
     }
 }
@@ -343,9 +376,14 @@ where
                 if let Some(data) = frame.data_ref() {
                     *this.sent = this.sent.saturating_add(data.remaining() as u64);
                 }
-                // L1: the end as the server sees it, which may not poll again.
-                let exact = this.inner.size_hint().exact();
-                if this.inner.is_end_stream() || exact.is_some_and(|n| *this.sent >= n) {
+                // L1: the end as the server sees it, which may not poll again: after trailers,
+                // after the announced length (hyper stops writing there), or when the body
+                // says so.
+                if frame.is_trailers()
+                    || this.total.is_some_and(|n| *this.sent >= n)
+                    || this.inner.is_end_stream()
+                    || this.inner.size_hint().exact() == Some(0)
+                {
                     this.cancelled.set(None);
                     this.owner.finish();
                 }
@@ -388,7 +426,12 @@ where
 impl Drop for Owner {
     fn drop(&mut self) {
         if let Some(guard) = self.0.take() {
-            guard.cancel(CLIENT_DISCONNECTED);
+            let reason = if std::thread::panicking() {
+                HANDLER_PANICKED
+            } else {
+                CLIENT_DISCONNECTED
+            };
+            guard.cancel(reason);
         }
     }
 }

@@ -31,8 +31,9 @@
 //!   on one line in normal form, as every implementation we know sends them
 //!   (`tests/alloc_free.rs`): the request id is inline, and of `tracestate` and `baggage`
 //!   only the incoming value is kept (H5). Injecting allocates nothing in steady state: the
-//!   values it makes are cut from a per-thread buffer (`value.rs`, V1–V3), the kept ones
-//!   cloned (a reference count).
+//!   values it makes are cut from a per-thread buffer (`value.rs`, V1–V3; a value over 256
+//!   bytes, such as a large edited baggage, gets a buffer of its own), the kept ones cloned
+//!   (a reference count).
 //! - H3. `inject` never sends a deadline the context does not have: the budget is the
 //!   remaining time minus the margin, rounded down (`format_grpc_timeout`); when nothing is
 //!   left, no header is written and the call gets `Err(ContextError::DeadlineExceeded)`.
@@ -71,7 +72,7 @@ mod layer;
 mod value;
 #[cfg(feature = "tower")]
 pub use layer::{BoxError, ContextBody, ContextLayer, ContextService, ResponseFuture};
-use value::{header_value, room};
+use value::{header_value, room, LARGEST};
 
 /// `traceparent` (W3C Trace Context).
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -87,8 +88,12 @@ pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 
 /// The reason a request context is cancelled with when its client goes away (the layer's
-/// response future is dropped before the response is ready).
+/// response future, or the response body, is dropped before its end).
 pub const CLIENT_DISCONNECTED: Reason = Reason::Message("client disconnected");
+
+/// The reason the tower layer cancels a request's context with when the handler panicked
+/// (the response future or body dropped by the unwinding).
+pub const HANDLER_PANICKED: Reason = Reason::Message("handler panicked");
 
 /// The HTTP status for a request whose context was cancelled with `cause`: `504 Gateway
 /// Timeout` when a deadline passed (its own or an ancestor's), `503 Service Unavailable`
@@ -220,6 +225,10 @@ impl PropagatorBuilder {
 /// The trace id, span id, flags, request id (as a number) and user id are also in the
 /// context itself ([`Context::trace`], [`Context::request_id`], [`Context::user_id`]), and
 /// inherited by its children.
+///
+/// Incoming `tracestate`, `baggage` and `x-request-id` values that are sent on as they came
+/// are kept as the request's own `HeaderValue`s: reference counts on the server's read
+/// buffer, so a `Propagated` kept long after its request keeps that buffer alive.
 #[derive(Clone, Debug, Default)]
 pub struct Propagated {
     parent_span: Option<u64>,
@@ -636,8 +645,24 @@ impl Propagator {
             stats.failed_fast.fetch_add(1, Ordering::Relaxed);
             return Err(err);
         }
-        // V3: room for every value made below, while the previous call's are gone.
-        room(GRPC_TIMEOUT_MAX_LEN + TRACEPARENT_LEN + MAX_REQUEST_ID_LEN + 20);
+        // V3: room for every value made below, while the previous call's are gone: the
+        // formatted ones, and the parsed `tracestate`/`baggage` text when there is no kept
+        // incoming value to clone (cut from the chunk up to `LARGEST` bytes).
+        let cut = |raw: &Option<HeaderValue>, text: Option<&str>| match (raw, text) {
+            (None, Some(t)) if t.len() <= LARGEST => t.len(),
+            _ => 0,
+        };
+        room(
+            GRPC_TIMEOUT_MAX_LEN
+                + TRACEPARENT_LEN
+                + MAX_REQUEST_ID_LEN
+                + 20
+                + cut(
+                    &meta.raw.tracestate,
+                    meta.tracestate.get().map(TraceState::as_str),
+                )
+                + cut(&meta.raw.baggage, meta.baggage.get().map(Baggage::as_str)),
+        );
         // Nothing to replace in an empty map: its removals are skipped (each is a lookup).
         let fresh = headers.is_empty();
         let user = meta.user_id.or_else(|| ctx.user_id());
