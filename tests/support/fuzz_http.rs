@@ -106,6 +106,33 @@ pub fn run(data: &[u8]) {
         }
     }
 
+    // The same request among enough other header lines that `extract` looks each
+    // propagation header up instead of walking the map: the same outcome.
+    let mut padded = incoming.clone();
+    for i in 0..25 {
+        padded.append(
+            HeaderName::try_from(format!("x-pad-{i}")).unwrap(),
+            HeaderValue::from_static("traceparent"),
+        );
+    }
+    let other = p.extract(&padded, peer);
+    let om = other.meta();
+    assert_eq!(om.parent_span(), meta.parent_span());
+    if meta.parent_span().is_some() {
+        assert_eq!(other.context().trace().unwrap().trace_id, trace.trace_id);
+    }
+    assert_eq!(om.tracestate(), meta.tracestate());
+    assert_eq!(om.baggage().as_str(), meta.baggage().as_str());
+    assert_eq!(om.user_id(), meta.user_id());
+    assert_eq!(om.incoming_timeout(), meta.incoming_timeout());
+    let ids = incoming.get_all("x-request-id").iter().collect::<Vec<_>>();
+    if let [v] = ids[..] {
+        if v.as_bytes() == id.as_str().as_bytes() {
+            assert_eq!(om.request_id().as_str(), id.as_str(), "a kept request id");
+        }
+    }
+    drop(other);
+
     let mut out = HeaderMap::new();
     match p.inject(&ctx, meta, &mut out, peer) {
         Err(ContextError::DeadlineExceeded) => {
