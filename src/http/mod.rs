@@ -159,7 +159,10 @@ struct Shared {
     parent: Option<Context>,
     op: &'static Op,
     forward_user_id: bool,
-    stats: Stats,
+    /// Shared with the pool's metrics upkeep when published (`publish_metrics`): the
+    /// upkeep holds it weakly, and it owns no pool handle, so the driver never ends up
+    /// dropping a pool from its own turn.
+    stats: Arc<Stats>,
 }
 
 impl std::fmt::Debug for Propagator {
@@ -180,6 +183,8 @@ pub struct PropagatorBuilder {
     parent: Option<Context>,
     op: &'static Op,
     forward_user_id: bool,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    publish: bool,
 }
 
 impl PropagatorBuilder {
@@ -205,15 +210,33 @@ impl PropagatorBuilder {
         self
     }
 
+    /// Publishes the propagator's counters through the `metrics` facade (feature
+    /// `metrics`) with the pool's own, every `metrics.publish_interval`, as long as the
+    /// propagator lives: the families of [`Propagator::write_prometheus`], as counters set
+    /// with `absolute`. Their series carry no label telling propagators apart, so publish
+    /// one propagator per recorder.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(mut self) -> Self {
+        self.publish = true;
+        self
+    }
+
     /// The propagator.
     pub fn build(self) -> Propagator {
+        let stats = Arc::new(Stats::new());
+        #[cfg(feature = "metrics")]
+        if self.publish {
+            let weak: std::sync::Weak<dyn crate::metrics::Publish> =
+                Arc::downgrade(&stats) as std::sync::Weak<Stats>;
+            self.pool.add_publisher(weak);
+        }
         Propagator {
             shared: Arc::new(Shared {
                 pool: self.pool,
                 parent: self.parent,
                 op: self.op,
                 forward_user_id: self.forward_user_id,
-                stats: Stats::new(),
+                stats,
             }),
         }
     }
@@ -423,13 +446,15 @@ impl Propagator {
         Propagator::builder(pool).build()
     }
 
-    /// A builder, to set a parent context, an operation label or user-id forwarding.
+    /// A builder, to set a parent context, an operation label, user-id forwarding or metrics
+    /// publication.
     pub fn builder(pool: &Pool) -> PropagatorBuilder {
         PropagatorBuilder {
             pool: pool.clone(),
             parent: None,
             op: &HTTP_REQUEST,
             forward_user_id: false,
+            publish: false,
         }
     }
 
@@ -1008,6 +1033,26 @@ reasons!(
     [DUPLICATE, UNTRUSTED_PEER]
 );
 
+/// The family of rejected incoming headers.
+const REJECTED: &str = "ctxpool_propagation_rejected_total";
+const REJECTED_HELP: &str = "Incoming headers ignored or dropped, by header and reason.";
+
+#[cfg(feature = "metrics")]
+impl crate::metrics::Publish for Stats {
+    fn publish(&self) {
+        use metrics::counter;
+        for (name, _, value) in self.families() {
+            counter!(name).absolute(value);
+        }
+        for h in Header::ALL {
+            for r in h.reasons() {
+                counter!(REJECTED, "header" => h.name(), "reason" => *r)
+                    .absolute(self.rejected(h, r));
+            }
+        }
+    }
+}
+
 /// Counters of a [`Propagator`]. Those touched on every request or outgoing call are
 /// [`ShardedCounter`]s (no shared cache line between threads); the rejection counters are
 /// relaxed atomics, touched only when a header is bad.
@@ -1109,53 +1154,56 @@ impl Stats {
             .sum()
     }
 
+    /// The plain counter families: (name, help, value).
+    fn families(&self) -> [(&'static str, &'static str, u64); 6] {
+        [
+            (
+                "ctxpool_propagation_requests_total",
+                "Requests whose headers were extracted into a context.",
+                self.requests(),
+            ),
+            (
+                "ctxpool_propagation_new_traces_total",
+                "Requests without a valid traceparent, which started a new trace.",
+                self.new_traces(),
+            ),
+            (
+                "ctxpool_propagation_generated_request_ids_total",
+                "Requests given a generated x-request-id.",
+                self.generated_request_ids(),
+            ),
+            (
+                "ctxpool_propagation_injected_total",
+                "Outgoing calls whose propagation headers were written.",
+                self.injected(),
+            ),
+            (
+                "ctxpool_propagation_failed_fast_total",
+                "Outgoing calls refused: context cancelled or deadline budget spent.",
+                self.failed_fast(),
+            ),
+            (
+                "ctxpool_propagation_user_id_withheld_total",
+                "Outgoing calls to untrusted destinations from which x-user-id was withheld.",
+                self.user_id_withheld(),
+            ),
+        ]
+    }
+
     fn write_prometheus(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let mut family = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP ctxpool_{name} {help}");
-            let _ = writeln!(out, "# TYPE ctxpool_{name} counter");
-            let _ = writeln!(out, "ctxpool_{name} {value}");
-        };
-        family(
-            "propagation_requests_total",
-            "Requests whose headers were extracted into a context.",
-            self.requests(),
-        );
-        family(
-            "propagation_new_traces_total",
-            "Requests without a valid traceparent, which started a new trace.",
-            self.new_traces(),
-        );
-        family(
-            "propagation_generated_request_ids_total",
-            "Requests given a generated x-request-id.",
-            self.generated_request_ids(),
-        );
-        family(
-            "propagation_injected_total",
-            "Outgoing calls whose propagation headers were written.",
-            self.injected(),
-        );
-        family(
-            "propagation_failed_fast_total",
-            "Outgoing calls refused: context cancelled or deadline budget spent.",
-            self.failed_fast(),
-        );
-        family(
-            "propagation_user_id_withheld_total",
-            "Outgoing calls to untrusted destinations from which x-user-id was withheld.",
-            self.user_id_withheld(),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP ctxpool_propagation_rejected_total Incoming headers ignored or dropped, by header and reason."
-        );
-        let _ = writeln!(out, "# TYPE ctxpool_propagation_rejected_total counter");
+        for (name, help, value) in self.families() {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {value}");
+        }
+        let _ = writeln!(out, "# HELP {REJECTED} {REJECTED_HELP}");
+        let _ = writeln!(out, "# TYPE {REJECTED} counter");
         for h in Header::ALL {
             for r in h.reasons() {
                 let _ = writeln!(
                     out,
-                    "ctxpool_propagation_rejected_total{{header=\"{}\",reason=\"{}\"}} {}",
+                    "{REJECTED}{{header=\"{}\",reason=\"{}\"}} {}",
                     h.name(),
                     r,
                     self.rejected(h, r)

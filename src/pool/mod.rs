@@ -116,6 +116,10 @@ pub(crate) struct PoolInner {
     /// `propagation.outbound_deadline_margin` in nanoseconds (at most a minute, validated),
     /// read on every outgoing call (`http::Propagator::inject`) without the arc-swap guard.
     outbound_margin_ns: AtomicU64,
+    /// What the metrics upkeep publishes besides the pool (held weakly: dropped publishers
+    /// are pruned at the next registration or publication).
+    #[cfg(feature = "metrics")]
+    publishers: Mutex<Vec<std::sync::Weak<dyn crate::metrics::Publish>>>,
 }
 
 /// Every how many contexts a thread captures a backtrace (0: never).
@@ -183,6 +187,8 @@ impl PoolInner {
             outbound_margin_ns: AtomicU64::new(nanos(
                 b.effective_config().propagation.outbound_deadline_margin,
             )),
+            #[cfg(feature = "metrics")]
+            publishers: Mutex::new(Vec::new()),
         }
     }
 
@@ -315,10 +321,34 @@ impl PoolInner {
                 if cfg.metrics.enabled && due(last_publish, cfg.metrics.publish_interval) {
                     last_publish = now;
                     #[cfg(feature = "metrics")]
-                    pool.metrics_snapshot().publish();
+                    pool.publish_metrics();
                 }
             }),
         );
+    }
+
+    /// Publishes the pool's families and every live registered publisher's through the
+    /// `metrics` facade.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn publish_metrics(&self) {
+        self.metrics_snapshot().publish();
+        // Upgraded under the lock, published after it (a recorder's code runs unlocked).
+        let live: Vec<std::sync::Arc<dyn crate::metrics::Publish>> = {
+            let mut list = self.publishers.lock().unwrap_or_else(|e| e.into_inner());
+            list.retain(|w| w.strong_count() > 0);
+            list.iter().filter_map(std::sync::Weak::upgrade).collect()
+        };
+        for p in live {
+            p.publish();
+        }
+    }
+
+    /// Registers `p` for publication with the pool's metrics.
+    #[cfg(all(feature = "http", feature = "metrics"))]
+    pub(crate) fn add_publisher(&self, p: std::sync::Weak<dyn crate::metrics::Publish>) {
+        let mut list = self.publishers.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        list.push(p);
     }
 
     pub(crate) fn metrics_snapshot(&self) -> crate::metrics::MetricsSnapshot {
@@ -1134,6 +1164,12 @@ impl Pool {
     #[cfg(feature = "http")]
     pub(crate) fn outbound_margin(&self) -> Duration {
         self.inner.get().outbound_margin()
+    }
+
+    /// See `PoolInner::add_publisher`.
+    #[cfg(all(feature = "http", feature = "metrics"))]
+    pub(crate) fn add_publisher(&self, p: std::sync::Weak<dyn crate::metrics::Publish>) {
+        self.inner.get().add_publisher(p);
     }
 
     /// Replaces the configuration at run time, or explains why not.
