@@ -20,8 +20,6 @@
 //! that configuration; an invalid file makes the demo print every problem and exit with
 //! status 2.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::hint::black_box;
 use std::io::Write;
 use std::ops::Deref;
@@ -38,47 +36,9 @@ use ctxpool::{CancelGuard, Config, Context, Op, Pool, Reason, RequestId};
 // counter, so counting adds no contention to either implementation); the threads publish
 // their counts with their other counters.
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note_alloc() {
-    // `try_with`: an allocation during thread-local teardown must not panic.
-    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-}
-
-/// Allocations made by the calling thread so far.
-fn thread_allocs() -> u64 {
-    ALLOCS.try_with(Cell::get).unwrap_or(0)
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; it only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: the caller's contract, forwarded.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: the caller's contract, forwarded.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_alloc();
-        // SAFETY: the caller's contract, forwarded.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract, forwarded.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+#[path = "../benches/support/counting.rs"]
+mod counting;
+use counting::thread_allocs;
 
 // ---------------------------------------------------------------------------------------------
 // The naive implementation compared against (shared with `benches/context.rs`; its nodes

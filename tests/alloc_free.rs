@@ -406,16 +406,12 @@ fn grpc_timeout_and_user_id() {
     assert_eq!(n, 0);
 }
 
-/// `Propagator::extract` of a request whose only propagation header is a valid
-/// `traceparent` (the request id generated, the default deadline armed) allocates nothing,
-/// nor does dropping the request context (http H2).
-#[test]
-fn http_extract_with_traceparent() {
-    use ctxpool::http::{Propagator, TRACEPARENT};
-    // Turned by this thread every 1,024 cycles, as in `deadline_armed_create_drop` (with a
-    // driver thread, the wheel's growth would land on whichever thread drains the ring). The
-    // upkeep the turns run (a metrics publish, a leak scan: they allocate, off the request
-    // path) is pushed beyond the test's length, so the count is the request path's alone.
+/// A pool for the http tests: turned by the test's thread every 1,024 cycles, as in
+/// `deadline_armed_create_drop` (with a driver thread, the wheel's growth would land on
+/// whichever thread drains the ring). The upkeep the turns run (a metrics publish, a leak
+/// scan: they allocate, off the request path) is pushed beyond the test's length, so the
+/// count is the request path's alone.
+fn turned_pool() -> Pool {
     let mut cfg = ctxpool::Config {
         pool_capacity: 4096,
         ..ctxpool::Config::default()
@@ -423,11 +419,20 @@ fn http_extract_with_traceparent() {
     cfg.metrics.publish_interval = Duration::from_secs(3600);
     cfg.leak.threshold = Duration::from_secs(3600);
     cfg.leak.interval = Duration::from_secs(3600);
-    let pool = ctxpool::Pool::builder()
+    Pool::builder()
         .config(&cfg)
         .driver(DriverMode::Manual)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// `Propagator::extract` of a request whose only propagation header is a valid
+/// `traceparent` (the request id generated, the default deadline armed) allocates nothing,
+/// nor does dropping the request context (http H2).
+#[test]
+fn http_extract_with_traceparent() {
+    use ctxpool::http::{Propagator, TRACEPARENT};
+    let pool = turned_pool();
     let propagator = Propagator::new(&pool);
     let mut headers = http::HeaderMap::new();
     headers.insert(
@@ -464,18 +469,7 @@ fn http_extract_with_traceparent() {
 #[test]
 fn http_extract_inject_full() {
     use ctxpool::http::{Propagator, BAGGAGE, TRACEPARENT, TRACESTATE};
-    let mut cfg = ctxpool::Config {
-        pool_capacity: 4096,
-        ..ctxpool::Config::default()
-    };
-    cfg.metrics.publish_interval = Duration::from_secs(3600);
-    cfg.leak.threshold = Duration::from_secs(3600);
-    cfg.leak.interval = Duration::from_secs(3600);
-    let pool = ctxpool::Pool::builder()
-        .config(&cfg)
-        .driver(DriverMode::Manual)
-        .build()
-        .unwrap();
+    let pool = turned_pool();
     let propagator = Propagator::new(&pool);
     let shared = |s: &str| {
         http::HeaderValue::from_maybe_shared(bytes::Bytes::from(s.as_bytes().to_vec())).unwrap()
