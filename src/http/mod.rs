@@ -190,7 +190,9 @@ pub struct PropagatorBuilder {
 impl PropagatorBuilder {
     /// Makes request contexts children of `parent` instead of request roots of the pool:
     /// cancelling `parent` (e.g. with [`Origin::Shutdown`](crate::Origin::Shutdown) at
-    /// shutdown) cancels every request in flight. `parent`'s pool must be the propagator's.
+    /// shutdown) cancels every request in flight, and making a request context writes no
+    /// cache line shared with other threads (see [`Propagator::new`]). `parent`'s pool must
+    /// be the propagator's.
     pub fn parent(mut self, parent: Context) -> Self {
         self.parent = Some(parent);
         self
@@ -442,6 +444,13 @@ impl RequestContext {
 
 impl Propagator {
     /// A propagator making request roots of `pool` labelled [`HTTP_REQUEST`].
+    ///
+    /// On a pool made with [`Pool::builder`] every root holds a reference on the pool (pool
+    /// P4), so each request writes the pool's reference count, one cache line shared by
+    /// every thread. A server should rather give its propagator a long-lived parent
+    /// ([`PropagatorBuilder::parent`], e.g. a server root it cancels at shutdown): children
+    /// are counted in their thread's shard, with no shared write. Roots of the global pool
+    /// hold no reference.
     pub fn new(pool: &Pool) -> Self {
         Propagator::builder(pool).build()
     }
