@@ -303,14 +303,25 @@ async fn a_head_request_or_an_empty_body_ends_the_context_with_the_response() {
     assert_eq!(ctx.cause(), Some(Cause::OwnerDropped));
 }
 
-/// A body of 10-byte data frames whose exact `size_hint` is what is *left*, as hyper's own
-/// bodies report it, and that says nothing of its end until polled past it.
+/// A body that yields `frames` in order, then its end, which it reports only when polled
+/// past it. With `exact`, its `size_hint` is the data still to come, as hyper's own bodies
+/// report it (what is *left*, not the total).
 #[derive(Default)]
-struct Shrinking {
-    left: u64,
+struct Scripted {
+    frames: std::collections::VecDeque<Frame<Bytes>>,
+    exact: bool,
 }
 
-impl Body for Shrinking {
+impl Scripted {
+    fn new(frames: impl IntoIterator<Item = Frame<Bytes>>, exact: bool) -> Self {
+        Scripted {
+            frames: frames.into_iter().collect(),
+            exact,
+        }
+    }
+}
+
+impl Body for Scripted {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -318,23 +329,31 @@ impl Body for Shrinking {
         mut self: Pin<&mut Self>,
         _: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.left == 0 {
-            return Poll::Ready(None);
-        }
-        self.left -= 10;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"0123456789")))))
+        Poll::Ready(self.frames.pop_front().map(Ok))
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.left)
+        if !self.exact {
+            return http_body::SizeHint::default();
+        }
+        let left = self
+            .frames
+            .iter()
+            .filter_map(Frame::data_ref)
+            .map(Bytes::len)
+            .sum::<usize>();
+        http_body::SizeHint::with_exact(left as u64)
     }
 }
 
 #[tokio::test]
 async fn a_shrinking_exact_size_hint_ends_the_context_after_the_last_byte_only() {
     let pool = pool();
-    let (resp, ctx) = answering(&pool, Seen::default(), Method::GET, || Shrinking {
-        left: 30,
+    let (resp, ctx) = answering(&pool, Seen::default(), Method::GET, || {
+        Scripted::new(
+            (0..3).map(|_| Frame::data(Bytes::from_static(b"0123456789"))),
+            true,
+        )
     });
     let mut body = Box::pin(resp.into_body());
     for i in 0..3 {
@@ -345,37 +364,20 @@ async fn a_shrinking_exact_size_hint_ends_the_context_after_the_last_byte_only()
     assert_eq!(ctx.cause(), Some(Cause::OwnerDropped));
 }
 
-/// Data, then trailers; the end is known only by polling once more.
-#[derive(Default)]
-struct WithTrailers {
-    step: u8,
-}
-
-impl Body for WithTrailers {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.step += 1;
-        Poll::Ready(match self.step {
-            1 => Some(Ok(Frame::data(Bytes::from_static(b"hello")))),
-            2 => {
-                let mut t = http::HeaderMap::new();
-                t.insert("grpc-status", http::HeaderValue::from_static("0"));
-                Some(Ok(Frame::trailers(t)))
-            }
-            _ => None,
-        })
-    }
-}
-
 #[tokio::test]
 async fn a_trailers_frame_is_the_end() {
     let pool = pool();
-    let (resp, ctx) = answering(&pool, Seen::default(), Method::GET, WithTrailers::default);
+    let (resp, ctx) = answering(&pool, Seen::default(), Method::GET, || {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        Scripted::new(
+            [
+                Frame::data(Bytes::from_static(b"hello")),
+                Frame::trailers(trailers),
+            ],
+            false,
+        )
+    });
     let mut body = Box::pin(resp.into_body());
     assert!(next(&mut body).await.unwrap().unwrap().is_data());
     assert!(!ctx.is_cancelled());
