@@ -46,22 +46,8 @@ fn pool() -> Pool {
     Pool::builder().build().unwrap()
 }
 
-/// The layer around a handler answering with a `ChanBody` fed by `rx`; records the request
-/// context in `seen`.
-fn service(
-    pool: &Pool,
-    rx: mpsc::Receiver<Bytes>,
-    seen: Seen,
-) -> impl Service<
-    Request<Empty<Bytes>>,
-    Response = Response<ContextBody<ChanBody>>,
-    Error = Infallible,
-    Future: Send,
-> {
-    service_with(Propagator::new(pool), rx, seen)
-}
-
-/// [`service`] with a given propagator.
+/// The layer (with `propagator`) around a handler answering with a `ChanBody` fed by `rx`;
+/// records the request context in `seen`.
 fn service_with(
     propagator: Propagator,
     rx: mpsc::Receiver<Bytes>,
@@ -94,6 +80,27 @@ fn seen(s: &Seen) -> Context {
     s.lock().unwrap().clone().expect("the handler ran")
 }
 
+/// A request through the layer whose handler answers `200` with a body fed by the returned
+/// sender (a channel of `cap`); also returns the request's context.
+async fn streaming(
+    propagator: Propagator,
+    timeout: Option<&str>,
+    cap: usize,
+) -> (
+    mpsc::Sender<Bytes>,
+    Pin<Box<ContextBody<ChanBody>>>,
+    Context,
+) {
+    let (tx, rx) = mpsc::channel(cap);
+    let s: Seen = Default::default();
+    let resp = service_with(propagator, rx, s.clone())
+        .oneshot(request(timeout))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    (tx, Box::pin(resp.into_body()), seen(&s))
+}
+
 /// Waits (a generous bound, not a timing assertion) for the next frame of `body`.
 async fn next<B: Body + Unpin>(body: &mut B) -> Option<Result<Frame<B::Data>, B::Error>> {
     tokio::time::timeout(Duration::from_secs(20), body.frame())
@@ -104,15 +111,7 @@ async fn next<B: Body + Unpin>(body: &mut B) -> Option<Result<Frame<B::Data>, B:
 #[tokio::test]
 async fn the_context_lives_while_the_body_streams_and_ends_normally_after() {
     let pool = pool();
-    let (tx, rx) = mpsc::channel(4);
-    let s: Seen = Default::default();
-    let resp = service(&pool, rx, s.clone())
-        .oneshot(request(None))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let ctx = seen(&s);
-    let mut body = Box::pin(resp.into_body());
+    let (tx, mut body, ctx) = streaming(Propagator::new(&pool), None, 4).await;
     for i in 0..3 {
         // The head is long gone; the context is still live for the producer.
         assert!(!ctx.is_cancelled(), "frame {i}");
@@ -132,14 +131,7 @@ async fn the_context_lives_while_the_body_streams_and_ends_normally_after() {
 #[tokio::test]
 async fn a_body_dropped_before_its_end_is_a_client_disconnect() {
     let pool = pool();
-    let (tx, rx) = mpsc::channel(4);
-    let s: Seen = Default::default();
-    let resp = service(&pool, rx, s.clone())
-        .oneshot(request(None))
-        .await
-        .unwrap();
-    let ctx = seen(&s);
-    let mut body = Box::pin(resp.into_body());
+    let (tx, mut body, ctx) = streaming(Propagator::new(&pool), None, 4).await;
     tx.send(Bytes::from_static(b"first")).await.unwrap();
     assert!(next(&mut body).await.unwrap().is_ok());
     assert!(!ctx.is_cancelled());
@@ -153,14 +145,7 @@ async fn a_body_dropped_before_its_end_is_a_client_disconnect() {
 #[tokio::test]
 async fn a_deadline_mid_stream_cuts_the_body_with_the_context_error() {
     let pool = pool();
-    let (tx, rx) = mpsc::channel(4);
-    let s: Seen = Default::default();
-    let resp = service(&pool, rx, s.clone())
-        .oneshot(request(Some("300m")))
-        .await
-        .unwrap();
-    let ctx = seen(&s);
-    let mut body = Box::pin(resp.into_body());
+    let (tx, mut body, ctx) = streaming(Propagator::new(&pool), Some("300m"), 4).await;
     tx.send(Bytes::from_static(b"in time")).await.unwrap();
     assert!(next(&mut body).await.unwrap().is_ok());
     // No more frames: the body waits on its producer until the deadline fires (L3: woken by
@@ -185,14 +170,7 @@ async fn a_cancel_stops_a_body_that_never_pauses() {
     let pool = pool();
     let root = pool.background().with_cancel();
     let propagator = Propagator::builder(&pool).parent(root.context()).build();
-    let (tx, rx) = mpsc::channel(64);
-    let s: Seen = Default::default();
-    let resp = service_with(propagator, rx, s.clone())
-        .oneshot(request(None))
-        .await
-        .unwrap();
-    let ctx = seen(&s);
-    let mut body = Box::pin(resp.into_body());
+    let (tx, mut body, ctx) = streaming(propagator, None, 64).await;
     for _ in 0..8 {
         tx.send(Bytes::from_static(b"x")).await.unwrap();
     }
