@@ -22,6 +22,9 @@
 //! whose only propagation header is a valid `traceparent` (zero for `ctxpool`: invariant H2
 //! of `ctxpool::http`).
 //!
+//! Group `extract_inject_with_parent`, id `ctxpool`: the same round with the request
+//! contexts children of a long-lived root, as a server sets it up.
+//!
 //! Group `extract_inject_floor`: the `HeaderMap` operations of each id alone (values made
 //! beforehand), a lower bound for any implementation over `http::HeaderMap`.
 //!
@@ -149,6 +152,18 @@ fn extract_inject(c: &mut Criterion) {
     let otel = otel_propagator();
     g.bench_function("opentelemetry", |b| {
         b.iter(|| otel_once(&otel, &headers, &mut out))
+    });
+    g.finish();
+
+    // The way a server is set up (`examples/server`): requests are children of a long-lived
+    // server root, so making one writes nothing shared with other threads.
+    let mut g = c.benchmark_group("extract_inject_with_parent");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    let root = pool.background().with_cancel();
+    let propagator = Propagator::builder(&pool).parent(root.context()).build();
+    g.bench_function("ctxpool", |b| {
+        b.iter(|| ctxpool_once(&propagator, &headers, &mut out))
     });
     g.finish();
 }
