@@ -499,20 +499,11 @@ impl Propagator {
 
         // traceparent, then tracestate only with a valid traceparent (W3C trace-context §4.3).
         let found = Found::new(headers);
-        let parent = match found.traceparent {
-            Lines::None => None,
-            Lines::Many => {
-                stats.reject(Header::TraceParent, DUPLICATE);
-                None
-            }
-            Lines::One(v) => match parse_traceparent(v.as_bytes()) {
-                Ok(tc) => Some(tc),
-                Err(e) => {
-                    stats.reject(Header::TraceParent, e.reason());
-                    None
-                }
-            },
-        };
+        let parent = stats
+            .one(Header::TraceParent, found.traceparent, |b| {
+                parse_traceparent(b).map_err(|e| e.reason())
+            })
+            .map(|(tc, _)| tc);
         let trace = match parent {
             Some(tc) => {
                 meta.parent_span = Some(tc.span_id);
@@ -573,23 +564,14 @@ impl Propagator {
             }
         }
 
-        meta.request_id = match found.request_id {
-            Lines::None => None,
-            Lines::Many => {
-                stats.reject(Header::RequestId, DUPLICATE);
-                None
-            }
-            Lines::One(v) => match XRequestId::parse(v.as_bytes()) {
-                Ok(id) => {
-                    meta.raw.request_id = Some(v.clone());
-                    Some(id)
-                }
-                Err(e) => {
-                    stats.reject(Header::RequestId, e.reason());
-                    None
-                }
-            },
-        };
+        meta.request_id = stats
+            .one(Header::RequestId, found.request_id, |b| {
+                XRequestId::parse(b).map_err(|e| e.reason())
+            })
+            .map(|(id, v)| {
+                meta.raw.request_id = Some(v.clone());
+                id
+            });
         let request_id = match meta.request_id {
             Some(id) => id,
             None => {
@@ -600,20 +582,11 @@ impl Propagator {
             }
         };
 
-        meta.timeout = match found.grpc_timeout {
-            Lines::None => None,
-            Lines::Many => {
-                stats.reject(Header::GrpcTimeout, DUPLICATE);
-                None
-            }
-            Lines::One(v) => match parse_grpc_timeout(v.as_bytes()) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    stats.reject(Header::GrpcTimeout, e.reason());
-                    None
-                }
-            },
-        };
+        meta.timeout = stats
+            .one(Header::GrpcTimeout, found.grpc_timeout, |b| {
+                parse_grpc_timeout(b).map_err(|e| e.reason())
+            })
+            .map(|(d, _)| d);
 
         meta.user_id = match found.user_id {
             Lines::None => None,
@@ -621,17 +594,11 @@ impl Propagator {
                 stats.reject(Header::UserId, UNTRUSTED_PEER);
                 None
             }
-            Lines::Many => {
-                stats.reject(Header::UserId, DUPLICATE);
-                None
-            }
-            Lines::One(v) => match parse_user_id(v.as_bytes()) {
-                Ok(id) => Some(id),
-                Err(e) => {
-                    stats.reject(Header::UserId, e.reason());
-                    None
-                }
-            },
+            lines => stats
+                .one(Header::UserId, lines, |b| {
+                    parse_user_id(b).map_err(|e| e.reason())
+                })
+                .map(|(id, _)| id),
         };
 
         let builder = match &self.shared.parent {
@@ -1104,6 +1071,30 @@ impl Stats {
             base += h.reasons().len();
         }
         None
+    }
+
+    /// The value of a single-line header, parsed; a duplicated or invalid one is counted
+    /// under `header` (as `duplicate`, or the parser's reason) and ignored.
+    fn one<'a, T>(
+        &self,
+        header: Header,
+        lines: Lines<'a>,
+        parse: impl FnOnce(&[u8]) -> Result<T, &'static str>,
+    ) -> Option<(T, &'a HeaderValue)> {
+        match lines {
+            Lines::None => None,
+            Lines::Many => {
+                self.reject(header, DUPLICATE);
+                None
+            }
+            Lines::One(v) => match parse(v.as_bytes()) {
+                Ok(t) => Some((t, v)),
+                Err(reason) => {
+                    self.reject(header, reason);
+                    None
+                }
+            },
+        }
     }
 
     fn reject(&self, header: Header, reason: &'static str) {

@@ -531,18 +531,7 @@ impl Baggage {
         if !is_token(key.as_bytes()) {
             return Err(BaggageError::BadKey);
         }
-        let mut text = String::with_capacity(self.text.len() + key.len() + 1 + value.len());
-        let mut len = 0;
-        for m in self.members() {
-            if m.split_once('=').is_some_and(|(k, _)| k == key) {
-                continue;
-            }
-            if !text.is_empty() {
-                text.push(',');
-            }
-            text.push_str(m);
-            len += 1;
-        }
+        let (mut text, len) = self.without(key, key.len() + 1 + value.len());
         if len == MAX_BAGGAGE_MEMBERS {
             return Err(BaggageError::TooManyMembers);
         }
@@ -565,10 +554,10 @@ impl Baggage {
         Ok(())
     }
 
-    /// Removes every member with `key`; returns whether there was one.
-    pub fn remove(&mut self, key: &str) -> bool {
-        let before = self.len;
-        let mut text = String::with_capacity(self.text.len());
+    /// The text of every member but those with `key`, and how many there are; `extra` bytes
+    /// of capacity to spare.
+    fn without(&self, key: &str, extra: usize) -> (String, usize) {
+        let mut text = String::with_capacity(self.text.len() + extra);
         let mut len = 0;
         for m in self.members() {
             if m.split_once('=').is_some_and(|(k, _)| k == key) {
@@ -580,6 +569,13 @@ impl Baggage {
             text.push_str(m);
             len += 1;
         }
+        (text, len)
+    }
+
+    /// Removes every member with `key`; returns whether there was one.
+    pub fn remove(&mut self, key: &str) -> bool {
+        let before = self.len;
+        let (text, len) = self.without(key, 0);
         self.text = text;
         self.len = len;
         len != before
