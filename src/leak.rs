@@ -1,7 +1,8 @@
 //! Leak detection: contexts alive past a threshold, found by a periodic scan in the driver.
 //!
-//! The scan walks every slot ever handed out (`0..high_water`), and for each live one takes a
-//! reference with `try_upgrade` (so it reads a stable incarnation, slot L1–L2), reads its
+//! The scan walks every slot ever handed out (`0..high_water`, then spare slots, pool P5), and
+//! for each live one takes a reference with `try_upgrade` (so it reads a stable incarnation,
+//! slot L1–L2), reads its
 //! creation tick, operation and creation site, and lets the reference go. It takes no lock that
 //! creating or releasing a context takes, so it never blocks them; a context released before
 //! the scan reaches it cannot be reported (its upgrade fails), and the report groups the rest by
@@ -11,6 +12,15 @@
 //! every ⌈1/rate⌉-th context a thread makes), stored off-node in a map bounded to
 //! [`MAX_BACKTRACES`] entries (when it is full, no more are captured), and removed when their
 //! context is released (a bit in the node says it has one, so other releases do not look).
+//!
+//! Ages past the 32-bit tick. A node stores its creation tick in 32 bits of milliseconds, so
+//! its age read from the node alone wraps after 2^32 ms (49.7 days). A scan that finds a
+//! context older than 2^31 ms (24.8 days) remembers its full creation tick by id
+//! (`Leaks::elders`), and later scans take the age from there, so a context alive for months
+//! keeps its true age. This holds while leak detection is on (scans run every `leak.interval`,
+//! at most 7 days); the map holds only such elders (a few server roots) and forgets them when
+//! they are released. (The `context_lifetime_seconds` histogram, recorded at release from the
+//! node alone, files a context alive past 49.7 days by its age modulo 2^32 ms.)
 //!
 //! When the suspects of a scan exceed `leak.alert_threshold`, one warning is logged through
 //! `tracing` (feature `tracing`), at most once per `leak.threshold`.
@@ -23,7 +33,6 @@ use std::time::Duration;
 
 use crate::pool::slot::{generation, refs};
 use crate::pool::PoolInner;
-use crate::tree::node::F_FUNC;
 use crate::ContextId;
 
 /// Most backtraces kept at once.
@@ -174,6 +183,8 @@ pub(crate) struct Leaks {
     last_alert: Mutex<Option<u64>>,
     /// Sampled backtraces by (slot, generation).
     pub(crate) backtraces: Mutex<HashMap<(u32, u32), Arc<String>>>,
+    /// Full creation ticks of contexts found older than 2^31 ms, by (slot, generation).
+    elders: Mutex<HashMap<(u32, u32), u64>>,
 }
 
 impl Leaks {
@@ -182,6 +193,7 @@ impl Leaks {
             last: Mutex::new(None),
             last_alert: Mutex::new(None),
             backtraces: Mutex::new(HashMap::new()),
+            elders: Mutex::new(HashMap::new()),
         }
     }
 
@@ -239,13 +251,17 @@ impl PoolInner {
     pub(crate) fn scan_leaks(&self, threshold: Duration, alert_threshold: u64) -> Arc<LeakReport> {
         let start = std::time::Instant::now();
         let clock = &self.timers.clock;
-        let now = clock.now();
+        let now64 = clock.now64();
+        let now = now64 as u32;
+        // Held for the whole scan: it also serialises concurrent scans' view of the elders.
+        let mut elders = self.leaks.elders.lock().unwrap_or_else(|e| e.into_inner());
+        let mut still_alive: HashMap<(u32, u32), u64> = HashMap::new();
         let threshold_ms =
             u32::try_from(crate::time::clock::ceil_ms(threshold)).unwrap_or(u32::MAX);
         let mut groups: HashMap<(u32, usize), LeakGroup> = HashMap::new();
         let mut scanned = 0u64;
         let mut suspects = 0u64;
-        for idx in 0..self.high_water() {
+        for idx in self.handed_out() {
             let Some(node) = self.try_node(idx) else {
                 continue;
             };
@@ -254,25 +270,23 @@ impl PoolInner {
                 continue;
             }
             let gen = generation(w);
-            if !node.life.try_upgrade(gen) {
+            // A context of this generation, or nothing (slot L2; func nodes are not contexts).
+            if !crate::tree::upgrade(self, idx, gen, crate::tree::Kind::Context) {
                 continue;
             }
             // Our reference, released (through the normal path) when `ctx` drops.
             let ctx = crate::Context::from_node(core::ptr::NonNull::from(self), idx, gen);
             // SAFETY: we hold a reference: the incarnation's fields are stable (slot L1).
-            let (meta, flags, op) = unsafe {
-                (
-                    node.meta(),
-                    node.flags(),
-                    node.payload.with(|p| (*p).values.op),
-                )
-            };
-            if flags & F_FUNC != 0 {
-                continue;
-            }
+            let (meta, op) = unsafe { (node.meta(), node.payload.with(|p| (*p).values.op)) };
             scanned += 1;
-            let age = now.wrapping_sub(meta.created);
-            if age >= threshold_ms {
+            let age = match elders.get(&(idx, gen)) {
+                Some(&born) => now64.saturating_sub(born),
+                None => u64::from(now.wrapping_sub(meta.created)),
+            };
+            if age >= 1 << 31 {
+                still_alive.insert((idx, gen), now64.saturating_sub(age));
+            }
+            if age >= u64::from(threshold_ms) {
                 suspects += 1;
                 let key = (op, meta.location as *const Location<'static> as usize);
                 let g = groups.entry(key).or_insert_with(|| LeakGroup {
@@ -284,7 +298,7 @@ impl PoolInner {
                     backtrace: None,
                 });
                 g.count += 1;
-                g.oldest = g.oldest.max(Duration::from_millis(u64::from(age)));
+                g.oldest = g.oldest.max(Duration::from_millis(age));
                 if g.samples.len() < SAMPLES {
                     g.samples.push(ctx.id());
                 }
@@ -300,6 +314,8 @@ impl PoolInner {
             }
             drop(ctx);
         }
+        *elders = still_alive;
+        drop(elders);
         let mut groups: Vec<LeakGroup> = groups.into_values().collect();
         groups.sort_by(|a, b| b.count.cmp(&a.count).then(b.oldest.cmp(&a.oldest)));
         let mut report = LeakReport {
@@ -311,7 +327,6 @@ impl PoolInner {
             groups,
         };
         if suspects > alert_threshold {
-            let now64 = clock.now64();
             let mut last = self
                 .leaks
                 .last_alert

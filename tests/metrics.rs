@@ -228,6 +228,7 @@ fn exposition_has_every_family() {
         "pool_in_use",
         "pool_high_water",
         "pool_exhausted_total",
+        "pool_spent_slots_total",
         "timers_pending",
         "timer_fire_lateness_seconds",
         "deadline_clamped_total",

@@ -245,3 +245,41 @@ fn concurrent_page_growth() {
         assert_all_released(&pool);
     });
 }
+
+/// (retire) A slot at its last generation is spent by a drop on another thread while this
+/// thread makes a context (slot L2, pool P5): the maker gets nothing (the slot is still held,
+/// or its spend is not visible yet) or the spare slot, never the spent one; afterwards exactly
+/// one slot (the spare) is in circulation, so the capacity is still 1.
+#[test]
+fn spent_slot_is_replaced_once() {
+    model(|| {
+        let pool = ctxpool::Pool::builder()
+            .capacity(1)
+            .testing_first_generation(u32::MAX)
+            .build()
+            .unwrap();
+        let bg = pool.background();
+        let last = bg.child().request_id(RequestId(1)).with_cancel();
+        let spent: ContextId = last.id();
+        assert_eq!(spent.generation, u32::MAX);
+        let dropper = thread::spawn(move || drop(last));
+        let made = bg.try_with_cancel().ok();
+        if let Some(c) = &made {
+            assert_ne!(c.id().slot, spent.slot, "a spent slot was reused");
+            assert!(!c.is_cancelled());
+        }
+        dropper.join().unwrap();
+        assert_eq!(pool.stats().spent_slots, 1);
+        let one = match made {
+            Some(c) => c,
+            None => bg.try_with_cancel().expect("the spare slot"),
+        };
+        assert_ne!(one.id().slot, spent.slot);
+        assert!(
+            bg.try_with_cancel().is_err(),
+            "the spent slot grew the pool"
+        );
+        drop(one);
+        assert_all_released(&pool);
+    });
+}

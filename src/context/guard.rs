@@ -10,7 +10,7 @@ use crate::sync::Ordering;
 use crate::tree::cause::{Cause, Origin, Reason};
 use crate::tree::node::NIL;
 use crate::tree::state::{self, Packed};
-use crate::tree::{self as tree};
+use crate::tree::{self as tree, Kind};
 
 /// The owner of a cancellable context (Go's `cancel` function, as a value).
 ///
@@ -192,12 +192,9 @@ impl WeakContext {
             NIL => Some(Context::background_of(self.pool.clone())),
             EXHAUSTED => Some(Context::exhausted(self.pool.clone(), self.gen != 0)),
             idx => {
-                // SAFETY: `idx` was handed out by this pool (P3); `try_upgrade` checks the
-                // generation before taking a reference (L1, L2).
-                let node = unsafe { self.pool.get().node(idx) };
-                let up = node
-                    .life
-                    .try_upgrade(self.gen)
+                // `idx` was handed out by this pool (P3); `upgrade` checks the generation
+                // before taking a reference (L1, L2), and that the slot holds a context.
+                let up = crate::tree::upgrade(self.pool.get(), idx, self.gen, Kind::Context)
                     .then(|| Context::from_node(self.pool.ptr(), idx, self.gen));
                 if up.is_none() {
                     self.pool.get().stale_handles.inc();

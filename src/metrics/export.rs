@@ -216,6 +216,13 @@ impl MetricsSnapshot {
         sample(&mut o, "pool_exhausted_total", &[], p.exhausted);
         header(
             &mut o,
+            "pool_spent_slots_total",
+            "counter",
+            "Slots retired for good after their last generation (each replaced by a spare).",
+        );
+        sample(&mut o, "pool_spent_slots_total", &[], p.spent_slots);
+        header(
+            &mut o,
             "timers_pending",
             "gauge",
             "Timer entries in the wheel.",
@@ -295,6 +302,7 @@ impl MetricsSnapshot {
         gauge!("ctxpool_pool_in_use").set(p.in_use as f64);
         gauge!("ctxpool_pool_high_water").set(f64::from(p.high_water));
         counter!("ctxpool_pool_exhausted_total").absolute(p.exhausted);
+        counter!("ctxpool_pool_spent_slots_total").absolute(u64::from(p.spent_slots));
         gauge!("ctxpool_timers_pending").set(self.timers.pending as f64);
         counter!("ctxpool_deadline_clamped_total").absolute(self.timers.clamped);
         counter!("ctxpool_stale_handle_total").absolute(self.stale_handles);

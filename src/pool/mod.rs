@@ -4,6 +4,7 @@
 //!            Pool ──► PoolInner
 //!                      ├── pages    [p0: 64 nodes][p1: 128][p2: 256] ...   (page.rs)
 //!                      ├── fresh    next never-used index (bump, up to capacity)
+//!                      ├── spare    next never-used spare index (up to the spent count, P5)
 //!                      ├── shards   [tid 0][tid 1] ... one per thread id    (shard.rs)
 //!                      │              local free list (owner only), remote free list (CAS)
 //!                      └── spill    overflow free list under a mutex (cold)
@@ -32,6 +33,13 @@
 //!   holds one reference; every other node keeps its parent, hence transitively a root, alive.
 //!   So at zero no node is live and no handle can reach the pages. The global pool is never
 //!   freed, and keeps no count (its roots take no reference).
+//! - **P5** a slot whose last generation ends is *spent* (slot L2): its owner counts it in
+//!   `spent` instead of freeing it, and nothing puts it on a free list again. Each spent slot
+//!   allows one *spare*: a never-used slot of the spare region (`page::SPARE`), handed out
+//!   only while `spare < spent`. So the slots in circulation (in use or free) never exceed
+//!   `capacity`, and a spent slot does not shrink the pool, until 2^30 slots have been spent
+//!   (2^62 lives; after that a spent slot is not replaced). Spare slots get spent and replaced
+//!   the same way.
 
 pub(crate) mod page;
 pub(crate) mod shard;
@@ -55,8 +63,9 @@ use crate::time::ring::{Armed, Push, Ring};
 use crate::time::{DriverMode, ManualClock, TimerStats};
 use crate::tree::node::{Node, NIL};
 use crate::tree::state::{lessee, mark_lessee, MULTI, ZOMBIE};
-use page::{Pages, MAX_CAPACITY};
+use page::{Pages, MAX_CAPACITY, SPARE};
 use shard::{FreeList, Lease, Shard, LEASES};
+use slot::Retired;
 
 /// Owner-shard value of a node acquired by a thread without an id (tid T2).
 const NO_SHARD: u16 = 0x0FFF;
@@ -79,6 +88,10 @@ pub(crate) struct PoolInner {
     thread_cache: u32,
     /// Next never-used index.
     fresh: AtomicU32,
+    /// Slots spent (P5), each allowing one spare.
+    spent: AtomicU32,
+    /// Next never-used spare index, minus `SPARE` (P5).
+    spare: AtomicU32,
     shards: Box<[AtomicPtr<CachePadded<Shard>>]>,
     /// One past the highest shard index ever allocated (bounds lease scans).
     shards_hwm: AtomicUsize,
@@ -156,10 +169,12 @@ impl PoolInner {
             None => Clock::real(),
         };
         PoolInner {
-            pages: Pages::new(capacity),
+            pages: Pages::new(capacity, b.first_gen),
             capacity,
             thread_cache,
             fresh: AtomicU32::new(0),
+            spent: AtomicU32::new(0),
+            spare: AtomicU32::new(0),
             shards: (0..tid::MAX_THREADS)
                 .map(|_| AtomicPtr::new(core::ptr::null_mut()))
                 .collect(),
@@ -192,12 +207,15 @@ impl PoolInner {
         }
     }
 
-    /// One past the highest slot ever handed out.
-    pub(crate) fn high_water(&self) -> u32 {
-        self.fresh.load(Ordering::Acquire).min(self.capacity)
+    /// Every slot index ever handed out: the main region's `0..fresh`, then the spare
+    /// region's (P5).
+    pub(crate) fn handed_out(&self) -> impl Iterator<Item = u32> {
+        let main = self.fresh.load(Ordering::Acquire).min(self.capacity);
+        let spare = self.spare.load(Ordering::Acquire).min(MAX_CAPACITY);
+        (0..main).chain(SPARE..SPARE + spare)
     }
 
-    /// The node at `idx < high_water()`, if its page is published yet.
+    /// The node at an index of `handed_out()`, if its page is published yet.
     pub(crate) fn try_node(&self, idx: u32) -> Option<&Node> {
         self.pages.try_get(idx)
     }
@@ -565,24 +583,13 @@ impl PoolInner {
                 return Some(self.adopt(head, shard_id, me));
             }
         }
-        // 3. A never-used slot.
-        let mut cur = self.fresh.load(Ordering::Relaxed);
-        while cur < self.capacity {
-            match self.fresh.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    self.pages.ensure(cur);
-                    // SAFETY: `cur` came from `fresh` and its page exists (P3); nobody else
-                    // has it (P2).
-                    unsafe { self.node(cur).set_shard(shard_id) };
-                    return Some(cur);
-                }
-                Err(actual) => cur = actual,
-            }
+        // 3. A never-used slot, or a spare one replacing a spent slot (P5).
+        if let Some(idx) = self.take_fresh() {
+            self.pages.ensure(idx);
+            // SAFETY: `idx` came from `fresh` or `spare` and its page exists (P3); nobody else
+            // has it (P2).
+            unsafe { self.node(idx).set_shard(shard_id) };
+            return Some(idx);
         }
         // 4. Steal whatever other threads freed to their owners.
         for slot in self.shards.iter() {
@@ -619,6 +626,30 @@ impl PoolInner {
             }
         });
         (found != NIL).then_some(found)
+    }
+
+    /// Bumps `fresh` below the capacity, or else `spare` below the spent count (P5); returns the
+    /// never-used index taken.
+    fn take_fresh(&self) -> Option<u32> {
+        let bump = |counter: &AtomicU32, limit: u32| {
+            let mut cur = counter.load(Ordering::Relaxed);
+            while cur < limit {
+                match counter.compare_exchange_weak(
+                    cur,
+                    cur + 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return Some(cur),
+                    Err(actual) => cur = actual,
+                }
+            }
+            None
+        };
+        bump(&self.fresh, self.capacity).or_else(|| {
+            let allowed = self.spent.load(Ordering::Relaxed).min(MAX_CAPACITY);
+            bump(&self.spare, allowed).map(|k| SPARE + k)
+        })
     }
 
     /// Takes ownership of a detached chain of free slots: returns its head and keeps the rest
@@ -680,10 +711,34 @@ impl PoolInner {
         self.spill_len.store(spill.len, Ordering::Relaxed);
     }
 
+    /// Retires the dying incarnation `gen` of slot `idx` (`node`), which the caller owns (P2):
+    /// back to its owner shard's list, or counted as spent when that was its last generation
+    /// (slot L2, P5). `me` is the caller's `self.local()`.
+    #[inline]
+    pub(crate) fn retire(&self, me: Option<Local<'_>>, idx: u32, node: &Node, gen: u32) {
+        match node.life.retire(gen) {
+            Retired::Reusable => self.free(me, idx, node),
+            Retired::Spent => self.spend(me),
+        }
+    }
+
+    /// Counts a spent slot (P5): released, never freed, and one more spare allowed.
+    #[cold]
+    #[inline(never)]
+    fn spend(&self, me: Option<Local<'_>>) {
+        match me {
+            Some(l) => Shard::bump(&l.shard.released),
+            None => {
+                self.overflow_released.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.spent.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Returns retired slot `idx` (`node`, slot L2) to its owner shard's list (P1); `me` is the
     /// caller's `self.local()`.
     #[inline]
-    pub(crate) fn free(&self, me: Option<Local<'_>>, idx: u32, node: &Node) {
+    fn free(&self, me: Option<Local<'_>>, idx: u32, node: &Node) {
         // SAFETY: the caller owns the dying slot (P2), so its owner shard cannot change.
         let owner = unsafe { node.shard_flags() }.0 & SHARD_MASK;
         match me {
@@ -879,6 +934,7 @@ impl PoolInner {
             created: acquired,
             released,
             reserved_bytes: self.pages.reserved_bytes(),
+            spent_slots: self.spent.load(Ordering::Relaxed),
         }
     }
 }
@@ -1237,6 +1293,26 @@ impl Pool {
         ))
     }
 
+    /// Testing only: moves free slot `slot` forward to generation `gen`, as if that many lives
+    /// had passed on it, so a test can reach the end of a slot's generations in a few steps.
+    /// Refused (`false`) unless the slot was handed out, is free (no reference, not waiting
+    /// for children) and `gen` is above its generation. Generations only move forward, so no
+    /// id can come to match an incarnation other than its own (slot L2). Call it while no
+    /// other thread uses the pool.
+    #[doc(hidden)]
+    pub fn testing_skip_generations(&self, slot: u32, gen: u32) -> bool {
+        let inner = self.inner.get();
+        let main = inner.fresh.load(Ordering::Acquire).min(inner.capacity);
+        let spare = inner.spare.load(Ordering::Acquire);
+        if slot >= main && !(SPARE..SPARE.saturating_add(spare)).contains(&slot) {
+            return false;
+        }
+        let Some(node) = inner.try_node(slot) else {
+            return false;
+        };
+        node.state.load(Ordering::Acquire) == 0 && node.life.skip_to(gen)
+    }
+
     /// Counters of this pool's timers; see [`TimerStats`].
     pub fn timer_stats(&self) -> TimerStats {
         self.inner.get().timer_stats()
@@ -1285,6 +1361,7 @@ pub struct PoolBuilder {
     lifetime_buckets: Vec<f64>,
     overrun_buckets: Vec<f64>,
     problems: Vec<String>,
+    first_gen: u32,
 }
 
 /// The longest timeout a pool accepts: 7 days (deadlines are 32-bit millisecond ticks compared
@@ -1317,6 +1394,7 @@ impl Default for PoolBuilder {
             lifetime_buckets: crate::metrics::LIFETIME_BUCKETS.to_vec(),
             overrun_buckets: crate::metrics::OVERRUN_BUCKETS.to_vec(),
             problems: Vec::new(),
+            first_gen: 0,
         }
     }
 }
@@ -1428,6 +1506,14 @@ impl PoolBuilder {
         self
     }
 
+    /// Testing only: every slot's first incarnation gets generation `gen` instead of 0, so a
+    /// test can drive a slot through the end of its generations (slot L2) in a few steps.
+    #[doc(hidden)]
+    pub fn testing_first_generation(mut self, gen: u32) -> Self {
+        self.first_gen = gen;
+        self
+    }
+
     fn problems(&self) -> Vec<String> {
         let mut problems = self.problems.clone();
         if self.default_timeout_ms == 0
@@ -1534,4 +1620,9 @@ pub struct PoolStats {
     pub released: u64,
     /// Bytes of node memory reserved (pages allocated so far).
     pub reserved_bytes: usize,
+    /// Slots retired for good because their 2^32 generations were used up: a handle to any
+    /// past incarnation can then never match a new one. Each is replaced by a spare slot of
+    /// 128 bytes, so the capacity stays the same. A thread that makes and drops contexts
+    /// back to back reuses one slot; at full speed it spends it in a few minutes.
+    pub spent_slots: u32,
 }

@@ -8,6 +8,16 @@
 //! A page, once published, never moves and is freed only when the pool is dropped, so a slot
 //! index stays a valid address for the pool's whole life (pool P3) and a stale handle can always
 //! *read* its slot's lifecycle word safely; the generation check (slot L2) does the rest.
+//!
+//! Two regions share this layout. The *main* region holds the pool's `capacity` slots, its last
+//! page cut to the capacity. The *spare* region (indices from [`SPARE`] on) holds the slots
+//! that replace spent ones (slot L2, pool P5), in whole pages of the same doubling sizes,
+//! allocated only when a slot is spent: a pool that never spends a slot has no spare page.
+//!
+//! ```text
+//! index:  0 ........ capacity-1 | (unused) | 2^30 + 0 .. 2^30 + B-1 | 2^30 + B .. | ...
+//! table:  ptrs[0..MAX_PAGES]  (main)       | ptrs[MAX_PAGES..]  (spare)
+//! ```
 
 use crate::sync::{AtomicPtr, Mutex, Ordering};
 use crate::tree::node::Node;
@@ -22,10 +32,14 @@ pub(crate) const PAGE_BASE: usize = 2;
 /// Enough pages to address `MAX_CAPACITY` slots.
 pub(crate) const MAX_PAGES: usize = 32;
 
-/// Largest pool capacity: indices `u32::MAX` and `u32::MAX - 1` are reserved sentinels.
+/// Largest pool capacity, and the most spare slots: indices `u32::MAX` and `u32::MAX - 1` are
+/// reserved sentinels, and bit 30 marks the spare region.
 pub(crate) const MAX_CAPACITY: u32 = 1 << 30;
 
-/// The page holding `idx` and the offset within it.
+/// First index of the spare region (see the module docs).
+pub(crate) const SPARE: u32 = MAX_CAPACITY;
+
+/// The page holding `idx` within its region and the offset within it.
 #[inline]
 pub(crate) fn locate(idx: u32) -> (usize, usize) {
     let x = idx as usize / PAGE_BASE + 1;
@@ -34,34 +48,49 @@ pub(crate) fn locate(idx: u32) -> (usize, usize) {
     (page, idx as usize - start)
 }
 
+/// The page-table entry holding `idx` (main or spare region, `idx < 2 * MAX_CAPACITY`) and the
+/// offset within its page.
+#[inline]
+fn entry(idx: u32) -> (usize, usize) {
+    let (page, off) = locate(idx & (SPARE - 1));
+    ((idx >> 30) as usize * MAX_PAGES + page, off)
+}
+
 /// Number of nodes in page `page`.
 #[inline]
 pub(crate) fn page_len(page: usize) -> usize {
     PAGE_BASE << page
 }
 
-/// The table of page pointers. The last page is cut to the capacity, so a pool never reserves
-/// more than `capacity` nodes.
+/// The table of page pointers, main region then spare region. The main region's last page is
+/// cut to the capacity, so a pool reserves no more than `capacity` nodes, plus spare pages once
+/// slots are spent.
 pub(crate) struct Pages {
-    ptrs: [AtomicPtr<Node>; MAX_PAGES],
+    ptrs: [AtomicPtr<Node>; 2 * MAX_PAGES],
     capacity: u32,
+    /// Generation of every slot's first incarnation (0; tests start near the last, slot L2).
+    first_gen: u32,
     /// Serialises page allocation (cold), so a page is built once.
     grow: Mutex<()>,
 }
 
 impl Pages {
-    pub(crate) fn new(capacity: u32) -> Self {
+    pub(crate) fn new(capacity: u32, first_gen: u32) -> Self {
         Pages {
             ptrs: core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut())),
             capacity,
+            first_gen,
             grow: Mutex::new(()),
         }
     }
 
-    /// Nodes in page `page` of this pool: the doubling size, cut at the capacity.
-    fn len(&self, page: usize) -> usize {
-        let start = PAGE_BASE * ((1 << page) - 1);
-        page_len(page).min((self.capacity as usize).saturating_sub(start))
+    /// Nodes in table entry `t`: the doubling size, cut at the capacity in the main region.
+    fn len(&self, t: usize) -> usize {
+        if t >= MAX_PAGES {
+            return page_len(t - MAX_PAGES);
+        }
+        let start = PAGE_BASE * ((1 << t) - 1);
+        page_len(t).min((self.capacity as usize).saturating_sub(start))
     }
 
     /// The node at `idx`.
@@ -71,43 +100,44 @@ impl Pages {
     /// (every index in a handle, an id or a list satisfies this; pool P3).
     #[inline]
     pub(crate) unsafe fn get(&self, idx: u32) -> &Node {
-        let (page, off) = locate(idx);
-        let base = self.ptrs[page].load(Ordering::Acquire);
+        let (t, off) = entry(idx);
+        let base = self.ptrs[t].load(Ordering::Acquire);
         debug_assert!(!base.is_null(), "slot {idx} has no page");
         // SAFETY: per the contract the page was published by `ensure` (Release/Acquire on the
-        // pointer) with `self.len(page) > off` nodes (`idx < capacity`), and it lives as long as the pool (P3).
+        // pointer) with `self.len(t) > off` nodes (a main index is below the capacity, a spare
+        // page is whole), and it lives as long as the pool (P3).
         unsafe { &*base.add(off) }
     }
 
-    /// The node at `idx` if its page exists (for scans over `0..fresh`, where a slot's page may
-    /// still be being allocated); `idx` is below the capacity.
+    /// The node at `idx` if its page exists (for scans over the indices handed out, where a
+    /// slot's page may still be being allocated); a main `idx` is below the capacity.
     pub(crate) fn try_get(&self, idx: u32) -> Option<&Node> {
-        let (page, off) = locate(idx);
-        let base = self.ptrs[page].load(Ordering::Acquire);
-        // SAFETY: a published page holds `self.len(page) > off` initialised nodes (`idx` is
-        // below the capacity) and lives as long as the pool (P3).
+        let (t, off) = entry(idx);
+        let base = self.ptrs[t].load(Ordering::Acquire);
+        // SAFETY: a published page holds `self.len(t) > off` initialised nodes (as in `get`)
+        // and lives as long as the pool (P3).
         (!base.is_null()).then(|| unsafe { &*base.add(off) })
     }
 
     /// Makes sure the page holding `idx` exists.
     pub(crate) fn ensure(&self, idx: u32) {
-        let (page, _) = locate(idx);
-        if !self.ptrs[page].load(Ordering::Acquire).is_null() {
+        let (t, _) = entry(idx);
+        if !self.ptrs[t].load(Ordering::Acquire).is_null() {
             return;
         }
         let _grow = self.grow.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.ptrs[page].load(Ordering::Acquire).is_null() {
+        if !self.ptrs[t].load(Ordering::Acquire).is_null() {
             return;
         }
-        let len = self.len(page);
-        let fresh: Box<[Node]> = (0..len).map(|_| Node::new()).collect();
+        let len = self.len(t);
+        let fresh: Box<[Node]> = (0..len).map(|_| Node::new(self.first_gen)).collect();
         let raw = Box::into_raw(fresh) as *mut Node;
-        self.ptrs[page].store(raw, Ordering::Release);
+        self.ptrs[t].store(raw, Ordering::Release);
     }
 
     /// Bytes of node memory currently reserved.
     pub(crate) fn reserved_bytes(&self) -> usize {
-        (0..MAX_PAGES)
+        (0..2 * MAX_PAGES)
             .filter(|&p| !self.ptrs[p].load(Ordering::Acquire).is_null())
             .map(|p| self.len(p) * core::mem::size_of::<Node>())
             .sum()
@@ -146,5 +176,30 @@ mod tests {
         }
         let (page, off) = locate(MAX_CAPACITY - 1);
         assert!(page < MAX_PAGES && off < page_len(page));
+    }
+
+    #[test]
+    fn spare_region_has_its_own_table_entries() {
+        assert_eq!(entry(0), (0, 0));
+        assert_eq!(entry(SPARE), (MAX_PAGES, 0));
+        assert_eq!(entry(SPARE + PAGE_BASE as u32), (MAX_PAGES + 1, 0));
+        let (t, off) = entry(SPARE + MAX_CAPACITY - 1);
+        assert!(t < 2 * MAX_PAGES && off < page_len(t - MAX_PAGES));
+    }
+
+    #[test]
+    fn spare_pages_are_whole_and_main_pages_cut() {
+        let pages = Pages::new(100, 7);
+        pages.ensure(0);
+        pages.ensure(99);
+        pages.ensure(SPARE + 3);
+        let node = core::mem::size_of::<Node>();
+        assert_eq!(pages.reserved_bytes(), (100 + PAGE_BASE) * node);
+        let spare = pages
+            .try_get(SPARE + PAGE_BASE as u32 - 1)
+            .expect("spare page 0");
+        let w = spare.life.load(Ordering::Relaxed);
+        assert_eq!(crate::pool::slot::generation(w), 7);
+        assert!(pages.try_get(SPARE + PAGE_BASE as u32).is_none());
     }
 }

@@ -47,6 +47,12 @@
 //!   changed: the old count was zero).
 //! - **S7** a lease for `p` is only taken by a thread holding a handle to `p`, so once `p`'s
 //!   reference count is zero its lease counts only go down.
+//! - **S8** the lease counters are `u32`s that wrap: `local − remote` (wrapping) is the exact
+//!   number of live children as long as that number is below 2^32, and it never exceeds the
+//!   slots in circulation (at most `capacity` ≤ 2^30, pool P5). So a counter that wraps after
+//!   2^32 children made (or released) on one shard is harmless, however long the process
+//!   runs. The key packs the parent's generation and `idx + 1` (`idx` < 2^31, spare slots
+//!   included) into one `u64`, so keys of distinct incarnations never collide (slot L2).
 
 use crate::sync::cell::UnsafeCell;
 use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, Ordering};

@@ -25,6 +25,8 @@
 //!   `tail` with `Acquire` before reading entries below it. The consumer reads entries, then
 //!   stores `head` with `Release`; the producer loads `head` with `Acquire` before reusing a
 //!   position below it. So no entry is read and written at once.
+//! - **R0** positions are `usize` counters that wrap; `tail − head` (wrapping) is exact because
+//!   it never exceeds `CAPACITY`, so the wrap of either (after 2^64 timers) changes nothing.
 //! - **R3** an entry only says "this incarnation has a timer due at that deadline": it may be
 //!   stale (the context was released) and the driver checks the generation; it is never lost,
 //!   since a full ring sends the timer to the spill list instead.

@@ -22,7 +22,7 @@ use crate::pool::{PoolInner, PoolRef};
 use crate::sync::{AtomicBool, Ordering};
 use crate::tree::node::{Func, FUNC_WORDS};
 use crate::tree::state::Packed;
-use crate::tree::{drop_ref, set_cancelled, unregister, wait::unlock, Won};
+use crate::tree::{drop_ref, set_cancelled, unregister, upgrade, wait::unlock, Kind, Won};
 
 type Words = [MaybeUninit<usize>; FUNC_WORDS];
 
@@ -160,12 +160,13 @@ impl AfterFunc {
             Target::Ran => return false,
             Target::Node(pool, idx, gen) => (pool.get(), *idx, *gen),
         };
-        // SAFETY: `idx` came from this pool (P3); reading the lifecycle word of any handed-out
-        // slot is safe, and `try_upgrade` checks the generation (L2).
-        let node = unsafe { pool.node(idx) };
-        if !node.life.try_upgrade(gen) {
+        // `idx` came from this pool (P3); `upgrade` checks the generation (L2) and that the
+        // slot holds a func node, whose payload is the closure `take` reads.
+        if !upgrade(pool, idx, gen, Kind::Func) {
             return false;
         }
+        // SAFETY: as above (P3).
+        let node = unsafe { pool.node(idx) };
         let won = set_cancelled(node, Packed::STOPPED);
         if won != Won::Lost {
             if won == Won::Locked {

@@ -572,6 +572,35 @@ pub(crate) fn unregister(pool: &PoolInner, idx: u32) {
 #[must_use = "dropping the pool reference may free the pool; drop it after the last use"]
 pub(crate) struct Deferred(#[allow(dead_code)] Option<PoolRef>); // held for its `Drop`
 
+/// What an id expects to find in its slot.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    /// A context (a `WeakContext`, a leak scan's id).
+    Context,
+    /// An `after_func` registration (`AfterFunc::stop`).
+    Func,
+}
+
+/// Takes a reference on incarnation `gen` of slot `idx` if it is still live (slot L1, L2) *and*
+/// of the kind the caller expects; `false` otherwise, holding nothing. The generation alone
+/// already identifies the incarnation (L2); the kind check means that no id could ever make
+/// one kind of node's payload be read as the other's, even if that ever failed.
+pub(crate) fn upgrade(pool: &PoolInner, idx: u32, gen: u32, kind: Kind) -> bool {
+    // SAFETY: `idx` was handed out by this pool (P3): its lifecycle word is always readable.
+    let node = unsafe { pool.node(idx) };
+    if !node.life.try_upgrade(gen) {
+        return false;
+    }
+    // SAFETY: we hold a reference, so the incarnation's flags are stable (slot L1).
+    let is_func = unsafe { node.flags() } & F_FUNC != 0;
+    if is_func == (kind == Kind::Func) {
+        return true;
+    }
+    // The caller holds its pool by a reference of its own, so this cannot free the pool.
+    drop(drop_ref(pool, idx));
+    false
+}
+
 /// Drops one reference on `idx`; releases the node (and, in turn, ancestors) at zero.
 #[inline]
 pub(crate) fn drop_ref(pool: &PoolInner, idx: u32) -> Deferred {
@@ -730,9 +759,7 @@ pub(crate) fn tear_down_at<'p>(pool: &'p PoolInner, mut idx: u32, mut node: &'p 
         }
         node.state.store(0, Ordering::Relaxed);
         node.msg.store(core::ptr::null_mut(), Ordering::Relaxed);
-        node.life
-            .retire(generation(node.life.load(Ordering::Relaxed)));
-        pool.free(me, idx, node);
+        pool.retire(me, idx, node, generation(node.life.load(Ordering::Relaxed)));
         if let Some(custom) = custom {
             let mut data = custom.data;
             // SAFETY: `with_value` stored a value with this vtable; the slot was retired above,

@@ -156,9 +156,10 @@ unsafe impl Send for Node {}
 unsafe impl Sync for Node {}
 
 impl Node {
-    pub(crate) fn new() -> Self {
+    /// A free node whose first incarnation has generation `first_gen` (slot L2).
+    pub(crate) fn new(first_gen: u32) -> Self {
         Node {
-            life: Life::new(),
+            life: Life::new(first_gen),
             state: AtomicU64::new(0),
             msg: AtomicPtr::new(core::ptr::null_mut()),
             waiters: UnsafeCell::new(core::ptr::null_mut()),
