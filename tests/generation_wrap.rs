@@ -204,3 +204,34 @@ fn skip_hook_only_moves_free_slots_forward() {
         "a slot never handed out"
     );
 }
+
+/// The real thing, without the hook: 2^32 lives of one slot (about two to four minutes in a
+/// release build), then the stale weak id of its first life is checked. Run with
+/// `cargo test --release --test generation_wrap -- --ignored`.
+#[test]
+#[ignore = "2^32 create/drop cycles: minutes even in release"]
+fn weak_context_after_real_2_pow_32_lives() {
+    let pool = manual_pool(1);
+    let first = pool
+        .background()
+        .child()
+        .request_id(RequestId(1))
+        .with_cancel();
+    let weak = first.downgrade();
+    let first_id = first.id();
+    drop(first);
+    let bg = pool.background();
+    for _ in 0..u32::MAX {
+        drop(bg.try_with_cancel().expect("the pool of 1 lost its slot"));
+    }
+    assert_eq!(pool.stats().spent_slots, 1);
+    for _ in 0..LIVES {
+        let new = bg
+            .child()
+            .request_id(RequestId(2))
+            .try_with_cancel()
+            .unwrap();
+        assert_ne!(new.id(), first_id);
+        assert!(weak.upgrade().is_none(), "upgraded to {:?}", new.id());
+    }
+}

@@ -283,3 +283,44 @@ fn spent_slot_is_replaced_once() {
         assert_all_released(&pool);
     });
 }
+
+/// (reclaim) A starving thread takes another thread's cached slots (shard S9..S11) while that
+/// thread makes and drops its own contexts from the same local list. Capacity 2, one slot held
+/// by the main thread all along: the other slot is cached by the worker, then either popped
+/// by it or reclaimed by main, never both (each context reads back its own request id; at most
+/// one of the two is alive beside the held one), and the counts balance.
+#[test]
+fn reclaim_races_owner_pop_and_push() {
+    model(|| {
+        let pool = pool(2);
+        let bg = pool.background();
+        let held = bg.child().request_id(RequestId(100)).with_cancel();
+        let bg2 = bg.clone();
+        let worker = thread::spawn(move || {
+            drop(bg2.child().request_id(RequestId(1)).with_cancel()); // cached on this thread
+            let again = bg2.child().request_id(RequestId(2)).try_with_cancel().ok();
+            if let Some(c) = &again {
+                assert_eq!(c.request_id(), Some(RequestId(2)));
+                assert!(!c.is_cancelled());
+            }
+            again.is_some()
+            // `again` dropped here: back to this thread's list, or to its remote list
+        });
+        let stolen = bg.child().request_id(RequestId(3)).try_with_cancel().ok();
+        if let Some(c) = &stolen {
+            assert_eq!(c.request_id(), Some(RequestId(3)), "a slot owned twice");
+            assert_ne!(c.id().slot, held.id().slot);
+        }
+        let worker_got = worker.join().unwrap();
+        assert_eq!(held.request_id(), Some(RequestId(100)));
+        drop(stolen);
+        drop(held);
+        assert_all_released(&pool);
+        let _ = worker_got;
+        // Both slots are reachable again, wherever they were cached.
+        let a = bg.try_with_cancel().expect("slot a");
+        let b = bg.try_with_cancel().expect("slot b");
+        assert_ne!(a.id().slot, b.id().slot);
+        assert!(bg.try_with_cancel().is_err());
+    });
+}

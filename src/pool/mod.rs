@@ -11,13 +11,16 @@
 //! ```
 //!
 //! Acquiring a slot tries, in order: the thread's local list, its remote list (taken whole),
-//! the spill list, a never-used slot (growing by a page when needed), and finally every other
-//! shard's remote list. Only when all are empty is the pool exhausted: the `try_*`
+//! the spill list, a never-used slot (growing by a page when needed), every other shard's
+//! remote list, and finally every other shard's local list (the slots other threads keep
+//! cached, taken whole through a handshake, shard S9..S11). Only when all are empty is the
+//! pool exhausted: the `try_*`
 //! constructors return [`PoolExhausted`](crate::PoolExhausted) and the plain ones return a
 //! context born cancelled with [`Cause::PoolExhausted`](crate::Cause::PoolExhausted); both are
 //! counted in [`PoolStats::exhausted`]. A thread keeps at most `thread_cache` free slots on its
 //! local list; beyond that it spills half to the shared list, so the slots a thread caches are
-//! bounded and exhaustion is reported only when free slots are really scarce.
+//! bounded, and a thread that finds nothing else takes them back (P6): a context is refused
+//! only when the pool's slots are really in use.
 //!
 //! Invariants (the slot word's are L1..L3 in `slot.rs`, the shards' S1..S4 in `shard.rs`):
 //!
@@ -40,6 +43,12 @@
 //!   `capacity`, and a spent slot does not shrink the pool, until 2^30 slots have been spent
 //!   (2^62 lives; after that a spent slot is not replaced). Spare slots get spent and replaced
 //!   the same way.
+//! - **P6** no free slot is out of reach: a thread's local list holds at most `thread_cache`
+//!   slots after each operation of its owner (`free` spills half beyond it, `adopt` cuts a
+//!   taken chain to it), and the last source of `acquire` takes other threads' local lists,
+//!   idle, busy or exited. So in a quiescent pool a context is refused only when `capacity`
+//!   are in use; with operations in flight, a slot being freed or a list being operated on at
+//!   that instant may be missed.
 
 pub(crate) mod page;
 pub(crate) mod shard;
@@ -496,11 +505,8 @@ impl PoolInner {
     #[inline]
     pub(crate) fn acquire(&self, me: Option<Local<'_>>) -> Option<(u32, &Node)> {
         if let Some(l) = me {
-            // SAFETY: S1: only the holder of id `l.tid` touches this local list.
-            let popped = l
-                .shard
-                .local
-                .with_mut(|list| unsafe { self.pop(&mut *list) });
+            // SAFETY: we hold id `l.tid` (S1) and are in no gate.
+            let popped = unsafe { l.shard.with_local(|list| self.pop(list)) };
             if popped.is_some() {
                 Shard::bump(&l.shard.acquired);
                 return popped;
@@ -604,28 +610,26 @@ impl PoolInner {
                 return Some(self.adopt(head, shard_id, me));
             }
         }
-        // 5. Take over the local lists that exited threads left behind (tid T3).
-        let mut found = NIL;
-        tid::for_each_free(|id| {
-            if found != NIL {
-                return;
+        // 5. Take the slots other threads keep cached, idle or exited ones included (S9..S11).
+        for (t, slot) in self.shards[..self.shards_hwm.load(Ordering::Acquire)]
+            .iter()
+            .enumerate()
+        {
+            if me.is_some_and(|(mine, _)| mine == t) {
+                continue;
             }
-            let ptr = self.shards[id].load(Ordering::Acquire);
+            let ptr = slot.load(Ordering::Acquire);
             if ptr.is_null() {
-                return;
+                continue;
             }
             // SAFETY: published shard, freed only in `drop`.
             let other = unsafe { &*ptr };
-            // SAFETY: S1 via tid T3: no thread holds `id` while the registry lock is held, and
-            // the last holder's accesses happen before it returned the id under that lock.
-            let list = other
-                .local
-                .with_mut(|l| unsafe { core::mem::replace(&mut *l, FreeList::EMPTY) });
+            let list = other.steal_local();
             if list.head != NIL {
-                found = self.adopt(list.head, shard_id, me);
+                return Some(self.adopt(list.head, shard_id, me));
             }
-        });
-        (found != NIL).then_some(found)
+        }
+        None
     }
 
     /// Bumps `fresh` below the capacity, or else `spare` below the spent count (P5); returns the
@@ -674,10 +678,19 @@ impl PoolInner {
                 len: len - 1,
             };
             match me {
-                // SAFETY: S1, we hold id `t`.
-                Some((_, shard)) => shard
-                    .local
-                    .with_mut(|l| unsafe { self.append(&mut *l, rest_list) }),
+                Some((_, shard)) => {
+                    // SAFETY: we hold the shard's id (S1) and are in no gate (the slow path).
+                    // P6: keep at most `thread_cache` of the chain, spill the rest.
+                    let excess = unsafe {
+                        shard.with_local(|l| {
+                            self.append(l, rest_list);
+                            self.cut_to(l, self.thread_cache)
+                        })
+                    };
+                    if excess.head != NIL {
+                        self.spill_chain(excess);
+                    }
+                }
                 None => self.spill_chain(rest_list),
             }
         }
@@ -745,14 +758,15 @@ impl PoolInner {
             Some(l) => {
                 Shard::bump(&l.shard.released);
                 if l.tid as u16 == owner {
-                    // SAFETY: S1, we hold id `l.tid`.
-                    let len = l.shard.local.with_mut(|list| unsafe {
-                        let list = &mut *list;
-                        node.next.store(list.head, Ordering::Relaxed);
-                        list.head = idx;
-                        list.len += 1;
-                        list.len
-                    });
+                    // SAFETY: we hold id `l.tid` (S1) and are in no gate.
+                    let len = unsafe {
+                        l.shard.with_local(|list| {
+                            node.next.store(list.head, Ordering::Relaxed);
+                            list.head = idx;
+                            list.len += 1;
+                            list.len
+                        })
+                    };
                     if len > self.thread_cache {
                         self.spill_half(l.shard);
                     }
@@ -783,26 +797,33 @@ impl PoolInner {
     /// Moves half of a too-long local list to the spill list.
     #[cold]
     fn spill_half(&self, shard: &Shard) {
-        // SAFETY: S1, called by the holder of the shard's id.
-        let chain = shard.local.with_mut(|l| unsafe {
-            let list = &mut *l;
-            let keep = list.len / 2;
-            let mut tail = list.head;
-            for _ in 1..keep.max(1) {
-                tail = self.node(tail).next.load(Ordering::Relaxed);
-            }
-            let node = self.node(tail);
-            let chain = FreeList {
-                head: node.next.load(Ordering::Relaxed),
-                len: list.len - keep.max(1),
-            };
-            node.next.store(NIL, Ordering::Relaxed);
-            list.len = keep.max(1);
-            chain
-        });
+        // SAFETY: called by the holder of the shard's id (S1), in no gate.
+        let chain = unsafe { shard.with_local(|l| self.cut_to(l, (l.len / 2).max(1))) };
         if chain.head != NIL {
             self.spill_chain(chain);
         }
+    }
+
+    /// Cuts an owned list to its first `keep` slots (at least one) and returns the rest.
+    fn cut_to(&self, list: &mut FreeList, keep: u32) -> FreeList {
+        let keep = keep.max(1);
+        if list.len <= keep {
+            return FreeList::EMPTY;
+        }
+        let mut tail = list.head;
+        for _ in 1..keep {
+            // SAFETY: the list's slots are owned by the caller (S3) and came from `fresh` (P3).
+            tail = unsafe { self.node(tail) }.next.load(Ordering::Relaxed);
+        }
+        // SAFETY: as above.
+        let node = unsafe { self.node(tail) };
+        let rest = FreeList {
+            head: node.next.load(Ordering::Relaxed),
+            len: list.len - keep,
+        };
+        node.next.store(NIL, Ordering::Relaxed);
+        list.len = keep;
+        rest
     }
 
     /// Counts a new child of live parent `p` (`pnode`, generation `gen`) in the calling

@@ -5,7 +5,8 @@
 //! field:
 //!
 //! ```text
-//!   local  (head, len) ── owner thread only, plain loads and stores
+//!   local  (head, len) ── owner thread, plain loads and stores inside its gate (S9);
+//!                         a starving thread takes all of it through the handshake (S10)
 //!   remote  AtomicU32  ── other threads push (CAS); owner or a starving thread takes all (swap)
 //! ```
 //!
@@ -15,8 +16,8 @@
 //!
 //! Invariants:
 //!
-//! - **S1** `local` is read and written only by the thread holding the shard's id (tid T1), or,
-//!   when the id is free, by a thread holding the id registry's lock (tid T3).
+//! - **S1** `local` is read and written only by the thread holding the shard's id (tid T1),
+//!   inside its gate, or by a thief that won the reclaim handshake (S9, S10).
 //! - **S2** `remote` is a Treiber stack with push-only CAS and take-all `swap`: nothing pops a
 //!   single element, so there is no ABA: a pusher's `next` write is ordered before its `Release`
 //!   CAS, and the taker's `Acquire` swap sees the whole chain.
@@ -25,6 +26,43 @@
 //!   (pool P2).
 //! - **S4** the counters `acquired` / `released` are written only by the shard's owner (load +
 //!   store, no RMW) and summed on read.
+//!
+//! # Reclaiming cached slots without a lock on the owner's path
+//!
+//! A thread caches up to `thread_cache` free slots on its local list. If it then goes idle,
+//! those slots must not be lost to the other threads: a thread that finds every shared source
+//! empty takes whole local lists of other shards, idle or live, so that a pool refuses a
+//! context only when `capacity` contexts are really in use (modulo operations in flight). The
+//! owner's side stays plain loads and stores; the rare thief pays the heavy fence. The two
+//! words, on the shard's own cache line:
+//!
+//! ```text
+//!   gate   owner-written: IN while inside a local-list operation, else len << 1 (a hint)
+//!   steal  0, or 1 while a thief holds the local list (CAS 0 → 1 by thieves only)
+//!
+//!   owner  enter: gate = IN; light fence; steal == 0 ? go on : (gate = 0; wait steal == 0; retry)
+//!          exit:  gate = len << 1 (Release)
+//!   thief  gate >> 1 == 0 ? skip : CAS steal 0 → 1 (else skip); heavy fence;
+//!          wait gate & IN == 0 (Acquire); take the whole list; steal = 0 (Release)
+//! ```
+//!
+//! - **S9** the owner touches `local` only between an `enter` that saw `steal == 0` and the
+//!   following `exit`; a thief touches it only between the `gate & IN == 0` it waited for and
+//!   its `steal = 0`. The store to `gate` and the load of `steal` on the owner's side, and the
+//!   store to `steal` and the load of `gate` on the thief's, are separated by the asymmetric
+//!   fence pair (`sync::barrier`: light on the owner, heavy on the thief), a Dekker handshake:
+//!   at least one side sees the other's store, so the owner backs off or the thief waits, and
+//!   never both go on. A backed-off owner stores `gate = 0` (the thief empties the list) and
+//!   waits for `steal == 0` with `Acquire`, so it sees the emptied list; a thief's `Acquire`
+//!   load of a clear `gate` sees every write of the owner's last operation (its `Release`
+//!   exit), including the `next` links of the chain it takes.
+//! - **S10** at most one thief per shard (the CAS on `steal`), and a thief never holds its own
+//!   gate while it waits for another's (it steals from the slow path, outside its own gate),
+//!   so two starving threads stealing from each other cannot deadlock. The thief owns the
+//!   stolen chain (S3, P2) and keeps at most `thread_cache` of it (pool P6).
+//! - **S11** `gate >> 1` is only a hint: a thief that reads 0 skips the shard without a fence,
+//!   so a pool that is really exhausted (every hint 0) costs no heavy fence per refusal, and a
+//!   stale non-zero hint costs one fence and an empty take.
 //!
 //! # Leases: counting children without writing to the parent
 //!
@@ -55,7 +93,7 @@
 //!   included) into one `u64`, so keys of distinct incarnations never collide (slot L2).
 
 use crate::sync::cell::UnsafeCell;
-use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{barrier, spin_hint, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use crate::time::ring::Ring;
 use crate::tree::node::NIL;
 
@@ -99,10 +137,31 @@ impl Lease {
     }
 }
 
+/// One step of waiting for the other side of the handshake, which holds it for a few
+/// instructions unless it was preempted: spin a little, then yield the CPU to it.
+fn wait_step(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 64 {
+        spin_hint();
+    } else {
+        #[cfg(not(loom))]
+        std::thread::yield_now();
+        #[cfg(loom)]
+        spin_hint();
+    }
+}
+
+/// `gate` bit: the owner is inside a local-list operation (S9).
+const IN: u32 = 1;
+
 /// One thread's free lists and counters in one pool.
 pub(crate) struct Shard {
-    /// Owner-only list (S1).
+    /// Owner-only list, reclaimable by a thief (S1, S9).
     pub(crate) local: UnsafeCell<FreeList>,
+    /// `IN`, or the local list's length shifted left by one (S9, S11).
+    gate: AtomicU32,
+    /// 1 while a thief holds the local list (S9, S10).
+    steal: AtomicU32,
     /// Slots freed by other threads (S2).
     pub(crate) remote: AtomicU32,
     /// Contexts handed out by this shard's owner (S4).
@@ -137,6 +196,8 @@ impl Shard {
     pub(crate) fn new() -> Self {
         Shard {
             local: UnsafeCell::new(FreeList::EMPTY),
+            gate: AtomicU32::new(0),
+            steal: AtomicU32::new(0),
             remote: AtomicU32::new(NIL),
             acquired: AtomicU64::new(0),
             released: AtomicU64::new(0),
@@ -175,6 +236,74 @@ impl Shard {
         self.ring.store(fresh, Ordering::Release);
         // SAFETY: just published; freed only with the pool.
         unsafe { &*fresh }
+    }
+
+    /// Runs `f` on the local list as its owner, inside the gate (S9); returns what `f` returns.
+    ///
+    /// # Safety
+    /// The caller holds the shard's thread id (S1) and is not inside this shard's gate already.
+    #[inline(always)]
+    pub(crate) unsafe fn with_local<R>(&self, f: impl FnOnce(&mut FreeList) -> R) -> R {
+        loop {
+            self.gate.store(IN, Ordering::Relaxed);
+            barrier::light();
+            // Acquire: a thief's `steal = 0` published the list it emptied.
+            if self.steal.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            self.back_off();
+        }
+        // SAFETY: S9: inside the gate with no thief, we alone touch the list.
+        let (r, len) = self.local.with_mut(|l| unsafe {
+            let l = &mut *l;
+            (f(l), l.len)
+        });
+        // Release: a thief that reads the gate clear sees this operation's writes (S9).
+        self.gate.store(len.saturating_mul(2), Ordering::Release);
+        r
+    }
+
+    /// A thief holds the list: step out of the gate and wait until it is done (S9).
+    #[cold]
+    #[inline(never)]
+    fn back_off(&self) {
+        // The thief takes the whole list, so its length will be 0.
+        self.gate.store(0, Ordering::Release);
+        let mut spins = 0u32;
+        while self.steal.load(Ordering::Acquire) != 0 {
+            wait_step(&mut spins);
+        }
+    }
+
+    /// Takes this shard's whole local list as a thief (S9..S11), or an empty list when the
+    /// hint says it is empty, the owner is inside, or another thief is at it.
+    ///
+    /// The caller must not be inside any shard's gate (S10).
+    #[cold]
+    pub(crate) fn steal_local(&self) -> FreeList {
+        if self.gate.load(Ordering::Relaxed) >> 1 == 0 {
+            return FreeList::EMPTY;
+        }
+        if self
+            .steal
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return FreeList::EMPTY;
+        }
+        barrier::heavy();
+        // Acquire: pairs with the owner's `Release` exit or back-off (S9).
+        let mut spins = 0u32;
+        while self.gate.load(Ordering::Acquire) & IN != 0 {
+            wait_step(&mut spins);
+        }
+        // SAFETY: S9: we hold `steal` and saw the gate clear after the heavy fence, so the
+        // owner is out of the list and stays out until we store `steal = 0`.
+        let list = self
+            .local
+            .with_mut(|l| unsafe { core::mem::replace(&mut *l, FreeList::EMPTY) });
+        self.steal.store(0, Ordering::Release);
+        list
     }
 
     /// Bumps a single-writer counter (S4).

@@ -12,9 +12,9 @@
 //!   through the registry mutex, which orders everything the old holder did before everything
 //!   the new holder does; this is what lets a shard's local free list be touched without
 //!   atomics (see `shard.rs`, S1).
-//! - **T3** while the registry lock is held, no thread can take a free id, so a thread holding
-//!   the lock may act as the holder of every free id (the pool's exhaustion path takes over
-//!   the free lists that exited threads left behind).
+//! - **T3** (no longer relied on) the free lists an exited thread left behind are reclaimed
+//!   like a live thread's, through the shard's handshake (shard S9..S11), so no path acts as
+//!   the holder of an id it does not hold.
 //! - **T2** a thread without an id (more than [`MAX_THREADS`] at once, or one that is already
 //!   tearing down its thread-locals) gets `None` and must use the shared, synchronised paths.
 //!
@@ -89,15 +89,6 @@ mod imp {
     pub(crate) fn current() -> Option<usize> {
         TID.try_with(|t| t.0).ok().flatten()
     }
-
-    /// Calls `f` with each id that no live thread holds, while holding the registry lock, so
-    /// that no thread can take one of them meanwhile (T3).
-    pub(crate) fn for_each_free(mut f: impl FnMut(usize)) {
-        let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-        for &id in &reg.free {
-            f(id);
-        }
-    }
 }
 
 #[cfg(loom)]
@@ -120,9 +111,6 @@ mod imp {
     pub(crate) fn current() -> Option<usize> {
         Some(TID.with(|t| *t))
     }
-
-    /// Ids are not reused under loom, so there are no free ones to report.
-    pub(crate) fn for_each_free(_f: impl FnMut(usize)) {}
 }
 
-pub(crate) use imp::{current, for_each_free};
+pub(crate) use imp::current;
