@@ -315,7 +315,10 @@ fn scale(c: &mut Criterion) {
     let mut g = c.benchmark_group("server_mix_workers");
     g.warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    for workers in list.split(',').filter_map(|w| w.trim().parse::<usize>().ok()) {
+    for workers in list
+        .split(',')
+        .filter_map(|w| w.trim().parse::<usize>().ok())
+    {
         for (name, run) in [
             ("none", run_id::<NoContext> as fn(&mut _, &str, usize)),
             ("naive", run_id::<Naive>),

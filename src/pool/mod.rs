@@ -73,7 +73,14 @@ use crate::time::{DriverMode, ManualClock, TimerStats};
 use crate::tree::node::{Node, NIL};
 use crate::tree::state::{lessee, mark_lessee, MULTI, ZOMBIE};
 use page::{Pages, MAX_CAPACITY, SPARE};
-use shard::{FreeList, Lease, Shard, LEASES};
+use shard::{FreeList, Lease, Shard, Steal, LEASES};
+
+/// Whether a thief found a shard with cached slots held by another thief.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Contended {
+    Yes,
+    No,
+}
 use slot::Retired;
 
 /// Owner-shard value of a node acquired by a thread without an id (tid T2).
@@ -568,6 +575,17 @@ impl PoolInner {
                 return Some(self.adopt(head, shard_id, me));
             }
         }
+        // 2.-5. The shared sources; once more if another thief held a shard with cached slots
+        // (it keeps `thread_cache` of them and spills the rest, P6).
+        match self.take_shared(shard_id, me) {
+            Ok(idx) => Some(idx),
+            Err(Contended::Yes) => self.take_shared(shard_id, me).ok(),
+            Err(Contended::No) => None,
+        }
+    }
+
+    /// Steps 2 to 5 of `acquire_slow`.
+    fn take_shared(&self, shard_id: u16, me: Option<(usize, &Shard)>) -> Result<u32, Contended> {
         // 2. The spill list.
         if self.spill_len.load(Ordering::Relaxed) > 0 {
             let mut spill = self.spill.lock().unwrap_or_else(|e| e.into_inner());
@@ -586,7 +604,7 @@ impl PoolInner {
                 self.spill_len.store(spill.len, Ordering::Relaxed);
                 tail_node.next.store(NIL, Ordering::Relaxed);
                 drop(spill);
-                return Some(self.adopt(head, shard_id, me));
+                return Ok(self.adopt(head, shard_id, me));
             }
         }
         // 3. A never-used slot, or a spare one replacing a spent slot (P5).
@@ -595,10 +613,11 @@ impl PoolInner {
             // SAFETY: `idx` came from `fresh` or `spare` and its page exists (P3); nobody else
             // has it (P2).
             unsafe { self.node(idx).set_shard(shard_id) };
-            return Some(idx);
+            return Ok(idx);
         }
+        let shards = &self.shards[..self.shards_hwm.load(Ordering::Acquire)];
         // 4. Steal whatever other threads freed to their owners.
-        for slot in self.shards.iter() {
+        for slot in shards {
             let ptr = slot.load(Ordering::Acquire);
             if ptr.is_null() {
                 continue;
@@ -607,14 +626,12 @@ impl PoolInner {
             let other = unsafe { &*ptr };
             let head = other.remote.swap(NIL, Ordering::Acquire);
             if head != NIL {
-                return Some(self.adopt(head, shard_id, me));
+                return Ok(self.adopt(head, shard_id, me));
             }
         }
         // 5. Take the slots other threads keep cached, idle or exited ones included (S9..S11).
-        for (t, slot) in self.shards[..self.shards_hwm.load(Ordering::Acquire)]
-            .iter()
-            .enumerate()
-        {
+        let mut contended = Contended::No;
+        for (t, slot) in shards.iter().enumerate() {
             if me.is_some_and(|(mine, _)| mine == t) {
                 continue;
             }
@@ -624,12 +641,13 @@ impl PoolInner {
             }
             // SAFETY: published shard, freed only in `drop`.
             let other = unsafe { &*ptr };
-            let list = other.steal_local();
-            if list.head != NIL {
-                return Some(self.adopt(list.head, shard_id, me));
+            match other.steal_local() {
+                Steal::Took(list) => return Ok(self.adopt(list.head, shard_id, me)),
+                Steal::Empty => {}
+                Steal::Contended => contended = Contended::Yes,
             }
         }
-        None
+        Err(contended)
     }
 
     /// Bumps `fresh` below the capacity, or else `spare` below the spent count (P5); returns the

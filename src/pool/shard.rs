@@ -61,8 +61,14 @@
 //!   so two starving threads stealing from each other cannot deadlock. The thief owns the
 //!   stolen chain (S3, P2) and keeps at most `thread_cache` of it (pool P6).
 //! - **S11** `gate >> 1` is only a hint: a thief that reads 0 skips the shard without a fence,
-//!   so a pool that is really exhausted (every hint 0) costs no heavy fence per refusal, and a
-//!   stale non-zero hint costs one fence and an empty take.
+//!   so a pool that is really exhausted (every hint 0) costs no heavy fence per refusal. A
+//!   thief clears the hint of the list it emptied (a CAS from the clear value it waited for,
+//!   which fails if the owner has stepped in since), so a stale non-zero hint lasts at most
+//!   until the next thief. A thief that loses the `steal` CAS on a shard with a non-zero hint
+//!   tries the shared sources once more (the winner spills what it does not keep, P6).
+//!
+//! The owner's closures in `with_local` do not panic (list and link updates only); a panic
+//! there would leave `gate` at `IN` and the shard's thieves and owner waiting for each other.
 //!
 //! # Leases: counting children without writing to the parent
 //!
@@ -149,6 +155,17 @@ fn wait_step(spins: &mut u32) {
         #[cfg(loom)]
         spin_hint();
     }
+}
+
+/// What [`Shard::steal_local`] got.
+#[must_use]
+pub(crate) enum Steal {
+    /// The whole local list, now the thief's (S3).
+    Took(FreeList),
+    /// Nothing cached (by the hint, or an empty list).
+    Empty,
+    /// Another thief holds this shard's list; it may have slots (try again later).
+    Contended,
 }
 
 /// `gate` bit: the owner is inside a local-list operation (S9).
@@ -275,40 +292,76 @@ impl Shard {
         }
     }
 
-    /// Takes this shard's whole local list as a thief (S9..S11), or an empty list when the
-    /// hint says it is empty, the owner is inside, or another thief is at it.
+    /// Takes this shard's whole local list as a thief (S9..S11).
     ///
     /// The caller must not be inside any shard's gate (S10).
     #[cold]
-    pub(crate) fn steal_local(&self) -> FreeList {
+    pub(crate) fn steal_local(&self) -> Steal {
         if self.gate.load(Ordering::Relaxed) >> 1 == 0 {
-            return FreeList::EMPTY;
+            return Steal::Empty;
         }
         if self
             .steal
             .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            return FreeList::EMPTY;
+            return Steal::Contended;
         }
         barrier::heavy();
         // Acquire: pairs with the owner's `Release` exit or back-off (S9).
         let mut spins = 0u32;
-        while self.gate.load(Ordering::Acquire) & IN != 0 {
+        let mut seen = self.gate.load(Ordering::Acquire);
+        while seen & IN != 0 {
             wait_step(&mut spins);
+            seen = self.gate.load(Ordering::Acquire);
         }
         // SAFETY: S9: we hold `steal` and saw the gate clear after the heavy fence, so the
         // owner is out of the list and stays out until we store `steal = 0`.
         let list = self
             .local
             .with_mut(|l| unsafe { core::mem::replace(&mut *l, FreeList::EMPTY) });
+        // S11: the list is empty now; clear the hint unless the owner has stepped in since
+        // (while we hold `steal` it can only store `IN` and then 0, never `seen` again), so the
+        // next thief does not pay a fence for nothing.
+        let _ = self
+            .gate
+            .compare_exchange(seen, 0, Ordering::Relaxed, Ordering::Relaxed);
         self.steal.store(0, Ordering::Release);
-        list
+        if list.head == NIL {
+            Steal::Empty
+        } else {
+            Steal::Took(list)
+        }
     }
 
     /// Bumps a single-writer counter (S4).
     #[inline]
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// S11: a steal clears the hint of the list it emptied, so the next thief skips the shard
+    /// without a fence (found by review: the hint stayed stale while the owner idled).
+    #[test]
+    fn steal_clears_the_hint() {
+        let s = Shard::new();
+        // SAFETY: this thread stands in for the shard's owner; nothing else touches it.
+        unsafe {
+            s.with_local(|l| {
+                *l = FreeList { head: 7, len: 3 };
+            })
+        };
+        assert_eq!(s.gate.load(Ordering::Relaxed) >> 1, 3);
+        match s.steal_local() {
+            Steal::Took(list) => assert_eq!((list.head, list.len), (7, 3)),
+            _ => panic!("nothing taken"),
+        }
+        assert_eq!(s.gate.load(Ordering::Relaxed), 0, "stale hint");
+        assert!(matches!(s.steal_local(), Steal::Empty));
     }
 }
