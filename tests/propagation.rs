@@ -161,6 +161,28 @@ fn table() -> Vec<Case> {
             &[],
         ),
         case(
+            "tracestate with repeated keys: the first kept, the rest counted",
+            &[("traceparent", tp), ("tracestate", b"a=1,b=2,a=3,b=4")],
+            Expect {
+                tracestate_kept: true,
+                ..ok
+            },
+            &[(Header::TraceState, "duplicate_key", 2)],
+        ),
+        case(
+            "tracestate with a key repeated on a second line",
+            &[
+                ("traceparent", tp),
+                ("tracestate", b"a=1"),
+                ("tracestate", b"a=2,c=3"),
+            ],
+            Expect {
+                tracestate_kept: true,
+                ..ok
+            },
+            &[(Header::TraceState, "duplicate_key", 1)],
+        ),
+        case(
             "10,000 tracestate members on one line",
             &[
                 ("traceparent", tp),
@@ -526,6 +548,28 @@ fn ten_thousand_tracestate_lines() {
         TRACE_ID,
         "the trace is kept"
     );
+    assert_eq!(p.stats().rejected_total(Header::TraceState), 1);
+}
+
+/// W3C "Mutating the tracestate Field": the received `tracestate` is sent on even when it
+/// repeats keys; the first occurrence of each key is what goes out.
+#[test]
+fn tracestate_with_repeated_keys_is_passed_on() {
+    let pool = pool();
+    let p = Propagator::new(&pool);
+    let mut headers = HeaderMap::new();
+    headers.insert(TRACEPARENT, HeaderValue::from_static(TP));
+    headers.insert(
+        TRACESTATE,
+        HeaderValue::from_static("rojo=1,congo=2,rojo=3"),
+    );
+    let req = p.extract(&headers, None);
+    assert_eq!(req.meta().tracestate().as_str(), "rojo=1,congo=2");
+    let mut out = HeaderMap::new();
+    p.inject(&req.context(), req.meta(), &mut out, None)
+        .unwrap();
+    assert_eq!(out[TRACESTATE], "rojo=1,congo=2");
+    assert_eq!(p.stats().rejected(Header::TraceState, "duplicate_key"), 1);
     assert_eq!(p.stats().rejected_total(Header::TraceState), 1);
 }
 

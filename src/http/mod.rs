@@ -8,7 +8,7 @@
 //! | header | incoming | outgoing |
 //! |---|---|---|
 //! | `traceparent` | kept when valid (one line); otherwise a new trace starts, and `tracestate` is ignored | same trace id and flags, a new span id per call |
-//! | `tracestate` | all lines combined; invalid or over 32 members → dropped whole | passed on unchanged |
+//! | `tracestate` | all lines combined; a repeated key → that member dropped (the first kept, counted as `duplicate_key`); invalid or over 32 members → dropped whole | passed on unchanged |
 //! | `baggage` | all lines combined; invalid members dropped, over the limits → dropped whole | passed on |
 //! | `x-request-id` | kept when well-formed (1–128 visible ASCII bytes, one line); generated otherwise | passed on; echoed on the response by the layer |
 //! | `grpc-timeout` | the request's deadline, clamped to `max_timeout`; invalid → `default_timeout` | the remaining time minus `outbound_deadline_margin`; an expired budget is not sent, the call fails fast |
@@ -519,8 +519,17 @@ impl Propagator {
                     (Err(e), _) => stats.reject(Header::TraceState, e.reason()),
                     (Ok(_), _) => {
                         let lines = headers.get_all(TRACESTATE);
-                        match TraceState::parse(lines.iter().map(HeaderValue::as_bytes)) {
-                            Ok(ts) => meta.tracestate = OnceLock::from(ts),
+                        match TraceState::parse_counting(lines.iter().map(HeaderValue::as_bytes)) {
+                            Ok((ts, dropped)) => {
+                                if dropped > 0 {
+                                    stats.reject_n(
+                                        Header::TraceState,
+                                        DUPLICATE_KEY,
+                                        dropped as u64,
+                                    );
+                                }
+                                meta.tracestate = OnceLock::from(ts);
+                            }
                             Err(e) => stats.reject(Header::TraceState, e.reason()),
                         }
                     }
@@ -940,6 +949,8 @@ impl Header {
 const DUPLICATE: &str = "duplicate";
 /// `tracestate` without a valid `traceparent` (ignored, W3C trace-context §4.3).
 const NO_TRACEPARENT: &str = "no_traceparent";
+/// A `tracestate` list-member dropped for a key that came earlier (the first is kept).
+const DUPLICATE_KEY: &str = "duplicate_key";
 /// A baggage list-member dropped on its own.
 const INVALID_MEMBER: &str = "invalid_member";
 /// `x-user-id` from a peer outside `trusted_peers`.
@@ -981,8 +992,8 @@ reasons!(
 reasons!(
     TRACESTATE_REASONS,
     TraceStateError,
-    [TooManyMembers, DuplicateKey, BadMember, BadKey, BadValue],
-    [NO_TRACEPARENT]
+    [TooManyMembers, BadMember, BadKey, BadValue],
+    [DUPLICATE_KEY, NO_TRACEPARENT]
 );
 reasons!(
     BAGGAGE_REASONS,

@@ -19,8 +19,9 @@
 //!   Level 2 [`FLAG_RANDOM`] are kept.
 //! - **`tracestate`** carries vendor-specific `key=value` entries beside it, left-most the
 //!   vendor that last changed `traceparent`. Header lines are combined in order; empty
-//!   members are skipped; anything else invalid (or a 33rd member, or a repeated key) rejects
-//!   the whole `tracestate`, which the caller then drops, as the spec allows. Keys follow the
+//!   members are skipped; a repeated key is dropped (the first kept, the rest counted, as
+//!   section "Mutating the tracestate Field" allows); anything else invalid (or a 33rd
+//!   member) rejects the whole `tracestate`, which the caller then drops, as the spec allows. Keys follow the
 //!   Level 2 grammar (`( lcalpha / DIGIT ) 0*255( keychar )`, `@` anywhere), a superset of
 //!   Level 1's `simple-key` / `multi-tenant-key`.
 //! - **`baggage`** carries application key/value pairs (values percent-encoded, optional
@@ -45,7 +46,7 @@
 //! | type | reasons |
 //! |---|---|
 //! | [`TraceParentError`] | `too_short`, `too_long`, `bad_version`, `bad_separator`, `uppercase_hex`, `bad_hex`, `zero_trace_id`, `zero_span_id` |
-//! | [`TraceStateError`] | `too_many_members`, `duplicate_key`, `bad_member`, `bad_key`, `bad_value` |
+//! | [`TraceStateError`] | `too_many_members`, `bad_member`, `bad_key`, `bad_value` |
 //! | [`BaggageError`] | `too_long`, `too_many_members`, `bad_key` |
 //! | [`GrpcTimeoutError`] | `empty`, `too_many_digits`, `bad_digit`, `bad_unit` |
 //! | [`RequestIdError`] | `empty`, `too_long`, `not_visible_ascii` |
@@ -54,7 +55,7 @@
 //! The work is linear in the input and stops early on hostile input: the fixed-size
 //! headers (`traceparent`, `grpc-timeout`, `x-request-id`, `x-user-id`) check the length
 //! first and look at no more than their maximum length; `tracestate` stops at the first
-//! invalid byte, at a key or value's 257th byte, at a 33rd member or a repeated key, so
+//! invalid byte, at a key or value's 257th byte, at a 33rd member (repeats included), so
 //! 10,000 members or a megabyte value cost one partial pass; `baggage` refuses more than
 //! [`MAX_BAGGAGE_INPUT_BYTES`] before reading it. Only [`TraceState`] and [`Baggage`]
 //! allocate (their normalised text); the other parsers and writers work in place or in a
