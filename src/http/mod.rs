@@ -7,7 +7,7 @@
 //!
 //! | header | incoming | outgoing |
 //! |---|---|---|
-//! | `traceparent` | kept when valid (one line); otherwise a new trace starts, and `tracestate` is ignored | same trace id and flags, a new span id per call |
+//! | `traceparent` | kept when valid (one line), its sampled flag honoured; otherwise a new trace starts, sampled as `propagation.sampler` decides, with the random flag, and `tracestate` is ignored | same trace id and flags, a new span id per call |
 //! | `tracestate` | all lines combined; a repeated key → that member dropped (the first kept, counted as `duplicate_key`); invalid or over 32 members → dropped whole | passed on unchanged |
 //! | `baggage` | all lines combined; invalid members dropped, over the limits → dropped whole | passed on |
 //! | `x-request-id` | kept when well-formed (1–128 visible ASCII bytes, one line); generated otherwise | passed on; echoed on the response by the layer |
@@ -41,7 +41,8 @@
 //!   request: the default and maximum timeouts from the pool's packed limits word (as every
 //!   context creation does) and `outbound_deadline_margin` from a word of its own, the
 //!   trusted peers through [`Pool::with_config`] (an arc-swap guard: no write to a shared
-//!   reference count per request), and only when there is a user id to check.
+//!   reference count per request), and only when there is a user id to check; the sampler
+//!   the same way, only when a trace starts here.
 //! - H5. A `tracestate` or `baggage` that arrives as one line already in normal form (what
 //!   [`TraceState::as_str`] or [`Baggage::as_str`] would give) is validated in one pass and
 //!   kept as the incoming `HeaderValue`, not parsed into a copy; [`Propagated::tracestate`]
@@ -60,10 +61,10 @@ use ::http::header::{HeaderMap, HeaderName, HeaderValue};
 use crate::config::Config;
 use crate::metrics::ShardedCounter;
 use crate::propagation::{
-    format_grpc_timeout, format_traceparent, new_span_id, new_trace_id, parse_grpc_timeout,
-    parse_traceparent, parse_user_id, Baggage, BaggageError, GrpcTimeoutError, RequestIdError,
-    TraceParentError, TraceState, TraceStateError, UserIdError, XRequestId, GRPC_TIMEOUT_MAX_LEN,
-    MAX_REQUEST_ID_LEN, TRACEPARENT_LEN,
+    format_grpc_timeout, format_traceparent, new_span_id, parse_grpc_timeout, parse_traceparent,
+    parse_user_id, Baggage, BaggageError, GrpcTimeoutError, RequestIdError, TraceParentError,
+    TraceState, TraceStateError, UserIdError, XRequestId, GRPC_TIMEOUT_MAX_LEN, MAX_REQUEST_ID_LEN,
+    TRACEPARENT_LEN,
 };
 use crate::{CancelGuard, Context, ContextError, Op, Pool, Reason, TraceContext, UserId};
 
@@ -545,11 +546,9 @@ impl Propagator {
                 if !matches!(found.tracestate, Lines::None) {
                     stats.reject(Header::TraceState, NO_TRACEPARENT);
                 }
-                TraceContext {
-                    trace_id: new_trace_id(),
-                    span_id: new_span_id(),
-                    flags: 0x01,
-                }
+                // A new trace: the configured sampler decides; the id is random (W3C Level 2
+                // random flag).
+                self.sampler().new_trace()
             }
         };
 
@@ -627,6 +626,11 @@ impl Propagator {
         Incoming { guard, meta }
     }
 
+    /// The configured sampler, for a trace that starts here.
+    fn sampler(&self) -> crate::propagation::Sampler {
+        self.shared.pool.with_config(|cfg| cfg.propagation.sampler)
+    }
+
     /// Whether `addr` is in the configured trusted peers.
     fn trusted(&self, addr: Option<IpAddr>) -> bool {
         addr.is_some_and(|a| self.shared.pool.with_config(|cfg| is_trusted(cfg, a)))
@@ -697,11 +701,7 @@ impl Propagator {
             }
         };
 
-        let trace = ctx.trace().unwrap_or(TraceContext {
-            trace_id: new_trace_id(),
-            span_id: 0,
-            flags: 0x01,
-        });
+        let trace = ctx.trace().unwrap_or_else(|| self.sampler().new_trace());
         let outgoing = TraceContext {
             span_id: new_span_id(),
             ..trace

@@ -35,6 +35,9 @@
 //!   trusted peer.
 //! - **Random ids** ([`new_trace_id`], [`new_span_id`], [`random_u64`]): a per-thread
 //!   wyrand generator seeded once per thread; no allocation, lock or system call per id.
+//! - **Sampling** ([`Sampler`]): whether a trace that starts here is sampled (always, never,
+//!   or a ratio decided from the trace id); a new trace also sets the Level 2
+//!   [`FLAG_RANDOM`], since its id is random. An incoming decision is kept and passed on.
 //!
 //! # Invalid and hostile input
 //!
@@ -91,6 +94,7 @@ mod baggage;
 mod grpc_timeout;
 mod random;
 mod request_id;
+mod sampler;
 mod traceparent;
 mod tracestate;
 
@@ -103,6 +107,7 @@ pub use grpc_timeout::{
 };
 pub use random::{new_span_id, new_trace_id, random_u64};
 pub use request_id::{parse_user_id, RequestIdError, UserIdError, XRequestId, MAX_REQUEST_ID_LEN};
+pub use sampler::Sampler;
 pub use traceparent::{
     format_traceparent, parse_traceparent, TraceParentError, FLAG_RANDOM, FLAG_SAMPLED,
     KNOWN_FLAGS, TRACEPARENT_LEN,
