@@ -68,9 +68,11 @@ use crate::propagation::{
 };
 use crate::{CancelGuard, Context, ContextError, Op, Pool, Reason, TraceContext, UserId};
 
+mod identity;
 #[cfg(feature = "tower")]
 mod layer;
 mod value;
+use identity::SharedMeta;
 #[cfg(feature = "tower")]
 pub use layer::{BoxError, ContextBody, ContextLayer, ContextService, ResponseFuture};
 use value::{header_value, room, LARGEST};
@@ -279,6 +281,21 @@ struct Raw {
     request_id: Option<HeaderValue>,
 }
 
+/// What a context outside any extracted request carries: nothing.
+static NO_META: Propagated = Propagated {
+    parent_span: None,
+    tracestate: OnceLock::new(),
+    baggage: OnceLock::new(),
+    request_id: None,
+    user_id: None,
+    timeout: None,
+    raw: Raw {
+        tracestate: None,
+        baggage: None,
+        request_id: None,
+    },
+};
+
 impl Propagated {
     /// The caller's span id (the `parent-id` of a valid incoming `traceparent`); `None` when
     /// this request started a new trace.
@@ -343,7 +360,8 @@ impl Propagated {
 #[derive(Debug)]
 pub struct Incoming {
     guard: CancelGuard,
-    meta: Propagated,
+    /// Also the request context's own value (identity N2).
+    meta: SharedMeta,
 }
 
 impl Incoming {
@@ -362,8 +380,23 @@ impl Incoming {
         &self.meta
     }
 
-    /// The owner and the metadata, apart.
+    /// The metadata, shared with the request context (which keeps it for its descendants:
+    /// [`Propagated::of`]).
+    pub fn shared_meta(&self) -> Arc<Propagated> {
+        self.meta.arc().clone()
+    }
+
+    /// The owner and a copy of the metadata, apart: a copy to edit (e.g.
+    /// [`Propagated::baggage_mut`]) and pass to [`Propagator::inject`]; the context keeps
+    /// the metadata it was made with.
     pub fn into_parts(self) -> (CancelGuard, Propagated) {
+        let meta = (*self.meta).clone();
+        (self.guard, meta)
+    }
+
+    /// The owner and the shared metadata.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn into_shared(self) -> (CancelGuard, SharedMeta) {
         (self.guard, self.meta)
     }
 }
@@ -391,7 +424,7 @@ impl Incoming {
 #[derive(Clone, Debug)]
 pub struct RequestContext {
     ctx: Context,
-    meta: Arc<Propagated>,
+    meta: SharedMeta,
     propagator: Propagator,
 }
 
@@ -400,9 +433,42 @@ impl RequestContext {
     pub fn new(ctx: Context, meta: Arc<Propagated>, propagator: Propagator) -> Self {
         RequestContext {
             ctx,
+            meta: SharedMeta::from_arc(meta),
+            propagator,
+        }
+    }
+
+    /// The layer's: the metadata shared with the context already.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn from_shared(ctx: Context, meta: SharedMeta, propagator: Propagator) -> Self {
+        RequestContext {
+            ctx,
             meta,
             propagator,
         }
+    }
+
+    /// Adds `value` to the request context, in one call (e.g. in a middleware, on the
+    /// `RequestContext` in the request's extensions): the context becomes a child carrying
+    /// it (see [`Context::with_value`]), cancelled with the request, which handlers and
+    /// their sub-tasks find with [`Context::value`].
+    ///
+    /// ```
+    /// # let pool = ctxpool::Pool::builder().build().unwrap();
+    /// # let p = ctxpool::http::Propagator::new(&pool);
+    /// # let incoming = p.extract(&http::HeaderMap::new(), None);
+    /// # let mut rc = ctxpool::http::RequestContext::new(incoming.context(), incoming.shared_meta(), p);
+    /// #[derive(Debug, PartialEq)]
+    /// struct Tenant(u32);
+    ///
+    /// rc.insert_value(Tenant(7));
+    /// assert_eq!(rc.context().with_cancel().value::<Tenant>(), Some(&Tenant(7)));
+    /// // The request's identity is still reachable from it.
+    /// assert!(ctxpool::http::Propagated::of(rc.context()).is_some());
+    /// ```
+    #[track_caller]
+    pub fn insert_value<T: Send + Sync + 'static>(&mut self, value: T) {
+        self.ctx = self.ctx.with_value(value);
     }
 
     /// The request's context.
@@ -613,13 +679,21 @@ impl Propagator {
             Some(p) => p.child(),
             None => self.shared.pool.request(),
         };
-        let mut builder = builder.op(op).trace(trace).request_id(request_id.id());
-        if let Some(user) = meta.user_id {
+        // Identity N1, N2: the metadata, shared with the context node (a recycled `Arc`).
+        let user_id = meta.user_id;
+        let timeout = meta.timeout;
+        let meta = SharedMeta::new(meta);
+        let mut builder = builder
+            .op(op)
+            .trace(trace)
+            .request_id(request_id.id())
+            .carry(meta.clone());
+        if let Some(user) = user_id {
             builder = builder.user_id(user);
         }
         // The deadline: the incoming one, else the default; the pool clamps it to
         // max_timeout and counts the clamp (H1).
-        let guard = match meta.timeout {
+        let guard = match timeout {
             Some(d) => builder.with_timeout(d),
             None => builder.default_timeout().with_cancel(),
         };
@@ -746,6 +820,36 @@ impl Propagator {
         }
         stats.injected.inc();
         Ok(())
+    }
+
+    /// [`inject`](Propagator::inject) with the metadata of the request `ctx` belongs to
+    /// ([`Propagated::of`]): what a sub-task holding only a [`Context`] calls. A context
+    /// outside any extracted request sends its trace (or a new one), deadline and user id,
+    /// with a generated request id.
+    ///
+    /// ```
+    /// use ctxpool::http::{Propagator, TRACEPARENT, X_REQUEST_ID};
+    ///
+    /// let pool = ctxpool::Pool::builder().build().unwrap();
+    /// let propagator = Propagator::new(&pool);
+    /// let mut incoming = http::HeaderMap::new();
+    /// incoming.insert(X_REQUEST_ID, "r-1".parse().unwrap());
+    /// let req = propagator.extract(&incoming, None);
+    /// let ctx = req.context().with_cancel().context(); // all a sub-task keeps
+    ///
+    /// let mut out = http::HeaderMap::new();
+    /// propagator.inject_context(&ctx, &mut out, None).unwrap();
+    /// assert_eq!(out[X_REQUEST_ID], "r-1");
+    /// assert!(out.contains_key(TRACEPARENT));
+    /// ```
+    pub fn inject_context(
+        &self,
+        ctx: &Context,
+        headers: &mut HeaderMap,
+        dest: Option<IpAddr>,
+    ) -> Result<(), ContextError> {
+        let meta = Propagated::of(ctx).unwrap_or(&NO_META);
+        self.inject(ctx, meta, headers, dest)
     }
 
     /// Appends the propagation counters in the Prometheus text format (with `# HELP` and
