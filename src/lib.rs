@@ -60,6 +60,8 @@ pub mod leak;
 pub mod metrics;
 mod pool;
 pub mod propagation;
+#[cfg(feature = "tracing")]
+pub mod span;
 mod sync;
 mod time;
 mod tree;
@@ -70,6 +72,8 @@ pub use context::{
     CancelGuard, Cancelled, CancelledOwned, ChildBuilder, Context, ContextId, WeakContext,
 };
 pub use pool::{BuildError, Pool, PoolBuilder, PoolStats, MAX_TIMEOUT_LIMIT};
+#[cfg(feature = "tracing")]
+pub use span::Traced;
 pub use time::{DriverMode, ManualClock, TimerStats};
 pub use tree::cause::{Cause, ContextError, Origin, PoolExhausted, Reason};
 pub use tree::func::AfterFunc;
