@@ -103,8 +103,9 @@ impl Propagated {
     /// headers.insert(X_REQUEST_ID, "checkout-42".parse().unwrap());
     /// let req = propagator.extract(&headers, None);
     ///
-    /// let sub = req.context().with_cancel(); // what a spawned task holds
-    /// let meta = Propagated::of(&sub.context()).unwrap();
+    /// let sub = req.context().with_cancel();
+    /// let ctx = sub.context(); // what a spawned task holds
+    /// let meta = Propagated::of(&ctx).unwrap();
     /// assert_eq!(meta.request_id().as_str(), "checkout-42");
     /// assert!(Propagated::of(&ctxpool::Context::background()).is_none());
     /// ```

@@ -68,10 +68,14 @@ use crate::propagation::{
 };
 use crate::{CancelGuard, Context, ContextError, Op, Pool, Reason, TraceContext, UserId};
 
+#[cfg(feature = "tower")]
+pub mod client;
 mod identity;
 #[cfg(feature = "tower")]
 mod layer;
 mod value;
+#[cfg(feature = "tower")]
+pub use client::{ClientError, ClientFuture, ClientLayer, ClientService};
 use identity::SharedMeta;
 #[cfg(feature = "tower")]
 pub use layer::{BoxError, ContextBody, ContextLayer, ContextService, ResponseFuture};
@@ -835,7 +839,8 @@ impl Propagator {
     /// let mut incoming = http::HeaderMap::new();
     /// incoming.insert(X_REQUEST_ID, "r-1".parse().unwrap());
     /// let req = propagator.extract(&incoming, None);
-    /// let ctx = req.context().with_cancel().context(); // all a sub-task keeps
+    /// let sub = req.context().with_cancel();
+    /// let ctx = sub.context(); // all a sub-task keeps
     ///
     /// let mut out = http::HeaderMap::new();
     /// propagator.inject_context(&ctx, &mut out, None).unwrap();
