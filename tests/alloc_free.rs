@@ -581,7 +581,9 @@ fn http_inject_parsed_tracestate_and_baggage() {
         TRACESTATE,
         http::HeaderValue::from_static("rojo=00f067aa0ba902b7 , congo=t61rcWkgMzE"),
     );
-    headers.insert("grpc-timeout", http::HeaderValue::from_static("2S"));
+    // Far beyond the test's length on a loaded machine: nothing turns this pool's clock, so
+    // each deadline counts from the test's start (with 2S the last sizes could run past it).
+    headers.insert("grpc-timeout", http::HeaderValue::from_static("100S"));
     pool.with_config(|_| ());
     // Sizes around where one call's values straddle the end of a chunk.
     // (Up to 220: the edited text stays within `LARGEST`, 256 bytes; longer values get a
