@@ -12,7 +12,7 @@
 //!   `x-request-id`, `grpc-timeout`), then the request context is dropped. The pool is built
 //!   with `Pool::builder().build()`, not the global one.
 //! - `opentelemetry`: a `TextMapCompositePropagator` of `TraceContextPropagator` and
-//!   `BaggagePropagator` (`opentelemetry_sdk` 0.31) extracts into an `opentelemetry::Context`
+//!   `BaggagePropagator` (`opentelemetry_sdk` 0.33) extracts into an `opentelemetry::Context`
 //!   and injects it (`traceparent`, `tracestate`, `baggage`), through the `HeaderMap`
 //!   adapters `opentelemetry-http` would provide; the context is dropped. It does less than
 //!   `ctxpool` (no deadline, no request id, no new span id).

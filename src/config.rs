@@ -34,6 +34,7 @@
 //! [propagation]
 //! trusted_peers = ["10.0.0.0/8", "fd00::/8", "192.0.2.7"]
 //! outbound_deadline_margin = "5ms"
+//! sampler = "always"
 //! ```
 //!
 //! # Keys
@@ -53,6 +54,7 @@
 //! | `metrics.publish_interval` | duration | `"10s"` | > 0, ≥ `timer_resolution`, ≤ 1h |
 //! | `propagation.trusted_peers` | array of strings | `[]` | CIDR blocks or IP addresses |
 //! | `propagation.outbound_deadline_margin` | duration | `"5ms"` | < `max_timeout`, ≤ 1m |
+//! | `propagation.sampler` | `"always"`, `"never"` or a number | `"always"` | a number is the ratio of new traces sampled, 0 to 1 |
 //!
 //! # Validation
 //!
@@ -226,7 +228,7 @@ impl Default for MetricsConfig {
 }
 
 /// The `[propagation]` section: deadlines and trace context across process boundaries.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PropagationConfig {
     /// Peers trusted with user identity: an incoming `x-user-id` is honoured only from them,
     /// and an outgoing one is sent only to them (see `ctxpool::http`, feature `http`). Trace
@@ -237,14 +239,20 @@ pub struct PropagationConfig {
     /// Taken off a deadline sent to a peer, for the time the request spends in transit.
     /// Default 5ms; below `max_timeout`, at most 1m.
     pub outbound_deadline_margin: Duration,
+    /// Whether a trace that starts here (a request without a valid `traceparent`, or an
+    /// outgoing call from a context without a trace) is sampled. Default
+    /// [`Sampler::Always`](crate::propagation::Sampler::Always); a ratio is from 0 to 1. In a
+    /// file: `"always"`, `"never"`, or the ratio as a number.
+    pub sampler: crate::propagation::Sampler,
 }
 
 impl Default for PropagationConfig {
-    /// No trusted peers, a 5ms margin.
+    /// No trusted peers, a 5ms margin, every new trace sampled.
     fn default() -> Self {
         PropagationConfig {
             trusted_peers: Vec::new(),
             outbound_deadline_margin: Duration::from_millis(5),
+            sampler: crate::propagation::Sampler::Always,
         }
     }
 }
@@ -496,6 +504,11 @@ impl Config {
             || format!("must be at most 1m, found {}", show(margin)),
         );
 
+        let sampler = self.propagation.sampler;
+        c.check("propagation.sampler", &[], sampler.is_valid(), || {
+            format!("a ratio must be a number between 0 and 1, found {sampler}")
+        });
+
         for (i, net) in self.propagation.trusted_peers.iter().enumerate() {
             let meant = net.trunc();
             let index = c.peer_index.get(i).copied().unwrap_or(i);
@@ -612,7 +625,7 @@ mod load {
         "backtrace_sample_rate",
     ];
     const METRICS_KEYS: &[&str] = &["enabled", "publish_interval"];
-    const PROPAGATION_KEYS: &[&str] = &["trusted_peers", "outbound_deadline_margin"];
+    const PROPAGATION_KEYS: &[&str] = &["trusted_peers", "outbound_deadline_margin", "sampler"];
 
     /// A parsed document of any self-describing format, keeping every entry of a table (so a
     /// JSON object's duplicate keys are seen) in document order.
@@ -864,10 +877,30 @@ mod load {
             if key == "outbound_deadline_margin" {
                 let key = "propagation.outbound_deadline_margin";
                 duration(w, key, value, &mut p.outbound_deadline_margin);
+            } else if key == "sampler" {
+                sampler(w, value, &mut p.sampler);
             } else {
                 trusted_peers(w, value, &mut p.trusted_peers);
             }
         });
+    }
+
+    /// `"always"`, `"never"` or a ratio (its range is checked with the rules).
+    fn sampler(w: &mut Checker, node: &Node, out: &mut crate::propagation::Sampler) {
+        use crate::propagation::Sampler;
+        match node {
+            Node::Str(s) if s == "always" => *out = Sampler::Always,
+            Node::Str(s) if s == "never" => *out = Sampler::Never,
+            Node::Float(x) => *out = Sampler::Ratio(*x),
+            Node::Int(n) => *out = Sampler::Ratio(*n as f64),
+            _ => w.problem(
+                "propagation.sampler".into(),
+                format!(
+                    "expected \"always\", \"never\" or a ratio between 0 and 1, found {}",
+                    node.describe()
+                ),
+            ),
+        }
     }
 
     /// Keeps the entries that parse, noting where each stood for later problems.
@@ -1094,6 +1127,26 @@ mod load {
     struct PropagationRepr {
         trusted_peers: Vec<String>,
         outbound_deadline_margin: String,
+        sampler: SamplerRepr,
+    }
+
+    /// `"always"`, `"never"`, or the ratio as a number.
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum SamplerRepr {
+        Name(&'static str),
+        Ratio(f64),
+    }
+
+    impl From<crate::propagation::Sampler> for SamplerRepr {
+        fn from(s: crate::propagation::Sampler) -> Self {
+            use crate::propagation::Sampler;
+            match s {
+                Sampler::Always => SamplerRepr::Name("always"),
+                Sampler::Never => SamplerRepr::Name("never"),
+                Sampler::Ratio(r) => SamplerRepr::Ratio(r),
+            }
+        }
     }
 
     impl From<&Config> for Repr {
@@ -1122,6 +1175,7 @@ mod load {
                         .map(ToString::to_string)
                         .collect(),
                     outbound_deadline_margin: written(c.propagation.outbound_deadline_margin),
+                    sampler: c.propagation.sampler.into(),
                 },
             }
         }

@@ -46,8 +46,31 @@
 //!   `grpc-timeout`, `x-request-id` and `x-user-id` (W3C Trace Context, W3C Baggage, gRPC over
 //!   HTTP/2), bounded work on hostile input, and per-thread random trace, span and request ids.
 //! - one `sync` module through which every atomic goes, switched to loom with `--cfg loom`.
+//!
+//! ## Features
+//!
+//! The core (contexts, the pool, deadlines, the leak detector, the `propagation` parsers)
+//! needs none. Each integration is a cargo feature:
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `serde` | yes | [`Config`] loaded from and saved as TOML or JSON ([`Config::from_file`]) |
+//! | `tracing` | yes | spans from contexts ([`Context::span`], [`Traced`]: trace id, span id, request id, user id, operation as fields); the leak detector's alert as a `tracing` warning |
+//! | `metrics` | | the pool's metrics through the `metrics` facade (for `metrics-exporter-prometheus`) |
+//! | `tokio` | | a tokio task as the timer driver ([`Pool::spawn_tokio_driver`]) |
+//! | `http` | | [`http::Propagator`]: request contexts from `http::HeaderMap`s (W3C Trace Context and Baggage, `x-request-id`, `grpc-timeout`, trusted `x-user-id`, sampling) and headers for outgoing calls; the request's identity on its context ([`http::Propagated::of`]) |
+//! | `tower` | | the server layer [`http::ContextLayer`] (a request context per request, its deadline enforced, its body held to the end) and the client layer [`http::ClientLayer`] (the calling context on every outgoing call: headers, budget, fail fast, cancel drops the call) |
+//!
+//! [`Context::run_until_cancelled`] races any future against a context, with no feature.
+//!
+//! A server's whole path, with the features `tower` and `tracing`: the server layer extracts
+//! a request context from the incoming headers, the handler works in the context's span and
+//! spawns sub-tasks that carry the context (and with it the request's identity), and the
+//! client layer puts the context on the outgoing calls. The README's "Propagation" section
+//! shows it in code.
 
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![doc(test(attr(deny(warnings))))]
@@ -60,6 +83,8 @@ pub mod leak;
 pub mod metrics;
 mod pool;
 pub mod propagation;
+#[cfg(feature = "tracing")]
+pub mod span;
 mod sync;
 mod time;
 mod tree;
@@ -70,6 +95,8 @@ pub use context::{
     CancelGuard, Cancelled, CancelledOwned, ChildBuilder, Context, ContextId, WeakContext,
 };
 pub use pool::{BuildError, Pool, PoolBuilder, PoolStats, MAX_TIMEOUT_LIMIT};
+#[cfg(feature = "tracing")]
+pub use span::Traced;
 pub use time::{DriverMode, ManualClock, TimerStats};
 pub use tree::cause::{Cause, ContextError, Origin, PoolExhausted, Reason};
 pub use tree::func::AfterFunc;

@@ -124,6 +124,22 @@ pub struct TraceContext {
     pub flags: u8,
 }
 
+impl TraceContext {
+    /// Whether the trace is sampled (the W3C `sampled` flag, bit 0): the caller, or the
+    /// sampler that started the trace, records it.
+    ///
+    /// ```
+    /// use ctxpool::TraceContext;
+    ///
+    /// let tc = TraceContext { trace_id: 1, span_id: 2, flags: 0x01 };
+    /// assert!(tc.sampled());
+    /// assert!(!TraceContext { flags: 0x02, ..tc }.sampled());
+    /// ```
+    pub const fn sampled(&self) -> bool {
+        self.flags & 0x01 != 0
+    }
+}
+
 impl fmt::Debug for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

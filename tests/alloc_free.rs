@@ -519,6 +519,46 @@ fn http_extract_inject_full() {
     assert_eq!(req.meta().tracestate().len(), 3);
 }
 
+/// The request's identity on its context (http identity N1, N2): a sub-operation holding only
+/// a `Context` (a child of the request context) injects the request's headers, its original
+/// `x-request-id` included, with `inject_context`; extract, the child, inject and the drops
+/// allocate nothing in steady state (the shared metadata is recycled per thread).
+#[test]
+fn http_extract_inject_from_a_descendant() {
+    use ctxpool::http::{Propagated, Propagator, TRACEPARENT, TRACESTATE};
+    let pool = turned_pool();
+    let propagator = Propagator::new(&pool);
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        TRACEPARENT,
+        http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    headers.insert(TRACESTATE, http::HeaderValue::from_static("rojo=1,congo=2"));
+    headers.insert("grpc-timeout", http::HeaderValue::from_static("2S"));
+    headers.insert("x-request-id", http::HeaderValue::from_static("req-7"));
+    pool.with_config(|_| ());
+    let mut out = http::HeaderMap::new();
+    let mut i = 0u32;
+    let n = allocations(|| {
+        let req = propagator.extract(&headers, None);
+        let sub = req.context().with_cancel();
+        let ctx = sub.context();
+        assert_eq!(Propagated::of(&ctx).unwrap().request_id().as_str(), "req-7");
+        out.clear();
+        propagator.inject_context(&ctx, &mut out, None).unwrap();
+        assert_eq!(out["x-request-id"], "req-7");
+        assert_eq!(out[TRACESTATE], "rojo=1,congo=2");
+        drop(ctx);
+        drop(sub);
+        drop(req);
+        i += 1;
+        if i % 1024 == 0 {
+            pool.turn();
+        }
+    });
+    assert_eq!(n, 0);
+}
+
 /// `inject` of a request whose `tracestate` and `baggage` were not in normal form (so they
 /// were parsed, and their text is cut from the per-thread chunk on every call), and after
 /// `baggage_mut` added an entry: no allocation in steady state either (V3: `inject` makes
@@ -541,7 +581,9 @@ fn http_inject_parsed_tracestate_and_baggage() {
         TRACESTATE,
         http::HeaderValue::from_static("rojo=00f067aa0ba902b7 , congo=t61rcWkgMzE"),
     );
-    headers.insert("grpc-timeout", http::HeaderValue::from_static("2S"));
+    // Far beyond the test's length on a loaded machine: nothing turns this pool's clock, so
+    // each deadline counts from the test's start (with 2S the last sizes could run past it).
+    headers.insert("grpc-timeout", http::HeaderValue::from_static("100S"));
     pool.with_config(|_| ());
     // Sizes around where one call's values straddle the end of a chunk.
     // (Up to 220: the edited text stays within `LARGEST`, 256 bytes; longer values get a

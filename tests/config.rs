@@ -575,6 +575,7 @@ mod files {
             .map(|s| s.parse().unwrap())
             .collect();
         c.propagation.outbound_deadline_margin = Duration::from_millis(20);
+        c.propagation.sampler = ctxpool::propagation::Sampler::Ratio(0.25);
         c
     }
 
@@ -595,7 +596,7 @@ mod files {
                 .collect()
         };
         let (ours, theirs) = (lines(&text), lines(&default));
-        assert_eq!(ours.len(), 13);
+        assert_eq!(ours.len(), 14);
         assert_eq!(ours.len(), theirs.len());
         for (a, b) in ours.iter().zip(&theirs) {
             assert_ne!(a, b);
@@ -642,6 +643,40 @@ mod files {
         assert_eq!(c, full());
         let value = serde_json::to_value(full()).unwrap();
         assert_eq!(value["leak"]["threshold"], "10m");
+    }
+
+    /// `propagation.sampler`: `"always"`, `"never"` or a ratio from 0 to 1, in both formats;
+    /// anything else is one problem naming the key.
+    #[test]
+    fn sampler_names_and_ratios() {
+        use ctxpool::propagation::Sampler;
+        for (text, want) in [
+            ("\"always\"", Sampler::Always),
+            ("\"never\"", Sampler::Never),
+            ("0.1", Sampler::Ratio(0.1)),
+            ("1", Sampler::Ratio(1.0)),
+            ("0", Sampler::Ratio(0.0)),
+        ] {
+            let toml = Config::from_toml_str(&format!("[propagation]\nsampler = {text}")).unwrap();
+            assert_eq!(toml.propagation.sampler, want, "{text}");
+            let json =
+                Config::from_json_str(&format!("{{\"propagation\": {{\"sampler\": {text}}}}}"))
+                    .unwrap();
+            assert_eq!(json.propagation.sampler, want, "{text}");
+            assert_eq!(Config::from_toml_str(&toml.to_toml_string()).unwrap(), toml);
+        }
+        for (text, says) in [
+            ("\"sometimes\"", "expected \"always\", \"never\" or a ratio"),
+            ("1.5", "a ratio must be a number between 0 and 1, found 1.5"),
+            ("-1", "a ratio must be a number between 0 and 1, found -1.0"),
+            ("true", "found boolean true"),
+        ] {
+            let err =
+                Config::from_toml_str(&format!("[propagation]\nsampler = {text}")).unwrap_err();
+            assert_eq!(keys(&err), ["propagation.sampler"], "{text}");
+            let m = message(&err, "propagation.sampler");
+            assert!(m.contains(says), "{text}: {m}");
+        }
     }
 
     #[test]

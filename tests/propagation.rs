@@ -161,6 +161,28 @@ fn table() -> Vec<Case> {
             &[],
         ),
         case(
+            "tracestate with repeated keys: the first kept, the rest counted",
+            &[("traceparent", tp), ("tracestate", b"a=1,b=2,a=3,b=4")],
+            Expect {
+                tracestate_kept: true,
+                ..ok
+            },
+            &[(Header::TraceState, "duplicate_key", 2)],
+        ),
+        case(
+            "tracestate with a key repeated on a second line",
+            &[
+                ("traceparent", tp),
+                ("tracestate", b"a=1"),
+                ("tracestate", b"a=2,c=3"),
+            ],
+            Expect {
+                tracestate_kept: true,
+                ..ok
+            },
+            &[(Header::TraceState, "duplicate_key", 1)],
+        ),
+        case(
             "10,000 tracestate members on one line",
             &[
                 ("traceparent", tp),
@@ -529,6 +551,28 @@ fn ten_thousand_tracestate_lines() {
     assert_eq!(p.stats().rejected_total(Header::TraceState), 1);
 }
 
+/// W3C "Mutating the tracestate Field": the received `tracestate` is sent on even when it
+/// repeats keys; the first occurrence of each key is what goes out.
+#[test]
+fn tracestate_with_repeated_keys_is_passed_on() {
+    let pool = pool();
+    let p = Propagator::new(&pool);
+    let mut headers = HeaderMap::new();
+    headers.insert(TRACEPARENT, HeaderValue::from_static(TP));
+    headers.insert(
+        TRACESTATE,
+        HeaderValue::from_static("rojo=1,congo=2,rojo=3"),
+    );
+    let req = p.extract(&headers, None);
+    assert_eq!(req.meta().tracestate().as_str(), "rojo=1,congo=2");
+    let mut out = HeaderMap::new();
+    p.inject(&req.context(), req.meta(), &mut out, None)
+        .unwrap();
+    assert_eq!(out[TRACESTATE], "rojo=1,congo=2");
+    assert_eq!(p.stats().rejected(Header::TraceState, "duplicate_key"), 1);
+    assert_eq!(p.stats().rejected_total(Header::TraceState), 1);
+}
+
 #[test]
 fn inject_sends_the_remaining_budget_and_fails_fast_when_spent() {
     let pool = pool();
@@ -657,4 +701,65 @@ fn prometheus_lists_every_header_and_reason() {
         }
     }
     assert!(out.contains("# TYPE ctxpool_propagation_rejected_total counter"));
+}
+
+/// Sampling: an incoming decision is kept and passed on (sampled or not); a trace that
+/// starts here is decided by `propagation.sampler` (read per request: an update applies to
+/// the next one) and carries the W3C random flag, on `extract` and on an `inject` from a
+/// context without a trace.
+#[test]
+fn sampling_honours_the_caller_and_the_configured_sampler() {
+    use ctxpool::propagation::{Sampler, FLAG_RANDOM, FLAG_SAMPLED};
+    let pool = pool();
+    let p = Propagator::new(&pool);
+    let flags_sent = |req: &ctxpool::http::Incoming| {
+        let mut out = HeaderMap::new();
+        p.inject(&req.context(), req.meta(), &mut out, None)
+            .unwrap();
+        let tp = out[TRACEPARENT].to_str().unwrap().to_owned();
+        u8::from_str_radix(&tp[53..], 16).unwrap()
+    };
+    for (incoming, want) in [("00", 0x00), ("01", 0x01), ("02", 0x02), ("03", 0x03)] {
+        let mut headers = HeaderMap::new();
+        let tp = format!("{}-{incoming}", &TP[..52]);
+        headers.insert(TRACEPARENT, HeaderValue::from_str(&tp).unwrap());
+        let req = p.extract(&headers, None);
+        assert_eq!(req.context().trace().unwrap().flags, want, "{tp}");
+        assert_eq!(flags_sent(&req), want, "{tp}: passed on");
+    }
+
+    let set = |sampler: Sampler| {
+        let mut cfg = (*pool.config()).clone();
+        cfg.propagation.sampler = sampler;
+        pool.update_config(cfg).unwrap();
+    };
+    for (sampler, sampled) in [(Sampler::Always, true), (Sampler::Never, false)] {
+        set(sampler);
+        let req = p.extract(&HeaderMap::new(), None);
+        let tc = req.context().trace().unwrap();
+        assert_eq!(
+            tc.flags,
+            FLAG_RANDOM | if sampled { FLAG_SAMPLED } else { 0 }
+        );
+        assert_eq!(tc.sampled(), sampled);
+        assert_eq!(flags_sent(&req), tc.flags);
+        // An outgoing call from a context with no trace starts one the same way.
+        let bare = ctxpool::Context::background().with_cancel();
+        let mut out = HeaderMap::new();
+        p.inject(&bare.context(), req.meta(), &mut out, None)
+            .unwrap();
+        let tp = out[TRACEPARENT].to_str().unwrap();
+        let flags = u8::from_str_radix(&tp[53..], 16).unwrap();
+        assert_eq!(flags, tc.flags, "{sampler}");
+    }
+    set(Sampler::Ratio(0.25));
+    let mut sampled = 0;
+    for _ in 0..2_000 {
+        let req = p.extract(&HeaderMap::new(), None);
+        let tc = req.context().trace().unwrap();
+        assert_eq!(tc.sampled(), Sampler::Ratio(0.25).sample(tc.trace_id));
+        assert_ne!(tc.flags & FLAG_RANDOM, 0);
+        sampled += usize::from(tc.sampled());
+    }
+    assert!((300..700).contains(&sampled), "{sampled} of 2,000 at 0.25");
 }

@@ -17,13 +17,18 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use ctxpool::http::{status_for, ContextLayer, Propagator, RequestContext, HTTP_REQUEST};
+use ctxpool::http::{
+    status_for, ClientLayer, ClientService, ContextLayer, Propagated, Propagator, RequestContext,
+    HTTP_REQUEST,
+};
 use ctxpool::{CancelGuard, Cause, Config, Context, Op, Pool};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
+use tower::util::MapRequest;
+use tower::{Layer, ServiceExt};
 
 /// `GET /work`.
 pub static WORK: Op = Op::new("work");
@@ -66,7 +71,24 @@ pub struct App {
     pub addr: SocketAddr,
     /// Cancellations observed by work, newest last.
     pub observed: Mutex<VecDeque<Observed>>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: FanoutClient,
+}
+
+/// The client of `/fanout`'s calls: hyper-util's, under ctxpool's client layer (the calling
+/// context's headers and deadline on every call; a cancel drops the call), with a step
+/// that notes the `traceparent` span id each call was sent with.
+type FanoutClient = ClientService<MapRequest<Client<HttpConnector, Empty<Bytes>>, NoteSpan>>;
+type NoteSpan = fn(Request<Empty<Bytes>>) -> Request<Empty<Bytes>>;
+
+/// Where a call's sent span id is noted (a request extension).
+#[derive(Clone, Default)]
+struct SentSpan(Arc<Mutex<Option<String>>>);
+
+fn note_span(req: Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
+    if let Some(slot) = req.extensions().get::<SentSpan>() {
+        *slot.0.lock().unwrap() = sent_span(req.headers());
+    }
+    req
 }
 
 impl App {
@@ -74,7 +96,9 @@ impl App {
     pub fn new(pool: Pool, addr: SocketAddr) -> Arc<App> {
         let root = pool.background().child().op(&SERVER).with_cancel();
         let propagator = Propagator::builder(&pool).parent(root.context()).build();
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let hyper = Client::builder(TokioExecutor::new()).build_http();
+        let client = ClientLayer::new(propagator.clone())
+            .layer(MapRequest::new(hyper, note_span as NoteSpan));
         Arc::new(App {
             pool,
             propagator,
@@ -352,37 +376,34 @@ async fn fanout(
         let call = ctx.child().op(&FANOUT_CALL).with_cancel();
         let uri: axum::http::Uri = format!("http://{}{}", app.addr, path).parse().unwrap();
         let mut req = Request::get(uri).body(Empty::<Bytes>::new()).unwrap();
-        let sent = rc.inject_for(&call, req.headers_mut(), Some(app.addr.ip()));
+        // The client layer reads the calling context from the extensions.
+        req.extensions_mut().insert(call.context());
+        let noted = SentSpan::default();
+        req.extensions_mut().insert(noted.clone());
         let app = app.clone();
-        let request_id = rc.meta().request_id().as_str().to_owned();
         tasks.push(tokio::spawn(async move {
-            if sent.is_err() {
-                return Call {
-                    status: 0,
-                    sent_span: None,
-                    reply: None,
-                };
-            }
-            let sent_span = sent_span(req.headers());
-            let resp = tokio::select! {
-                r = app.client.request(req) => r.ok(),
-                _ = call.cancelled() => {
-                    app.observe(&request_id, &call);
-                    None
+            let sent_span = || noted.0.lock().unwrap().clone();
+            let resp = match app.client.clone().oneshot(req).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    if e.context_error().is_some() {
+                        // The request's id, from the call's context alone.
+                        let ctx = call.context();
+                        let id = Propagated::of(&ctx).map(|m| m.request_id());
+                        app.observe(id.as_ref().map_or("", |i| i.as_str()), &ctx);
+                    }
+                    return Call {
+                        status: 0,
+                        sent_span: sent_span(),
+                        reply: None,
+                    };
                 }
-            };
-            let Some(resp) = resp else {
-                return Call {
-                    status: 0,
-                    sent_span,
-                    reply: None,
-                };
             };
             let status = resp.status().as_u16();
             let body = resp.into_body().collect().await.map(|b| b.to_bytes());
             Call {
                 status,
-                sent_span,
+                sent_span: sent_span(),
                 reply: body.ok().and_then(|b| serde_json::from_slice(&b).ok()),
             }
         }));

@@ -44,6 +44,29 @@ pub struct ChildBuilder<'a> {
     trace: Option<TraceContext>,
     request_id: Option<RequestId>,
     user_id: Option<UserId>,
+    /// A custom value for the child itself (`carry`), whatever its kind.
+    carried: Carried,
+}
+
+/// A custom value a builder carries to the node it makes; dropped here if no node takes it.
+#[derive(Default)]
+struct Carried(Option<Custom>);
+
+impl Drop for Carried {
+    fn drop(&mut self) {
+        if let Some(custom) = self.0.take() {
+            let mut data = custom.data;
+            // SAFETY: `carry` stored a value with this vtable, and `take` leaves it to no one
+            // else: this is its one drop.
+            unsafe { (custom.vt.drop)(&mut data) };
+        }
+    }
+}
+
+impl core::fmt::Debug for Carried {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
 }
 
 /// The parent a builder makes a child of: a caller's context, or a pool's background (request
@@ -85,6 +108,7 @@ impl<'a> ChildBuilder<'a> {
             trace: None,
             request_id: None,
             user_id: None,
+            carried: Carried(None),
         }
     }
 
@@ -99,6 +123,7 @@ impl<'a> ChildBuilder<'a> {
             trace: None,
             request_id: None,
             user_id: None,
+            carried: Carried(None),
         }
     }
 
@@ -138,6 +163,20 @@ impl<'a> ChildBuilder<'a> {
     /// Sets the user id.
     pub fn user_id(mut self, id: UserId) -> Self {
         self.user_id = Some(id);
+        self
+    }
+
+    /// Stores `value` in the child itself, whatever its kind (a cancellable request context
+    /// included), found by [`Context::value`] on it and its descendants: what `with_value`
+    /// does, without a node of its own. For values of one word or less (no box: no
+    /// allocation). Used by `http` for the request's identity.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn carry<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        debug_assert!(core::mem::size_of::<T>() <= values::INLINE_VALUE_BYTES);
+        self.carried = Carried(Some(Custom {
+            vt: values::vtable::<T>(),
+            data: values::store_value(value),
+        }));
         self
     }
 
@@ -224,9 +263,11 @@ impl<'a> ChildBuilder<'a> {
 
     /// Like [`with_value`](ChildBuilder::with_value), but fails if the pool is exhausted.
     pub fn try_with_value<T: Send + Sync + 'static>(
-        self,
+        mut self,
         value: T,
     ) -> Result<Context, PoolExhausted> {
+        // A node holds one custom value: a carried one gives way to this one.
+        drop(core::mem::take(&mut self.carried));
         if self.parent().idx == EXHAUSTED {
             // Born cancelled, no slot: the value has nowhere to live.
             drop(value);
@@ -246,15 +287,22 @@ impl<'a> ChildBuilder<'a> {
         r
     }
 
-    fn create(self, kind: Kind, deadline: Option<Want>) -> Result<Context, PoolExhausted> {
+    fn create(mut self, kind: Kind, deadline: Option<Want>) -> Result<Context, PoolExhausted> {
+        let carried = self.carried.0.take();
         let spec = Spec {
             op: self.op,
             trace: self.trace,
             request_id: self.request_id,
             user_id: self.user_id,
             deadline,
+            custom: carried,
         };
-        create(self.parent(), self.location, &spec, kind)
+        let r = create(self.parent(), self.location, &spec, kind);
+        if carried.is_some() && r.as_ref().map_or(true, |c| c.idx == EXHAUSTED) {
+            // No node took the value: dropped here, once.
+            drop(Carried(carried));
+        }
+        r
     }
 }
 
@@ -266,6 +314,8 @@ pub(crate) struct Spec {
     user_id: Option<UserId>,
     /// An own deadline (only for `Kind::Cancel`: a deadline needs an owner, time D2).
     deadline: Option<Want>,
+    /// A custom value for the node (`ChildBuilder::carry`), not with `Kind::Value`.
+    custom: Option<Custom>,
 }
 
 impl Spec {
@@ -276,6 +326,7 @@ impl Spec {
         request_id: None,
         user_id: None,
         deadline: None,
+        custom: None,
     };
 }
 
@@ -451,6 +502,9 @@ fn create(
         }
         if let Kind::Value(custom) = kind {
             v.custom = MaybeUninit::new(custom);
+        } else if let Some(custom) = spec.custom {
+            v.custom = MaybeUninit::new(custom);
+            flags |= F_VALUE;
         }
     });
     let mut arm = None;

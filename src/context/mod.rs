@@ -7,6 +7,7 @@
 
 mod builder;
 mod guard;
+mod until;
 mod wait;
 
 pub use builder::ChildBuilder;

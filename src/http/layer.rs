@@ -196,13 +196,13 @@ where
         let (guard, meta) = layer
             .propagator
             .extract_op(req.headers(), peer, op)
-            .into_parts();
+            .into_shared();
         let request_id = HeaderValue::from_str(meta.request_id().as_str())
             .expect("a request id is visible ASCII");
         let ctx = guard.context();
-        req.extensions_mut().insert(RequestContext::new(
+        req.extensions_mut().insert(RequestContext::from_shared(
             ctx.clone(),
-            Arc::new(meta),
+            meta,
             layer.propagator.clone(),
         ));
         // The clone that was driven to readiness serves this request (tower's contract).

@@ -7,8 +7,8 @@
 //!
 //! | header | incoming | outgoing |
 //! |---|---|---|
-//! | `traceparent` | kept when valid (one line); otherwise a new trace starts, and `tracestate` is ignored | same trace id and flags, a new span id per call |
-//! | `tracestate` | all lines combined; invalid or over 32 members → dropped whole | passed on unchanged |
+//! | `traceparent` | kept when valid (one line), its sampled flag honoured; otherwise a new trace starts, sampled as `propagation.sampler` decides, with the random flag, and `tracestate` is ignored | same trace id and flags, a new span id per call |
+//! | `tracestate` | all lines combined; a repeated key → that member dropped (the first kept, counted as `duplicate_key`); invalid or over 32 members → dropped whole | passed on unchanged |
 //! | `baggage` | all lines combined; invalid members dropped, over the limits → dropped whole | passed on |
 //! | `x-request-id` | kept when well-formed (1–128 visible ASCII bytes, one line); generated otherwise | passed on; echoed on the response by the layer |
 //! | `grpc-timeout` | the request's deadline, clamped to `max_timeout`; invalid → `default_timeout` | the remaining time minus `outbound_deadline_margin`; an expired budget is not sent, the call fails fast |
@@ -41,7 +41,8 @@
 //!   request: the default and maximum timeouts from the pool's packed limits word (as every
 //!   context creation does) and `outbound_deadline_margin` from a word of its own, the
 //!   trusted peers through [`Pool::with_config`] (an arc-swap guard: no write to a shared
-//!   reference count per request), and only when there is a user id to check.
+//!   reference count per request), and only when there is a user id to check; the sampler
+//!   the same way, only when a trace starts here.
 //! - H5. A `tracestate` or `baggage` that arrives as one line already in normal form (what
 //!   [`TraceState::as_str`] or [`Baggage::as_str`] would give) is validated in one pass and
 //!   kept as the incoming `HeaderValue`, not parsed into a copy; [`Propagated::tracestate`]
@@ -60,16 +61,22 @@ use ::http::header::{HeaderMap, HeaderName, HeaderValue};
 use crate::config::Config;
 use crate::metrics::ShardedCounter;
 use crate::propagation::{
-    format_grpc_timeout, format_traceparent, new_span_id, new_trace_id, parse_grpc_timeout,
-    parse_traceparent, parse_user_id, Baggage, BaggageError, GrpcTimeoutError, RequestIdError,
-    TraceParentError, TraceState, TraceStateError, UserIdError, XRequestId, GRPC_TIMEOUT_MAX_LEN,
-    MAX_REQUEST_ID_LEN, TRACEPARENT_LEN,
+    format_grpc_timeout, format_traceparent, new_span_id, parse_grpc_timeout, parse_traceparent,
+    parse_user_id, Baggage, BaggageError, GrpcTimeoutError, RequestIdError, TraceParentError,
+    TraceState, TraceStateError, UserIdError, XRequestId, GRPC_TIMEOUT_MAX_LEN, MAX_REQUEST_ID_LEN,
+    TRACEPARENT_LEN,
 };
 use crate::{CancelGuard, Context, ContextError, Op, Pool, Reason, TraceContext, UserId};
 
 #[cfg(feature = "tower")]
+pub mod client;
+mod identity;
+#[cfg(feature = "tower")]
 mod layer;
 mod value;
+#[cfg(feature = "tower")]
+pub use client::{ClientError, ClientFuture, ClientLayer, ClientService};
+use identity::SharedMeta;
 #[cfg(feature = "tower")]
 pub use layer::{BoxError, ContextBody, ContextLayer, ContextService, ResponseFuture};
 use value::{header_value, room, LARGEST};
@@ -278,6 +285,21 @@ struct Raw {
     request_id: Option<HeaderValue>,
 }
 
+/// What a context outside any extracted request carries: nothing.
+static NO_META: Propagated = Propagated {
+    parent_span: None,
+    tracestate: OnceLock::new(),
+    baggage: OnceLock::new(),
+    request_id: None,
+    user_id: None,
+    timeout: None,
+    raw: Raw {
+        tracestate: None,
+        baggage: None,
+        request_id: None,
+    },
+};
+
 impl Propagated {
     /// The caller's span id (the `parent-id` of a valid incoming `traceparent`); `None` when
     /// this request started a new trace.
@@ -342,7 +364,8 @@ impl Propagated {
 #[derive(Debug)]
 pub struct Incoming {
     guard: CancelGuard,
-    meta: Propagated,
+    /// Also the request context's own value (identity N2).
+    meta: SharedMeta,
 }
 
 impl Incoming {
@@ -361,8 +384,23 @@ impl Incoming {
         &self.meta
     }
 
-    /// The owner and the metadata, apart.
+    /// The metadata, shared with the request context (which keeps it for its descendants:
+    /// [`Propagated::of`]).
+    pub fn shared_meta(&self) -> Arc<Propagated> {
+        self.meta.arc().clone()
+    }
+
+    /// The owner and a copy of the metadata, apart: a copy to edit (e.g.
+    /// [`Propagated::baggage_mut`]) and pass to [`Propagator::inject`]; the context keeps
+    /// the metadata it was made with.
     pub fn into_parts(self) -> (CancelGuard, Propagated) {
+        let meta = (*self.meta).clone();
+        (self.guard, meta)
+    }
+
+    /// The owner and the shared metadata.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn into_shared(self) -> (CancelGuard, SharedMeta) {
         (self.guard, self.meta)
     }
 }
@@ -390,7 +428,7 @@ impl Incoming {
 #[derive(Clone, Debug)]
 pub struct RequestContext {
     ctx: Context,
-    meta: Arc<Propagated>,
+    meta: SharedMeta,
     propagator: Propagator,
 }
 
@@ -399,9 +437,42 @@ impl RequestContext {
     pub fn new(ctx: Context, meta: Arc<Propagated>, propagator: Propagator) -> Self {
         RequestContext {
             ctx,
+            meta: SharedMeta::from_arc(meta),
+            propagator,
+        }
+    }
+
+    /// The layer's: the metadata shared with the context already.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn from_shared(ctx: Context, meta: SharedMeta, propagator: Propagator) -> Self {
+        RequestContext {
+            ctx,
             meta,
             propagator,
         }
+    }
+
+    /// Adds `value` to the request context, in one call (e.g. in a middleware, on the
+    /// `RequestContext` in the request's extensions): the context becomes a child carrying
+    /// it (see [`Context::with_value`]), cancelled with the request, which handlers and
+    /// their sub-tasks find with [`Context::value`].
+    ///
+    /// ```
+    /// # let pool = ctxpool::Pool::builder().build().unwrap();
+    /// # let p = ctxpool::http::Propagator::new(&pool);
+    /// # let incoming = p.extract(&http::HeaderMap::new(), None);
+    /// # let mut rc = ctxpool::http::RequestContext::new(incoming.context(), incoming.shared_meta(), p);
+    /// #[derive(Debug, PartialEq)]
+    /// struct Tenant(u32);
+    ///
+    /// rc.insert_value(Tenant(7));
+    /// assert_eq!(rc.context().with_cancel().value::<Tenant>(), Some(&Tenant(7)));
+    /// // The request's identity is still reachable from it.
+    /// assert!(ctxpool::http::Propagated::of(rc.context()).is_some());
+    /// ```
+    #[track_caller]
+    pub fn insert_value<T: Send + Sync + 'static>(&mut self, value: T) {
+        self.ctx = self.ctx.with_value(value);
     }
 
     /// The request's context.
@@ -519,8 +590,17 @@ impl Propagator {
                     (Err(e), _) => stats.reject(Header::TraceState, e.reason()),
                     (Ok(_), _) => {
                         let lines = headers.get_all(TRACESTATE);
-                        match TraceState::parse(lines.iter().map(HeaderValue::as_bytes)) {
-                            Ok(ts) => meta.tracestate = OnceLock::from(ts),
+                        match TraceState::parse_counting(lines.iter().map(HeaderValue::as_bytes)) {
+                            Ok((ts, dropped)) => {
+                                if dropped > 0 {
+                                    stats.reject_n(
+                                        Header::TraceState,
+                                        DUPLICATE_KEY,
+                                        dropped as u64,
+                                    );
+                                }
+                                meta.tracestate = OnceLock::from(ts);
+                            }
                             Err(e) => stats.reject(Header::TraceState, e.reason()),
                         }
                     }
@@ -536,11 +616,9 @@ impl Propagator {
                 if !matches!(found.tracestate, Lines::None) {
                     stats.reject(Header::TraceState, NO_TRACEPARENT);
                 }
-                TraceContext {
-                    trace_id: new_trace_id(),
-                    span_id: new_span_id(),
-                    flags: 0x01,
-                }
+                // A new trace: the configured sampler decides; the id is random (W3C Level 2
+                // random flag).
+                self.sampler().new_trace()
             }
         };
 
@@ -605,17 +683,30 @@ impl Propagator {
             Some(p) => p.child(),
             None => self.shared.pool.request(),
         };
-        let mut builder = builder.op(op).trace(trace).request_id(request_id.id());
-        if let Some(user) = meta.user_id {
+        // Identity N1, N2: the metadata, shared with the context node (a recycled `Arc`).
+        let user_id = meta.user_id;
+        let timeout = meta.timeout;
+        let meta = SharedMeta::new(meta);
+        let mut builder = builder
+            .op(op)
+            .trace(trace)
+            .request_id(request_id.id())
+            .carry(meta.clone());
+        if let Some(user) = user_id {
             builder = builder.user_id(user);
         }
         // The deadline: the incoming one, else the default; the pool clamps it to
         // max_timeout and counts the clamp (H1).
-        let guard = match meta.timeout {
+        let guard = match timeout {
             Some(d) => builder.with_timeout(d),
             None => builder.default_timeout().with_cancel(),
         };
         Incoming { guard, meta }
+    }
+
+    /// The configured sampler, for a trace that starts here.
+    fn sampler(&self) -> crate::propagation::Sampler {
+        self.shared.pool.with_config(|cfg| cfg.propagation.sampler)
     }
 
     /// Whether `addr` is in the configured trusted peers.
@@ -688,11 +779,7 @@ impl Propagator {
             }
         };
 
-        let trace = ctx.trace().unwrap_or(TraceContext {
-            trace_id: new_trace_id(),
-            span_id: 0,
-            flags: 0x01,
-        });
+        let trace = ctx.trace().unwrap_or_else(|| self.sampler().new_trace());
         let outgoing = TraceContext {
             span_id: new_span_id(),
             ..trace
@@ -737,6 +824,37 @@ impl Propagator {
         }
         stats.injected.inc();
         Ok(())
+    }
+
+    /// [`inject`](Propagator::inject) with the metadata of the request `ctx` belongs to
+    /// ([`Propagated::of`]): what a sub-task holding only a [`Context`] calls. A context
+    /// outside any extracted request sends its trace (or a new one), deadline and user id,
+    /// with a generated request id.
+    ///
+    /// ```
+    /// use ctxpool::http::{Propagator, TRACEPARENT, X_REQUEST_ID};
+    ///
+    /// let pool = ctxpool::Pool::builder().build().unwrap();
+    /// let propagator = Propagator::new(&pool);
+    /// let mut incoming = http::HeaderMap::new();
+    /// incoming.insert(X_REQUEST_ID, "r-1".parse().unwrap());
+    /// let req = propagator.extract(&incoming, None);
+    /// let sub = req.context().with_cancel();
+    /// let ctx = sub.context(); // all a sub-task keeps
+    ///
+    /// let mut out = http::HeaderMap::new();
+    /// propagator.inject_context(&ctx, &mut out, None).unwrap();
+    /// assert_eq!(out[X_REQUEST_ID], "r-1");
+    /// assert!(out.contains_key(TRACEPARENT));
+    /// ```
+    pub fn inject_context(
+        &self,
+        ctx: &Context,
+        headers: &mut HeaderMap,
+        dest: Option<IpAddr>,
+    ) -> Result<(), ContextError> {
+        let meta = Propagated::of(ctx).unwrap_or(&NO_META);
+        self.inject(ctx, meta, headers, dest)
     }
 
     /// Appends the propagation counters in the Prometheus text format (with `# HELP` and
@@ -940,6 +1058,8 @@ impl Header {
 const DUPLICATE: &str = "duplicate";
 /// `tracestate` without a valid `traceparent` (ignored, W3C trace-context §4.3).
 const NO_TRACEPARENT: &str = "no_traceparent";
+/// A `tracestate` list-member dropped for a key that came earlier (the first is kept).
+const DUPLICATE_KEY: &str = "duplicate_key";
 /// A baggage list-member dropped on its own.
 const INVALID_MEMBER: &str = "invalid_member";
 /// `x-user-id` from a peer outside `trusted_peers`.
@@ -981,8 +1101,8 @@ reasons!(
 reasons!(
     TRACESTATE_REASONS,
     TraceStateError,
-    [TooManyMembers, DuplicateKey, BadMember, BadKey, BadValue],
-    [NO_TRACEPARENT]
+    [TooManyMembers, BadMember, BadKey, BadValue],
+    [DUPLICATE_KEY, NO_TRACEPARENT]
 );
 reasons!(
     BAGGAGE_REASONS,

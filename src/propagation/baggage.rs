@@ -175,7 +175,7 @@ fn percent_encode_into(value: &str, out: &mut String) {
     for &b in value.as_bytes() {
         // `=` is a baggage-octet, but encoded all the same: the value is "a URL encoded
         // UTF-8 string", and parsers that split a member on every `=` (OpenTelemetry's
-        // Rust propagator, 0.31) would cut a raw one off (tests/otel_interop.rs).
+        // Rust propagator, 0.31 and 0.33) would cut a raw one off (tests/otel_interop.rs).
         if is_baggage_octet(b) && b != b'%' && b != b'=' {
             out.push(char::from(b));
         } else {

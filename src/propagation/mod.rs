@@ -19,8 +19,9 @@
 //!   Level 2 [`FLAG_RANDOM`] are kept.
 //! - **`tracestate`** carries vendor-specific `key=value` entries beside it, left-most the
 //!   vendor that last changed `traceparent`. Header lines are combined in order; empty
-//!   members are skipped; anything else invalid (or a 33rd member, or a repeated key) rejects
-//!   the whole `tracestate`, which the caller then drops, as the spec allows. Keys follow the
+//!   members are skipped; a repeated key is dropped (the first kept, the rest counted, as
+//!   section "Mutating the tracestate Field" allows); anything else invalid (or a 33rd
+//!   member) rejects the whole `tracestate`, which the caller then drops, as the spec allows. Keys follow the
 //!   Level 2 grammar (`( lcalpha / DIGIT ) 0*255( keychar )`, `@` anywhere), a superset of
 //!   Level 1's `simple-key` / `multi-tenant-key`.
 //! - **`baggage`** carries application key/value pairs (values percent-encoded, optional
@@ -34,6 +35,9 @@
 //!   trusted peer.
 //! - **Random ids** ([`new_trace_id`], [`new_span_id`], [`random_u64`]): a per-thread
 //!   wyrand generator seeded once per thread; no allocation, lock or system call per id.
+//! - **Sampling** ([`Sampler`]): whether a trace that starts here is sampled (always, never,
+//!   or a ratio decided from the trace id); a new trace also sets the Level 2
+//!   [`FLAG_RANDOM`], since its id is random. An incoming decision is kept and passed on.
 //!
 //! # Invalid and hostile input
 //!
@@ -45,7 +49,7 @@
 //! | type | reasons |
 //! |---|---|
 //! | [`TraceParentError`] | `too_short`, `too_long`, `bad_version`, `bad_separator`, `uppercase_hex`, `bad_hex`, `zero_trace_id`, `zero_span_id` |
-//! | [`TraceStateError`] | `too_many_members`, `duplicate_key`, `bad_member`, `bad_key`, `bad_value` |
+//! | [`TraceStateError`] | `too_many_members`, `bad_member`, `bad_key`, `bad_value` |
 //! | [`BaggageError`] | `too_long`, `too_many_members`, `bad_key` |
 //! | [`GrpcTimeoutError`] | `empty`, `too_many_digits`, `bad_digit`, `bad_unit` |
 //! | [`RequestIdError`] | `empty`, `too_long`, `not_visible_ascii` |
@@ -54,7 +58,7 @@
 //! The work is linear in the input and stops early on hostile input: the fixed-size
 //! headers (`traceparent`, `grpc-timeout`, `x-request-id`, `x-user-id`) check the length
 //! first and look at no more than their maximum length; `tracestate` stops at the first
-//! invalid byte, at a key or value's 257th byte, at a 33rd member or a repeated key, so
+//! invalid byte, at a key or value's 257th byte, at a 33rd member (repeats included), so
 //! 10,000 members or a megabyte value cost one partial pass; `baggage` refuses more than
 //! [`MAX_BAGGAGE_INPUT_BYTES`] before reading it. Only [`TraceState`] and [`Baggage`]
 //! allocate (their normalised text); the other parsers and writers work in place or in a
@@ -90,6 +94,7 @@ mod baggage;
 mod grpc_timeout;
 mod random;
 mod request_id;
+mod sampler;
 mod traceparent;
 mod tracestate;
 
@@ -102,6 +107,7 @@ pub use grpc_timeout::{
 };
 pub use random::{new_span_id, new_trace_id, random_u64};
 pub use request_id::{parse_user_id, RequestIdError, UserIdError, XRequestId, MAX_REQUEST_ID_LEN};
+pub use sampler::Sampler;
 pub use traceparent::{
     format_traceparent, parse_traceparent, TraceParentError, FLAG_RANDOM, FLAG_SAMPLED,
     KNOWN_FLAGS, TRACEPARENT_LEN,

@@ -15,19 +15,20 @@ pub const MAX_TRACESTATE_VALUE_LEN: usize = 256;
 /// as a whole; that is what [`TraceState::parse`] asks of the caller (the `traceparent` stays
 /// valid: "failure to parse tracestate MUST NOT affect the parsing of traceparent").
 ///
+/// A repeated key is not an error: the first occurrence is kept and later ones dropped
+/// ([`TraceState::parse_counting`] counts them).
+///
 /// | variant | [`reason`](Self::reason) |
 /// |---|---|
 /// | [`TooManyMembers`](Self::TooManyMembers) | `too_many_members` |
-/// | [`DuplicateKey`](Self::DuplicateKey) | `duplicate_key` |
 /// | [`BadMember`](Self::BadMember) | `bad_member` |
 /// | [`BadKey`](Self::BadKey) | `bad_key` |
 /// | [`BadValue`](Self::BadValue) | `bad_value` |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TraceStateError {
-    /// More than [`MAX_TRACESTATE_MEMBERS`] list-members.
+    /// More than [`MAX_TRACESTATE_MEMBERS`] list-members (repeated keys included: the
+    /// grammar bounds the list as received).
     TooManyMembers,
-    /// The same key twice.
-    DuplicateKey,
     /// A list-member that is a key with no `=` after it.
     BadMember,
     /// A key that is empty, too long, or has a byte the key grammar does not allow (upper
@@ -42,7 +43,6 @@ impl TraceStateError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::TooManyMembers => "too_many_members",
-            Self::DuplicateKey => "duplicate_key",
             Self::BadMember => "bad_member",
             Self::BadKey => "bad_key",
             Self::BadValue => "bad_value",
@@ -195,11 +195,14 @@ impl TraceState {
     ///
     /// Lines are combined as if joined by commas (RFC 9110 §5.3, which the spec requires).
     /// Empty and whitespace-only members are skipped, as are spaces and tabs around members;
-    /// a value keeps its leading spaces (section "Value"). Everything else must follow the
-    /// grammar, with unique keys and at most 32 members, or the whole `tracestate` is
-    /// rejected: the caller then drops it, as the spec allows. Parsing stops at the first
-    /// error, so a hostile value costs at most one pass over the bytes, and less when a key
-    /// or value runs over its 256-byte limit or a 33rd member starts.
+    /// a value keeps its leading spaces (section "Value"). A key seen before is dropped with
+    /// its value (the first occurrence is kept): section "Mutating the tracestate Field" has
+    /// a vendor send the received `tracestate` on, and lets it discard duplicate keys
+    /// ([`parse_counting`](TraceState::parse_counting) counts them). Everything else must
+    /// follow the grammar, with at most 32 members as received (repeats included), or the
+    /// whole `tracestate` is rejected: the caller then drops it, as the spec allows. Parsing
+    /// stops at the first error, so a hostile value costs at most one pass over the bytes,
+    /// and less when a key or value runs over its 256-byte limit or a 33rd member starts.
     ///
     /// ```
     /// use ctxpool::propagation::{TraceState, TraceStateError};
@@ -207,47 +210,69 @@ impl TraceState {
     /// let ts = TraceState::parse([&b""[..], b" \t, ,"]).unwrap();
     /// assert!(ts.is_empty());
     ///
-    /// let dup = TraceState::parse([&b"a=1,b=2"[..], b"a=3"]);
-    /// assert_eq!(dup, Err(TraceStateError::DuplicateKey));
+    /// let dup = TraceState::parse([&b"a=1,b=2"[..], b"a=3"]).unwrap();
+    /// assert_eq!(dup.as_str(), "a=1,b=2");
+    ///
+    /// assert_eq!(TraceState::parse([&b"a=1,B=2"[..]]), Err(TraceStateError::BadKey));
     /// ```
     pub fn parse<'a, I: IntoIterator<Item = &'a [u8]>>(
         lines: I,
     ) -> Result<TraceState, TraceStateError> {
+        TraceState::parse_counting(lines).map(|(ts, _)| ts)
+    }
+
+    /// Like [`parse`](TraceState::parse), also returning how many list-members were dropped
+    /// because their key came earlier in the list.
+    ///
+    /// ```
+    /// use ctxpool::propagation::TraceState;
+    ///
+    /// let (ts, dropped) = TraceState::parse_counting([&b"a=1,b=2,a=3,b=4,c=5"[..]]).unwrap();
+    /// assert_eq!((ts.as_str(), dropped), ("a=1,b=2,c=5", 2));
+    /// ```
+    pub fn parse_counting<'a, I: IntoIterator<Item = &'a [u8]>>(
+        lines: I,
+    ) -> Result<(TraceState, usize), TraceStateError> {
         let mut ts = TraceState::new();
-        // The keys so far, borrowed from the lines, for the duplicate check.
+        // The keys kept so far, borrowed from the lines, for the duplicate check.
         let mut keys: [&'a [u8]; MAX_TRACESTATE_MEMBERS] = [&[]; MAX_TRACESTATE_MEMBERS];
+        let mut tally = Tally::default();
         for line in lines {
-            ts.parse_line(line, &mut keys)?;
+            ts.parse_line(line, &mut keys, &mut tally)?;
         }
-        Ok(ts)
+        Ok((ts, tally.dropped))
     }
 
     /// Whether `line`, alone, is a valid `tracestate` already in the form
     /// [`as_str`](TraceState::as_str) would give it (members joined by single commas, no
-    /// whitespace around them, at least one member): then the line itself can be sent on,
-    /// and parsing it into a `TraceState` (a copy) can wait until someone reads it.
-    /// `Ok(false)` for a valid line in another form (whitespace, empty members, or none).
+    /// whitespace around them, no repeated key, at least one member): then the line itself
+    /// can be sent on, and parsing it into a `TraceState` (a copy) can wait until someone
+    /// reads it. `Ok(false)` for a valid line in another form (whitespace, empty members,
+    /// repeated keys, or none).
     // Used by `http` (and the tests).
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn is_normalised_line(line: &[u8]) -> Result<bool, TraceStateError> {
         let mut keys: [&[u8]; MAX_TRACESTATE_MEMBERS] = [&[]; MAX_TRACESTATE_MEMBERS];
-        let mut len = 0;
-        let scan = scan_line(line, &mut keys, &mut len)?;
-        Ok(len > 0 && scan.normalised)
+        let mut tally = Tally::default();
+        let scan = scan_line(line, &mut keys, &mut tally)?;
+        Ok(tally.kept > 0 && scan.normalised)
     }
 
-    /// Appends the members of one header line; `keys[..self.len]` are the keys so far, and
-    /// the line's are added. Validates the whole line before touching `self.text`: one
-    /// reservation of the exact length, and, when the line is already normalised (the
-    /// common case: members joined by single commas, no whitespace around them), one copy.
+    /// Appends the members of one header line; `keys[..tally.kept]` are the keys so far, and
+    /// the line's new ones are added. Validates the whole line before touching `self.text`:
+    /// one reservation of the exact length, and, when the line is already normalised (the
+    /// common case: members joined by single commas, no whitespace around them, no repeated
+    /// key), one copy.
     fn parse_line<'a>(
         &mut self,
         line: &'a [u8],
         keys: &mut [&'a [u8]; MAX_TRACESTATE_MEMBERS],
+        tally: &mut Tally,
     ) -> Result<(), TraceStateError> {
-        let first = self.len;
-        let Scan { kept, normalised } = scan_line(line, keys, &mut self.len)?;
-        let members = self.len - first;
+        let first = tally.kept;
+        let Scan { kept, normalised } = scan_line(line, keys, tally)?;
+        self.len = tally.kept;
+        let members = tally.kept - first;
         if members == 0 {
             return Ok(());
         }
@@ -263,16 +288,21 @@ impl TraceState {
         if normalised {
             self.text.push_str(text);
         } else {
-            let mut sep = false;
+            // The line's kept keys are `keys[first..]`, in order: a member is kept exactly
+            // when its key is the next of them (a repeated key equals an earlier one, and the
+            // kept keys are unique).
+            let mut next = first;
             for member in text.split(',') {
                 let member = member.trim_matches(|c| c == ' ' || c == '\t');
-                if !member.is_empty() {
-                    if sep {
-                        self.text.push(',');
-                    }
-                    self.text.push_str(member);
-                    sep = true;
+                let key = member.split_once('=').map_or(member, |(k, _)| k);
+                if member.is_empty() || next == tally.kept || keys[next] != key.as_bytes() {
+                    continue;
                 }
+                if next > first {
+                    self.text.push(',');
+                }
+                self.text.push_str(member);
+                next += 1;
             }
         }
         Ok(())
@@ -384,20 +414,33 @@ impl fmt::Display for TraceState {
     }
 }
 
+/// Members counted across the lines of one `tracestate`.
+#[derive(Default)]
+struct Tally {
+    /// Members kept (unique keys): `keys[..kept]`.
+    kept: usize,
+    /// Members received, repeats included (the grammar's bound applies to these).
+    seen: usize,
+    /// Members dropped for a key that came earlier.
+    dropped: usize,
+}
+
 /// What [`scan_line`] found in a valid line.
 struct Scan {
-    /// Bytes of the line's members, without whitespace around them or the joining commas.
+    /// Bytes of the line's kept members, without whitespace around them or the joining
+    /// commas.
     kept: usize,
-    /// Whether the line is exactly its members joined by single commas.
+    /// Whether the line is exactly its kept members joined by single commas.
     normalised: bool,
 }
 
-/// Validates one `tracestate` line: `keys[..*len]` are the keys of the earlier lines, and the
-/// line's are added (`*len` counts them). Stops at the first error.
+/// Validates one `tracestate` line: `keys[..tally.kept]` are the keys kept from the earlier
+/// lines, and the line's new ones are added (a repeated key is counted in `tally.dropped`).
+/// Stops at the first error.
 fn scan_line<'a>(
     line: &'a [u8],
     keys: &mut [&'a [u8]; MAX_TRACESTATE_MEMBERS],
-    len: &mut usize,
+    tally: &mut Tally,
 ) -> Result<Scan, TraceStateError> {
     use TraceStateError::*;
     let n = line.len();
@@ -464,14 +507,19 @@ fn scan_line<'a>(
         if (i < n && line[i] != b',') || value_end == value_start {
             return Err(BadValue);
         }
-        if *len == MAX_TRACESTATE_MEMBERS {
+        if tally.seen == MAX_TRACESTATE_MEMBERS {
             return Err(TooManyMembers);
         }
-        if keys[..*len].contains(&key) {
-            return Err(DuplicateKey);
+        tally.seen += 1;
+        if keys[..tally.kept].contains(&key) {
+            // A repeated key: dropped, the first kept (section "Mutating the tracestate
+            // Field"). The line is then not sent as it came.
+            tally.dropped += 1;
+            normalised = false;
+            continue;
         }
-        keys[*len] = key;
-        *len += 1;
+        keys[tally.kept] = key;
+        tally.kept += 1;
         normalised &= key_start == next;
         next = value_end + 1;
         kept += value_end - key_start;
@@ -595,7 +643,10 @@ mod tests {
             TraceState::parse([a.as_bytes(), extra.as_bytes()]),
             Err(TooManyMembers)
         );
-        assert_eq!(TraceState::parse([&b"a=1"[..], b"a=2"]), Err(DuplicateKey));
+        assert_eq!(
+            TraceState::parse_counting([&b"a=1"[..], b"a=2"]),
+            Ok((parse("a=1").unwrap(), 1))
+        );
     }
 
     #[test]
@@ -674,8 +725,9 @@ mod tests {
         assert!(parse(&spaces).is_ok());
         let commas = ",".repeat(1 << 20);
         assert!(parse(&commas).unwrap().is_empty());
+        // Repeated keys count towards the 32 members as received.
         let dups = "a=1,".repeat(10_000);
-        assert_eq!(parse(&dups), Err(DuplicateKey));
+        assert_eq!(parse(&dups), Err(TooManyMembers));
     }
 
     #[test]
@@ -734,15 +786,45 @@ mod tests {
         assert_eq!(ts, TraceState::new());
     }
 
+    /// W3C "Mutating the tracestate Field": duplicates are not a parse failure; the first
+    /// occurrence of a key is kept, later ones dropped and counted, on one line or across
+    /// lines, in normal form or not; the 32-member bound applies to the list as received.
+    #[test]
+    fn duplicate_keys_keep_the_first_and_are_counted() {
+        let counted = |lines: &[&str]| {
+            TraceState::parse_counting(lines.iter().map(|l| l.as_bytes()))
+                .map(|(ts, n)| (ts.as_str().to_owned(), ts.len(), n))
+        };
+        assert_eq!(counted(&["a=1,b=2,a=3"]), Ok(("a=1,b=2".into(), 2, 1)));
+        assert_eq!(
+            counted(&["a=1 , b=2,\ta=3 ,c=4"]),
+            Ok(("a=1,b=2,c=4".into(), 3, 1))
+        );
+        assert_eq!(
+            counted(&["a=1", "b=2, a=3", "b=4,c=5"]),
+            Ok(("a=1,b=2,c=5".into(), 3, 2))
+        );
+        assert_eq!(counted(&["a=1,a=1,a=1"]), Ok(("a=1".into(), 1, 2)));
+        assert_eq!(counted(&["x=1", "x=2"]), Ok(("x=1".into(), 1, 1)));
+        // A line with a repeat is not sent as it came.
+        assert_eq!(TraceState::is_normalised_line(b"a=1,b=2,a=3"), Ok(false));
+        assert_eq!(TraceState::is_normalised_line(b"a=1,b=2"), Ok(true));
+        // 32 received members with repeats: valid; a 33rd, even a repeat: too many.
+        let mut m = members(31);
+        m.push_str(",k0=again");
+        assert_eq!(counted(&[&m]).map(|(_, len, n)| (len, n)), Ok((31, 1)));
+        m.push_str(",k1=again");
+        assert_eq!(counted(&[&m]), Err(TooManyMembers));
+        // Other errors still reject the whole header, after a repeat too.
+        assert_eq!(counted(&["a=1,a=2,B=3"]), Err(BadKey));
+    }
+
     #[test]
     fn reasons() {
-        let all = [TooManyMembers, DuplicateKey, BadMember, BadKey, BadValue];
+        let all = [TooManyMembers, BadMember, BadKey, BadValue];
         let set: std::collections::BTreeSet<_> = all.iter().map(|e| e.reason()).collect();
         assert_eq!(set.len(), all.len());
-        assert_eq!(
-            DuplicateKey.to_string(),
-            "invalid tracestate: duplicate_key"
-        );
+        assert_eq!(BadKey.to_string(), "invalid tracestate: bad_key");
     }
 
     fn key() -> impl Strategy<Value = String> {
