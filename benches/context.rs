@@ -11,6 +11,9 @@
 //! Groups (the ids are compared over time; do not rename them):
 //!
 //! - `create_drop`: make a cancellable child of a long-lived cancellable root, then drop it.
+//!   Id `floor`: the least a pooled create and drop can cost, a pop from a thread-local free
+//!   list, one atomic read-modify-write on the slot (its reference count) and a push back; no
+//!   tree, no values.
 //! - `create_drop_contended`: the same on two threads at once, under one shared parent.
 //! - `cancel_100k`: cancel a root with 100,000 children and check that every child reads
 //!   cancelled (building and dropping the tree are not timed).
@@ -18,6 +21,12 @@
 //!   deadline under a labelled root, in a pool with metrics disabled and one with them enabled
 //!   (every per-operation metric: created, released, lifetime and overrun histograms; the
 //!   root's own timer keeps the children from arming theirs, as in a request handler).
+//!
+//! - `zombie_release`: a parent released while its only child lives on a second thread, then
+//!   the child released there (the child is handed over in batches of 64, so the hand-off is
+//!   a small part of the time); ids `ctxpool`, `naive`, `tokio_util`. In `ctxpool` this is the
+//!   rare side of the lease handshake (tree I10): the parent becomes a zombie until the child
+//!   goes.
 //!
 //! Run with `cargo bench --bench context` (about a minute on 2 cores).
 
@@ -57,6 +66,108 @@ fn create_drop(c: &mut Criterion) {
     let root = CancellationToken::new();
     g.bench_function("tokio_util", |b| {
         b.iter(|| drop(black_box(root.child_token())))
+    });
+    drop(root);
+
+    let floor = Floor::new(64);
+    g.bench_function("floor", |b| {
+        b.iter(|| floor.release(black_box(floor.acquire())))
+    });
+
+    g.finish();
+}
+
+/// The floor of a pooled create and drop: a thread-local free list of slot indices and one
+/// atomic read-modify-write on the slot (what any pool must do to hand out a counted slot).
+struct Floor {
+    slots: Box<[std::sync::atomic::AtomicU64]>,
+    free: std::cell::RefCell<Vec<u32>>,
+}
+
+impl Floor {
+    fn new(n: u32) -> Self {
+        Floor {
+            slots: (0..n).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+            free: std::cell::RefCell::new((0..n).collect()),
+        }
+    }
+
+    #[inline(never)]
+    fn acquire(&self) -> u32 {
+        let idx = self.free.borrow_mut().pop().expect("floor pool empty");
+        self.slots[idx as usize].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        idx
+    }
+
+    #[inline(never)]
+    fn release(&self, idx: u32) {
+        self.free.borrow_mut().push(idx);
+    }
+}
+
+/// Times `iters` (parent, child) pairs: the child is made under the parent and handed to a
+/// second thread, the parent is released here, and the second thread releases the child.
+/// Hand-offs go 64 to a message, in buffers that come back for reuse.
+fn zombie_pairs<P, C: Send + 'static>(
+    iters: u64,
+    parent: impl Fn() -> P,
+    child: impl Fn(&P) -> C,
+) -> Duration {
+    use std::sync::mpsc::sync_channel;
+    const BATCH: usize = 64;
+    let (to_dropper, inbox) = sync_channel::<Vec<C>>(4);
+    let (back, spare) = sync_channel::<Vec<C>>(8);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for mut batch in inbox {
+                batch.clear();
+                let _ = back.try_send(batch);
+            }
+        });
+        let mut batch = Vec::with_capacity(BATCH);
+        let t0 = std::time::Instant::now();
+        for _ in 0..iters {
+            let p = parent();
+            batch.push(child(&p));
+            drop(p);
+            if batch.len() == BATCH {
+                let next = spare
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                to_dropper
+                    .send(std::mem::replace(&mut batch, next))
+                    .expect("dropper gone");
+            }
+        }
+        let t = t0.elapsed();
+        drop(batch);
+        drop(to_dropper);
+        t
+    })
+}
+
+fn zombie_release(c: &mut Criterion) {
+    let mut g = c.benchmark_group("zombie_release");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+
+    let root = Context::background().with_cancel();
+    g.bench_function("ctxpool", |b| {
+        b.iter_custom(|iters| zombie_pairs(iters, || root.with_cancel(), |p| p.with_cancel()))
+    });
+    drop(root);
+
+    let root = naive::Guard::root();
+    g.bench_function("naive", |b| {
+        b.iter_custom(|iters| zombie_pairs(iters, || root.with_cancel(), |p| p.with_cancel()))
+    });
+    drop(root);
+
+    let root = CancellationToken::new();
+    g.bench_function("tokio_util", |b| {
+        b.iter_custom(|iters| {
+            zombie_pairs(iters, || root.child_token(), |p| p.child_token())
+        })
     });
     drop(root);
 
@@ -203,5 +314,6 @@ fn main() {
     create_drop_contended(&mut c);
     cancel_100k(&mut c);
     metrics_overhead(&mut c);
+    zombie_release(&mut c);
     c.final_summary();
 }
