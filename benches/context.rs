@@ -87,7 +87,9 @@ struct Floor {
 impl Floor {
     fn new(n: u32) -> Self {
         Floor {
-            slots: (0..n).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+            slots: (0..n)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
             free: std::cell::RefCell::new((0..n).collect()),
         }
     }
@@ -165,9 +167,7 @@ fn zombie_release(c: &mut Criterion) {
 
     let root = CancellationToken::new();
     g.bench_function("tokio_util", |b| {
-        b.iter_custom(|iters| {
-            zombie_pairs(iters, || root.child_token(), |p| p.child_token())
-        })
+        b.iter_custom(|iters| zombie_pairs(iters, || root.child_token(), |p| p.child_token()))
     });
     drop(root);
 

@@ -4,8 +4,10 @@
 //! sub-operations timing out) and a few contexts handed to another thread to be dropped there.
 //!
 //! The same workload then runs on a naive implementation (an `Arc` node per context with a
-//! `Mutex<Vec<Weak<_>>>` of children), and a counting global allocator reports the heap
-//! allocations per request of each. Finally the pool's counters are checked: every context
+//! `Mutex<Vec<Weak<_>>>` of children), and on no contexts at all (`none`: the same requests,
+//! work and hand-offs, with plain values instead of contexts), so that the demo can print what
+//! the contexts themselves cost per request, net of everything else. A counting global
+//! allocator reports the heap allocations per request of each. Finally the pool's counters are checked: every context
 //! created was released.
 //!
 //! Every pooled request carries a deadline (the configuration's `default_timeout`, armed as a
@@ -52,6 +54,8 @@ mod naive;
 
 trait Model: 'static {
     const NAME: &'static str;
+    /// Whether cancelling does anything (`false` for the no-context baseline).
+    const CANCELS: bool = true;
     /// A cloneable handle.
     type Ctx: Clone + Send + Sync + 'static;
     /// The owner of a cancellable context: dropping it cancels and releases.
@@ -88,6 +92,52 @@ impl Model for Pooled {
     }
     fn values(ctx: &Context) -> (Option<u64>, Option<&'static Op>) {
         (ctx.request_id().map(|r| r.0), ctx.op())
+    }
+}
+
+/// No contexts: the baseline. A request "context" is its values on the stack, never
+/// cancelled; it is handed to the reaper like the others.
+struct NoContext;
+
+/// The values a request carries, without a context around them.
+#[derive(Clone, Copy)]
+struct Bare {
+    id: u64,
+    op: &'static Op,
+}
+
+/// `Deref` to itself, so that `Bare` can be its own guard.
+struct BareGuard(Bare);
+
+impl Deref for BareGuard {
+    type Target = Bare;
+    fn deref(&self) -> &Bare {
+        &self.0
+    }
+}
+
+impl Model for NoContext {
+    const NAME: &'static str = "none";
+    const CANCELS: bool = false;
+    type Ctx = Bare;
+    type Guard = BareGuard;
+    fn request(_server: &Bare, id: u64) -> BareGuard {
+        BareGuard(Bare {
+            id,
+            op: &HANDLE_REQUEST,
+        })
+    }
+    fn child(parent: &Bare, op: &'static Op) -> BareGuard {
+        BareGuard(Bare { id: parent.id, op })
+    }
+    fn cancel(owner: &BareGuard, why: &'static str) {
+        black_box((owner.id, why));
+    }
+    fn is_cancelled(ctx: &Bare) -> bool {
+        black_box(ctx.id) == u64::MAX
+    }
+    fn values(ctx: &Bare) -> (Option<u64>, Option<&'static Op>) {
+        (Some(ctx.id), Some(ctx.op))
     }
 }
 
@@ -267,7 +317,7 @@ fn handle_request<M: Model>(
                 if (r >> 32) % 8 == 0 {
                     M::cancel(&sub, "sub-operation deadline");
                     assert!(
-                        M::is_cancelled(&rpc),
+                        M::is_cancelled(&rpc) || !M::CANCELS,
                         "a grandchild missed its cancellation"
                     );
                 }
@@ -276,7 +326,7 @@ fn handle_request<M: Model>(
         if hangup == Some(i) {
             M::cancel(&req, "client closed the connection");
             assert!(
-                M::is_cancelled(&sub),
+                M::is_cancelled(&sub) || !M::CANCELS,
                 "a child missed its request's cancellation"
             );
         }
@@ -537,6 +587,19 @@ fn deadline_phase(n: usize) -> Duration {
     took
 }
 
+/// The CPU's model name (Linux), for the record of where numbers were measured.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
 fn main() {
     let Args {
         secs,
@@ -575,9 +638,23 @@ fn main() {
     let naive_leftovers = server.leftovers();
     drop(server);
 
+    // And on no contexts: the cost of everything but the contexts.
+    let server = Bare { id: 0, op: &SERVER };
+    let none_run = run::<NoContext>(&server, threads, secs, &|| None);
+
     let per_sec = |o: &Outcome, n: u64| n as f64 / o.secs / 1e6;
     let per_req = |o: &Outcome| o.delta.allocs as f64 / o.delta.requests.max(1) as f64;
     let (p, n) = (&pooled.delta, &naive_run.delta);
+    // Worker-thread time per request (each worker runs requests back to back), and the same
+    // net of the no-context baseline: what the contexts of one request cost.
+    let ns_per_req = |o: &Outcome| o.secs * threads as f64 * 1e9 / o.delta.requests.max(1) as f64;
+    let base = ns_per_req(&none_run);
+    let net = |o: &Outcome| ns_per_req(o) - base;
+    println!(
+        "cpu: {} ({} logical CPUs)",
+        cpu_model(),
+        thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!("                          ctxpool        naive");
     println!(
         "  contexts/s          {:>9.2} M  {:>9.2} M   ctxpool {:.2}x",
@@ -586,9 +663,22 @@ fn main() {
         per_sec(&pooled, p.contexts) / per_sec(&naive_run, n.contexts)
     );
     println!(
-        "  requests/s          {:>9.2} M  {:>9.2} M",
+        "  requests/s          {:>9.2} M  {:>9.2} M   (no contexts: {:.2} M)",
         per_sec(&pooled, p.requests),
-        per_sec(&naive_run, n.requests)
+        per_sec(&naive_run, n.requests),
+        per_sec(&none_run, none_run.delta.requests)
+    );
+    println!(
+        "  ns/request          {:>11.0}  {:>11.0}   (no contexts: {:.0} ns)",
+        ns_per_req(&pooled),
+        ns_per_req(&naive_run),
+        base
+    );
+    println!(
+        "  contexts, net ns/request {:>6.0}  {:>11.0}   ctxpool {:.2}x faster",
+        net(&pooled),
+        net(&naive_run),
+        net(&naive_run) / net(&pooled)
     );
     println!(
         "  allocations/request {:>11.4}  {:>11.4}   ({} vs {} allocations in total)",
