@@ -106,6 +106,11 @@ pub(crate) struct PoolInner {
     fresh: AtomicU32,
     /// Slots spent (P5), each allowing one spare.
     spent: AtomicU32,
+    /// Heavy fences run (`sync::barrier::heavy`): zombie checks, unpins, steals.
+    heavy_fences: AtomicU64,
+    /// Whether a driver turns this pool on its own (a thread or a tokio task), so that a
+    /// zombie's check can be left to its next turn (tree I10, time D7).
+    defer_zombies: core::sync::atomic::AtomicBool,
     /// Next never-used spare index, minus `SPARE` (P5).
     spare: AtomicU32,
     shards: Box<[AtomicPtr<CachePadded<Shard>>]>,
@@ -190,6 +195,8 @@ impl PoolInner {
             thread_cache,
             fresh: AtomicU32::new(0),
             spent: AtomicU32::new(0),
+            heavy_fences: AtomicU64::new(0),
+            defer_zombies: core::sync::atomic::AtomicBool::new(b.defer_zombies),
             spare: AtomicU32::new(0),
             shards: (0..tid::MAX_THREADS)
                 .map(|_| AtomicPtr::new(core::ptr::null_mut()))
@@ -220,6 +227,62 @@ impl PoolInner {
             )),
             #[cfg(feature = "metrics")]
             publishers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The rare side of an asymmetric fence pair (`sync::barrier`), counted.
+    pub(crate) fn heavy_fence(&self) {
+        self.heavy_fences.fetch_add(1, Ordering::Relaxed);
+        crate::sync::barrier::heavy();
+    }
+
+    /// Leaves the check of zombie `(idx, gen)` (tree I10: the heavy fence, then the lease
+    /// counts) to the driver's next turn, which runs one heavy fence for every zombie made
+    /// since the last (time D7). `false` when it cannot: no driver turns this pool on its own,
+    /// or the calling thread has no shard; the caller then checks now.
+    #[inline]
+    pub(crate) fn defer_zombie(&self, me: Option<Local<'_>>, idx: u32, gen: u32) -> bool {
+        let Some(l) = me else {
+            return false;
+        };
+        if !self.defer_zombies.load(Ordering::Relaxed) {
+            return false;
+        }
+        let a = Armed {
+            idx,
+            gen,
+            deadline: crate::time::ring::ZOMBIE_CHECK,
+        };
+        // SAFETY: `me` is this thread's shard (S1): we are its ring's producer (R1).
+        let ring = unsafe { l.shard.ring() };
+        // SAFETY: as above.
+        match unsafe { ring.push(a) } {
+            Push::Ok => self.timers.wake_for_zombie(),
+            Push::Wake => self.drain_own_ring(ring),
+            Push::Full => self.timers.spill(self, a),
+        }
+        true
+    }
+
+    /// Checks zombies whose check was deferred (tree I10, time D7): one heavy fence for all of
+    /// them, then each whose lease counts are zero is claimed and torn down. An entry whose
+    /// zombie was already torn down (by its last child) fails the claim on its generation
+    /// (slot L4). The caller holds a reference on the pool (or it is the global one) and no
+    /// lock: a teardown runs user code (values' `Drop`).
+    pub(crate) fn check_zombies(&self, zombies: &mut Vec<(u32, u32)>) {
+        if zombies.is_empty() {
+            return;
+        }
+        self.heavy_fence();
+        for (idx, gen) in zombies.drain(..) {
+            // SAFETY: `idx` came from a handle of this pool (P3); only atomics are read
+            // before the claim, which fails on a stale generation (L4).
+            let node = unsafe { self.node(idx) };
+            let s = node.state.load(Ordering::Acquire);
+            if self.lease_sum(idx, gen, s) == 0 && node.life.try_claim(gen) {
+                // The caller holds a pool reference: this cannot free the pool (P4).
+                drop(crate::tree::tear_down(self, idx));
+            }
         }
     }
 
@@ -568,11 +631,12 @@ impl PoolInner {
     #[cold]
     fn acquire_slow(&self, me: Option<(usize, &Shard)>) -> Option<u32> {
         let shard_id = me.map_or(NO_SHARD, |(t, _)| t as u16);
-        // 1. Slots other threads freed back to us.
+        // 1. Slots other threads freed back to us: already ours (P1), counted (S2), so the
+        // chain is not walked.
         if let Some((_, shard)) = me {
-            let head = shard.remote.swap(NIL, Ordering::Acquire);
+            let (head, len) = shard.take_remote();
             if head != NIL {
-                return Some(self.adopt(head, shard_id, me));
+                return Some(self.adopt_own(head, len, shard));
             }
         }
         // 2.-5. The shared sources; once more if another thief held a shard with cached slots
@@ -624,7 +688,7 @@ impl PoolInner {
             }
             // SAFETY: published shard, freed only in `drop`.
             let other = unsafe { &*ptr };
-            let head = other.remote.swap(NIL, Ordering::Acquire);
+            let (head, _) = other.take_remote();
             if head != NIL {
                 return Ok(self.adopt(head, shard_id, me));
             }
@@ -641,7 +705,7 @@ impl PoolInner {
             }
             // SAFETY: published shard, freed only in `drop`.
             let other = unsafe { &*ptr };
-            match other.steal_local() {
+            match other.steal_local(&self.heavy_fences) {
                 Steal::Took(list) => return Ok(self.adopt(list.head, shard_id, me)),
                 Steal::Empty => {}
                 Steal::Contended => contended = Contended::Yes,
@@ -715,8 +779,36 @@ impl PoolInner {
         head
     }
 
-    /// Appends an owned chain to a list.
+    /// Takes ownership of this thread's own remote chain of `len` slots, whose owner shard is
+    /// already this one (P1): returns its head, keeps the rest (at most `thread_cache`, P6).
+    fn adopt_own(&self, head: u32, len: u32, shard: &Shard) -> u32 {
+        // SAFETY: the chain was detached from our remote list, so we own it (S3, P2).
+        let rest = unsafe { self.node(head) }.next.load(Ordering::Relaxed);
+        if rest != NIL {
+            let rest_list = FreeList {
+                head: rest,
+                len: len - 1,
+            };
+            // SAFETY: we hold the shard's id (S1) and are in no gate (the slow path).
+            let excess = unsafe {
+                shard.with_local(|l| {
+                    self.append(l, rest_list);
+                    self.cut_to(l, self.thread_cache)
+                })
+            };
+            if excess.head != NIL {
+                self.spill_chain(excess);
+            }
+        }
+        head
+    }
+
+    /// Appends an owned chain to a list (without a walk when the list is empty).
     fn append(&self, list: &mut FreeList, chain: FreeList) {
+        if list.head == NIL {
+            *list = chain;
+            return;
+        }
         let mut tail = chain.head;
         loop {
             // SAFETY: the chain's slots are owned by the caller (S3) and came from `fresh`.
@@ -800,14 +892,15 @@ impl PoolInner {
             self.spill_chain(FreeList { head: idx, len: 1 });
             return;
         }
-        // S2: push onto the owner's remote stack.
+        // S2: push onto the owner's remote stack, counting it.
         let remote = &self.shard(owner as usize).remote;
-        let mut head = remote.load(Ordering::Relaxed);
+        let mut cur = remote.load(Ordering::Relaxed);
         loop {
-            node.next.store(head, Ordering::Relaxed);
-            match remote.compare_exchange_weak(head, idx, Ordering::Release, Ordering::Relaxed) {
+            node.next.store(cur as u32, Ordering::Relaxed);
+            let new = ((cur >> 32) + 1) << 32 | u64::from(idx);
+            match remote.compare_exchange_weak(cur, new, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => return,
-                Err(actual) => head = actual,
+                Err(actual) => cur = actual,
             }
         }
     }
@@ -974,6 +1067,7 @@ impl PoolInner {
             released,
             reserved_bytes: self.pages.reserved_bytes(),
             spent_slots: self.spent.load(Ordering::Relaxed),
+            heavy_fences: self.heavy_fences.load(Ordering::Relaxed),
         }
     }
 }
@@ -1326,6 +1420,7 @@ impl Pool {
     pub fn spawn_tokio_driver(&self) -> tokio::task::JoinHandle<()> {
         let inner = self.inner.get();
         let link = inner.driver_link();
+        inner.defer_zombies.store(true, Ordering::Relaxed);
         tokio::spawn(crate::time::driver::tokio_driver(
             link,
             inner.timers.period(),
@@ -1401,6 +1496,7 @@ pub struct PoolBuilder {
     overrun_buckets: Vec<f64>,
     problems: Vec<String>,
     first_gen: u32,
+    defer_zombies: bool,
 }
 
 /// The longest timeout a pool accepts: 7 days (deadlines are 32-bit millisecond ticks compared
@@ -1434,6 +1530,7 @@ impl Default for PoolBuilder {
             overrun_buckets: crate::metrics::OVERRUN_BUCKETS.to_vec(),
             problems: Vec::new(),
             first_gen: 0,
+            defer_zombies: false,
         }
     }
 }
@@ -1545,6 +1642,15 @@ impl PoolBuilder {
         self
     }
 
+    /// Testing only: zombie checks are left to [`Pool::turn`] even without a driver, so that a
+    /// test (or a loom model) can run the deferred path (tree I10, time D7). Contexts whose
+    /// parent was released before them are then torn down only by a turn.
+    #[doc(hidden)]
+    pub fn testing_defer_zombies(mut self) -> Self {
+        self.defer_zombies = true;
+        self
+    }
+
     /// Testing only: every slot's first incarnation gets generation `gen` instead of 0, so a
     /// test can drive a slot through the end of its generations (slot L2) in a few steps.
     #[doc(hidden)]
@@ -1601,6 +1707,10 @@ impl PoolBuilder {
         // SAFETY: just made, leaked: lives forever.
         unsafe { inner.as_ref() }.start_upkeep();
         if self.driver == DriverMode::Thread {
+            // SAFETY: just made; nothing can free it before this returns.
+            unsafe { inner.as_ref() }
+                .defer_zombies
+                .store(true, Ordering::Relaxed);
             PoolInner::start_driver_thread(inner);
         }
         GlobalPtr(inner)
@@ -1617,6 +1727,10 @@ impl PoolBuilder {
         unsafe { inner.as_ref() }.start_upkeep();
         #[cfg(not(loom))]
         if self.driver == DriverMode::Thread {
+            // SAFETY: just made; nothing can free it before this returns.
+            unsafe { inner.as_ref() }
+                .defer_zombies
+                .store(true, Ordering::Relaxed);
             PoolInner::start_driver_thread(inner);
         }
         Ok(Pool {
@@ -1664,4 +1778,9 @@ pub struct PoolStats {
     /// 128 bytes, so the capacity stays the same. A thread that makes and drops contexts
     /// back to back reuses one slot; at full speed it spends it in a few minutes.
     pub spent_slots: u32,
+    /// Heavy fences run (process-wide barriers: `membarrier(2)` on Linux, which interrupts
+    /// every CPU running a thread of the process). They run when a parent is released while
+    /// children it made live on (the zombie checks, batched into at most one per driver turn
+    /// when a driver runs), and when a thread reclaims slots that another thread caches.
+    pub heavy_fences: u64,
 }

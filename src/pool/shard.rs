@@ -7,7 +7,8 @@
 //! ```text
 //!   local  (head, len) ── owner thread, plain loads and stores inside its gate (S9);
 //!                         a starving thread takes all of it through the handshake (S10)
-//!   remote  AtomicU32  ── other threads push (CAS); owner or a starving thread takes all (swap)
+//!   remote  AtomicU64  ── (count << 32 | head): other threads push (CAS); the owner or a
+//!                         starving thread takes all (swap)
 //! ```
 //!
 //! A thread that makes and drops its own contexts only ever touches its own shard's cache line
@@ -20,7 +21,9 @@
 //!   inside its gate, or by a thief that won the reclaim handshake (S9, S10).
 //! - **S2** `remote` is a Treiber stack with push-only CAS and take-all `swap`: nothing pops a
 //!   single element, so there is no ABA: a pusher's `next` write is ordered before its `Release`
-//!   CAS, and the taker's `Acquire` swap sees the whole chain.
+//!   CAS, and the taker's `Acquire` swap sees the whole chain. The word also counts the chain
+//!   (each push adds one in the same CAS; fewer than 2^32 slots exist), so the owner takes its
+//!   own chain without walking it: its slots are already its own (pool P1).
 //! - **S3** every free slot is on exactly one list (a local, a remote, or the pool's spill
 //!   list), and a slot on a list has refs 0 (slot L1); whoever removes it from a list owns it
 //!   (pool P2).
@@ -168,6 +171,9 @@ pub(crate) enum Steal {
     Contended,
 }
 
+/// An empty remote list: head `NIL`, count 0.
+const REMOTE_EMPTY: u64 = NIL as u64;
+
 /// `gate` bit: the owner is inside a local-list operation (S9).
 const IN: u32 = 1;
 
@@ -179,8 +185,8 @@ pub(crate) struct Shard {
     gate: AtomicU32,
     /// 1 while a thief holds the local list (S9, S10).
     steal: AtomicU32,
-    /// Slots freed by other threads (S2).
-    pub(crate) remote: AtomicU32,
+    /// Slots freed by other threads, and their count: `(count << 32) | head` (S2).
+    pub(crate) remote: AtomicU64,
     /// Contexts handed out by this shard's owner (S4).
     pub(crate) acquired: AtomicU64,
     /// Contexts released by this shard's owner (S4).
@@ -215,7 +221,7 @@ impl Shard {
             local: UnsafeCell::new(FreeList::EMPTY),
             gate: AtomicU32::new(0),
             steal: AtomicU32::new(0),
-            remote: AtomicU32::new(NIL),
+            remote: AtomicU64::new(REMOTE_EMPTY),
             acquired: AtomicU64::new(0),
             released: AtomicU64::new(0),
             leases: core::array::from_fn(|_| Lease::new()),
@@ -296,7 +302,7 @@ impl Shard {
     ///
     /// The caller must not be inside any shard's gate (S10).
     #[cold]
-    pub(crate) fn steal_local(&self) -> Steal {
+    pub(crate) fn steal_local(&self, fences: &AtomicU64) -> Steal {
         if self.gate.load(Ordering::Relaxed) >> 1 == 0 {
             return Steal::Empty;
         }
@@ -307,6 +313,7 @@ impl Shard {
         {
             return Steal::Contended;
         }
+        fences.fetch_add(1, Ordering::Relaxed);
         barrier::heavy();
         // Acquire: pairs with the owner's `Release` exit or back-off (S9).
         let mut spins = 0u32;
@@ -334,6 +341,16 @@ impl Shard {
         }
     }
 
+    /// Takes the whole remote list: its head and length (S2).
+    #[inline]
+    pub(crate) fn take_remote(&self) -> (u32, u32) {
+        if self.remote.load(Ordering::Relaxed) == REMOTE_EMPTY {
+            return (NIL, 0);
+        }
+        let w = self.remote.swap(REMOTE_EMPTY, Ordering::Acquire);
+        (w as u32, (w >> 32) as u32)
+    }
+
     /// Bumps a single-writer counter (S4).
     #[inline]
     pub(crate) fn bump(counter: &AtomicU64) {
@@ -357,11 +374,17 @@ mod tests {
             })
         };
         assert_eq!(s.gate.load(Ordering::Relaxed) >> 1, 3);
-        match s.steal_local() {
+        let fences = AtomicU64::new(0);
+        match s.steal_local(&fences) {
             Steal::Took(list) => assert_eq!((list.head, list.len), (7, 3)),
             _ => panic!("nothing taken"),
         }
         assert_eq!(s.gate.load(Ordering::Relaxed), 0, "stale hint");
-        assert!(matches!(s.steal_local(), Steal::Empty));
+        assert!(matches!(s.steal_local(&fences), Steal::Empty));
+        assert_eq!(
+            fences.load(Ordering::Relaxed),
+            1,
+            "a fence for an empty hint"
+        );
     }
 }

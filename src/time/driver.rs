@@ -165,6 +165,8 @@ pub(crate) struct DriverState {
     spare: Vec<Armed>,
     /// Entries due, fired after the lock is released.
     due: Vec<Entry>,
+    /// Zombies whose check was deferred (D7), checked after the lock is released.
+    zombies: Vec<(u32, u32)>,
     compact_at: usize,
     periodic: Vec<Periodic>,
 }
@@ -208,6 +210,7 @@ impl Timers {
                 wheel: Wheel::new(now / u64::from(resolution_ms)),
                 spare: Vec::new(),
                 due: Vec::new(),
+                zombies: Vec::new(),
                 compact_at: MIN_COMPACT,
                 periodic: Vec::new(),
             })),
@@ -236,6 +239,11 @@ impl Timers {
         let left = res - now % res;
         Duration::from_nanos(left as u64 + 50_000)
     }
+
+    /// A zombie check was handed to the driver (D7): the driver turns every tick, so it sees
+    /// it within one; nothing to wake.
+    #[inline]
+    pub(crate) fn wake_for_zombie(&self) {}
 
     /// Wakes the driver thread early (its ring is half full, or a timer was spilled).
     pub(crate) fn wake(&self) {
@@ -307,6 +315,10 @@ impl DrainAt {
 /// stale.
 #[inline(always)]
 fn accept(pool: &PoolInner, st: &mut DriverState, a: Armed, at: DrainAt) -> bool {
+    if a.deadline == super::ring::ZOMBIE_CHECK {
+        st.zombies.push((a.idx, a.gen));
+        return true;
+    }
     // A timer due soon goes straight in (firing checks the generation anyway, D1); one due
     // later is dropped now if its context is already gone, which keeps most short-lived
     // contexts out of the wheel. Each check costs a read of the node's line; the common case
@@ -374,6 +386,8 @@ impl PoolInner {
                 }
             })
         };
+        // Zombie checks drained here stay in the driver state for its next turn (D7): their
+        // teardowns run user code, which must not run inside this thread's `arm`.
         drop(guard);
         t.counters.stale.fetch_add(stale, Ordering::Relaxed);
     }
@@ -433,6 +447,7 @@ impl PoolInner {
             .wheel_bytes
             .store(st.wheel.heap_bytes(), Ordering::Relaxed);
         let mut due = core::mem::take(&mut st.due);
+        let mut zombies = core::mem::take(&mut st.zombies);
         let mut jobs = Vec::new();
         if st.periodic.iter().any(|p| p.next_ms <= now_ms) {
             jobs = core::mem::take(&mut st.periodic);
@@ -456,6 +471,13 @@ impl PoolInner {
         }
         t.counters.stale.fetch_add(stale, Ordering::Relaxed);
         t.counters.fired.fetch_add(fired as u64, Ordering::Relaxed);
+        // (d') the zombies handed over since the last turn: one heavy fence for all (D7).
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.check_zombies(&mut zombies)
+        })) {
+            zombies.clear();
+            panic.get_or_insert(p);
+        }
         // (e) periodic jobs, outside the lock.
         for p in jobs.iter_mut().filter(|p| p.next_ms <= now_ms) {
             // A panicking job is skipped this round; the driver keeps going.
@@ -465,6 +487,9 @@ impl PoolInner {
         let mut guard = t.state.lock().unwrap_or_else(|e| e.into_inner());
         if guard.due.capacity() < due.capacity() {
             guard.due = due;
+        }
+        if guard.zombies.is_empty() && guard.zombies.capacity() < zombies.capacity() {
+            guard.zombies = zombies;
         }
         if !jobs.is_empty() {
             // Jobs added while these ran come after them.

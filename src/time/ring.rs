@@ -43,6 +43,10 @@ pub(crate) const CAPACITY: usize = 4096;
 #[cfg(loom)]
 pub(crate) const CAPACITY: usize = 2;
 
+/// The `deadline` of an entry that is not a timer but a zombie's deferred check (tree I10,
+/// driver D7): no tick is this far.
+pub(crate) const ZOMBIE_CHECK: u64 = u64::MAX;
+
 /// An armed timer as the producer hands it over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Armed {

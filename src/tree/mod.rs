@@ -640,8 +640,13 @@ fn may_tear_down(pool: &PoolInner, idx: u32) -> bool {
         return true;
     }
     let prev = node.state.fetch_or(ZOMBIE, Ordering::AcqRel);
-    // The rare side of the Dekker handshake with `PoolInner::unlease` (I10).
-    crate::sync::barrier::heavy();
+    // The rare side of the Dekker handshake with `PoolInner::unlease` (I10): the heavy fence
+    // and the re-read of the counts, now or (batched with other zombies') at the driver's next
+    // turn. A cancel's note (I11) is handled now.
+    if prev & PENDING == 0 && pool.defer_zombie(pool.local(), idx, gen) {
+        return false;
+    }
+    pool.heavy_fence();
     if prev & PENDING != 0 {
         // I11: the parent's cancel left a note before we became a zombie: we propagate it,
         // pinned so that the last child cannot tear the node down meanwhile. If the pin fails,
@@ -699,7 +704,7 @@ fn unpin_check(pool: &PoolInner, idx: u32, gen: u32) -> bool {
     let node = unsafe { pool.node(idx) };
     node.life.unpin();
     // The rare side of the Dekker handshake with `PoolInner::unlease` (I10, I11).
-    crate::sync::barrier::heavy();
+    pool.heavy_fence();
     let s = node.state.load(Ordering::Acquire);
     pool.lease_sum(idx, gen, s) == 0 && node.life.try_claim(gen)
 }
