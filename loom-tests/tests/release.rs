@@ -195,3 +195,40 @@ fn parent_torn_down_while_count_entry_is_rekeyed() {
         assert_all_released(&pool);
     });
 }
+
+/// (D7) A parent released on this thread while its leased child is released on another, with
+/// the zombie's check deferred to the next turn: whoever sees the other's mark tears the
+/// parent down (the child after its light fence, or the turn after its heavy fence), exactly
+/// once, and nothing is left once a turn ran after both releases. A turn may also race the
+/// child's release.
+#[test]
+fn deferred_zombie_check_tears_down_once() {
+    model(|| {
+        let pool = ctxpool::Pool::builder()
+            .capacity(3)
+            .testing_defer_zombies()
+            .build()
+            .unwrap();
+        let root = pool.background().with_cancel();
+        let parent = root.with_cancel();
+        let child = parent.with_cancel();
+        let p2 = pool.clone();
+        let t = thread::spawn(move || {
+            drop(child);
+            p2.turn();
+        });
+        drop(parent);
+        t.join().unwrap();
+        pool.turn();
+        drop(root);
+        assert_all_released(&pool);
+        assert!(pool.background().try_with_cancel().is_ok());
+        if pool.stats().heavy_fences > 0 {
+            DEFERRED_RAN.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // The deferred check ran (a turn's heavy fence) in at least one execution.
+    assert!(DEFERRED_RAN.load(std::sync::atomic::Ordering::Relaxed));
+}
+
+static DEFERRED_RAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
