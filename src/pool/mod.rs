@@ -153,7 +153,9 @@ impl PoolInner {
         crate::sync::barrier::init();
         let clock = match &b.manual_clock {
             Some(c) => Clock::manual(c),
-            None => Clock::real(),
+            // K3: without a driver thread nothing keeps the tick word fresh, so every read
+            // takes the precise time.
+            None => Clock::real(b.driver == DriverMode::Thread && cfg!(not(loom))),
         };
         PoolInner {
             pages: Pages::new(capacity),
@@ -280,7 +282,13 @@ impl PoolInner {
                 let ring = unsafe { l.shard.ring() };
                 // SAFETY: as above.
                 match unsafe { ring.push(a) } {
-                    Push::Ok => {}
+                    Push::Ok => {
+                        // Time D5: store (the push), fence, load `sleeping`.
+                        crate::sync::barrier::light();
+                        if self.timers.clock.driver_sleeping() {
+                            self.timers.clock.wake_sleeper();
+                        }
+                    }
                     Push::Wake => self.drain_own_ring(ring),
                     Push::Full => self.timers.spill(self, a),
                 }
@@ -323,6 +331,20 @@ impl PoolInner {
                     #[cfg(feature = "metrics")]
                     pool.publish_metrics();
                 }
+                // Next run: when the first enabled job is due (an idle driver sleeps until then,
+                // time D5; it re-reads the configuration at least every `MAX_SLEEP`).
+                let left = |last: u64, d: std::time::Duration| {
+                    (last + crate::time::clock::ceil_ms(d)).saturating_sub(now)
+                };
+                let mut next = u64::MAX;
+                if cfg.leak.enabled {
+                    next = next.min(left(last_scan, cfg.leak.interval));
+                }
+                if cfg.metrics.enabled {
+                    next = next.min(left(last_publish, cfg.metrics.publish_interval));
+                }
+                let most = crate::time::clock::ceil_ms(crate::time::driver::MAX_SLEEP);
+                Some(next.clamp(1, most))
             }),
         );
     }

@@ -89,6 +89,16 @@
 //!   leased child is left to tell) and no claim wins while it is held; unpinning is followed by
 //!   a heavy fence (`sync::barrier`) and a lease re-check, so the teardown a pin deferred is done by the
 //!   pinner or by the last child.
+//! - **I12** a deadline and an ancestor's cancel: the first one observed wins, for good. Every
+//!   path that records a node's own deadline — a lazy read (`is_cancelled`), the driver's
+//!   timer fire (`fire_deadline`), a deadline born expired (`expire_at_birth`) — first walks
+//!   the ancestors (`peek`) and adopts a cancelled one's cause instead (I3), and only then
+//!   records `DeadlineExceeded` with the CAS of I2. The clock was read (and the deadline seen
+//!   passed) before that walk, so a `DeadlineExceeded` is recorded only when no ancestor was
+//!   cancelled at a moment after the deadline had passed: the deadline came first. Conversely
+//!   an ancestor cancelled while the deadline is still ahead is found by the walk of whichever
+//!   path comes later, so the child reads `Parent(..)`, never `DeadlineExceeded`, even when
+//!   nobody read it before its timer fired.
 //! - **I9** a node flagged `F_NEVER` (no owner, no cancellable ancestor: a child of the
 //!   background, a `without_cancel` node) is never cancelled; walks, registration and
 //!   `after_func` stop at it, so children of never-cancellable parents register nothing.
@@ -407,6 +417,29 @@ fn expire(pool: &PoolInner, idx: u32) {
         }
         cur = meta.parent;
     }
+}
+
+/// Records the expiry of `idx`'s own deadline `dl` (its timer came due), unless an ancestor's
+/// cancel is seen first, which `idx` then adopts (I12). Returns whether this call recorded
+/// `DeadlineExceeded`. The caller holds a reference on `idx`.
+pub(crate) fn fire_deadline(pool: &PoolInner, idx: u32, dl: u32) -> bool {
+    match peek(pool, idx) {
+        Peek::Active => cancel(pool, idx, Packed::deadline(dl)),
+        Peek::Own => false,
+        Peek::Ancestor(_) => {
+            adopt(pool, idx);
+            false
+        }
+    }
+}
+
+/// A context born with an own deadline `dl` already passed (time K4): records
+/// `DeadlineExceeded` at once (no timer is armed), or the cause of an ancestor already
+/// cancelled (I12). The caller holds the new node's only reference.
+#[cold]
+#[inline(never)]
+pub(crate) fn expire_at_birth(pool: &PoolInner, idx: u32, dl: u32) {
+    let _ = fire_deadline(pool, idx, dl);
 }
 
 /// Records an ancestor's cancellation on `idx` and on every node between them, from the top
