@@ -243,3 +243,79 @@ fn idle_driver_does_not_tick() {
     // only turns less).
     assert!(turns < 50, "{turns} turns in 500 ms idle");
 }
+
+// ---- 5: user code never runs on the clock --------------------------------------------------
+
+/// A callback that blocks when its deadline fires delays no other timer and not the clock.
+#[test]
+fn blocking_callback_does_not_stall_the_driver() {
+    let pool = Pool::builder().build().unwrap();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let blocker = pool.background().with_timeout(2 * MS);
+    let _f = blocker.after_func(move || {
+        started_tx.send(()).unwrap();
+        // Blocks until the test is done with the checks below.
+        let _ = release_rx.recv_timeout(Duration::from_secs(60));
+    });
+    started_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("callback never ran");
+    // The callback is blocked now. Other timers fire, and the clock moves.
+    for _ in 0..3 {
+        let ctx = pool.background().with_timeout(3 * MS);
+        assert!(ctx.context().wait_timeout(Duration::from_secs(30)));
+        assert_eq!(ctx.err(), Some(ContextError::DeadlineExceeded));
+    }
+    let before = Instant::now();
+    let later = pool.background().with_timeout(Duration::from_secs(1));
+    assert!(later.deadline().unwrap() >= before + Duration::from_secs(1));
+    assert!(!later.is_cancelled());
+    release_tx.send(()).unwrap();
+}
+
+/// A panicking callback ends only its own thread: later timers still fire.
+#[test]
+fn panicking_callback_does_not_stop_the_driver() {
+    let pool = Pool::builder().build().unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let boom = pool.background().with_timeout(MS);
+    let _f = boom.after_func(move || {
+        r.fetch_add(1, Ordering::SeqCst);
+        panic!("callback panics (expected by the test)");
+    });
+    assert!(boom.context().wait_timeout(Duration::from_secs(30)));
+    for _ in 0..3 {
+        let ctx = pool.background().with_timeout(2 * MS);
+        assert!(ctx.context().wait_timeout(Duration::from_secs(30)));
+    }
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while ran.load(Ordering::SeqCst) == 0 && Instant::now() < give_up {
+        std::thread::yield_now();
+    }
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+}
+
+/// `Pool::turn` called by the user runs the callbacks itself, before it returns; so does an
+/// explicit cancel on the cancelling thread.
+#[test]
+fn user_turn_and_user_cancel_run_callbacks_inline() {
+    let (clock, pool) = manual();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let ctx = pool.background().with_timeout(5 * MS);
+    let r = ran.clone();
+    let _f = ctx.after_func(move || {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    clock.advance(5 * MS);
+    assert_eq!(pool.turn(), 1);
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    let owner = pool.background().with_cancel();
+    let r = ran.clone();
+    let _g = owner.after_func(move || {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    owner.cancel(Reason::None);
+    assert_eq!(ran.load(Ordering::SeqCst), 2);
+}

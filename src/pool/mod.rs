@@ -1125,6 +1125,33 @@ impl Pool {
         self.inner.get().turn()
     }
 
+    /// The driver's sleep protocol (time D5) run on the calling thread, for the loom models
+    /// of `loom-tests` only; not part of the API. Returns `false` if timers were already
+    /// handed over (it does not sleep), `true` once woken by a thread that handed it work.
+    #[doc(hidden)]
+    pub fn __sleep_until_work(&self) -> bool {
+        let p = self.inner.get();
+        let clock = &p.timers.clock;
+        clock.set_sleeper();
+        // A timer in the wheel: the real driver would sleep only until it is due.
+        if !p.try_begin_sleep() || p.timers.wheel_busy() {
+            let _ = clock.end_sleep();
+            return false;
+        }
+        #[cfg(not(loom))]
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while clock.driver_sleeping() {
+            #[cfg(loom)]
+            crate::sync::thread::park();
+            #[cfg(not(loom))]
+            {
+                std::thread::park_timeout(std::time::Duration::from_millis(1));
+                assert!(std::time::Instant::now() < give_up, "lost wake-up");
+            }
+        }
+        true
+    }
+
     /// The pool clock's current time as an `Instant`: its coarse tick (milliseconds, as
     /// deadlines see it), or the manual clock's time.
     pub fn now(&self) -> std::time::Instant {

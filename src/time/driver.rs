@@ -52,9 +52,9 @@
 //!
 //! # Where user code runs
 //!
-//! The driver thread (and the tokio driver task) never runs an `after_func` callback: the
-//! cancel it records for a due timer hands each callback it would run to the pool's callback
-//! runner (`callbacks.rs`), whose threads run them, so a callback that blocks or panics delays
+//! **D6** the driver thread (and the tokio driver task) never runs an `after_func` callback:
+//! the cancel it records for a due timer hands each callback it would run to the
+//! runner (`tree::func::run_detached`), which runs each on a thread of its own, so a callback that blocks or panics delays
 //! no timer, no clock refresh and no upkeep. [`Pool::turn`](crate::Pool::turn) called by the
 //! user runs the callbacks itself, before it returns (as any cancel on a user thread does).
 
@@ -72,6 +72,7 @@ use crate::tree::node::D_TIMER;
 
 /// Ticks a driver keeps ticking after it last saw work before it may sleep (D5): a busy pool's
 /// clock stays a plain load, an idle pool's driver sleeps.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) const LINGER_TICKS: u64 = 16;
 
 /// The longest sleep of an idle driver (D5): periodic upkeep re-reads its intervals from the
@@ -273,6 +274,8 @@ impl Timers {
     /// Wakes the driver thread early (its ring is half full, a timer was spilled, a job was
     /// added), or from its sleep (D5).
     pub(crate) fn wake(&self) {
+        // D5: the caller stored its work (a ring entry, the spill list, a job) before this fence.
+        crate::sync::barrier::light();
         if self.clock.driver_sleeping() {
             self.clock.wake_sleeper();
             return;
@@ -324,8 +327,16 @@ impl Timers {
         self.wake();
     }
 
+    /// Whether the wheel holds any entry (the loom models' stand-in for "sleep until the next
+    /// slot", D5).
+    pub(crate) fn wheel_busy(&self) -> bool {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.wheel.len() > 0 || !st.due.is_empty()
+    }
+
     /// The tick (milliseconds) at which the driver next has work: a wheel slot or a periodic
     /// job; `None` if it has none.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn next_event_ms(&self) -> Option<u64> {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let wheel = st
@@ -431,7 +442,10 @@ impl PoolInner {
         };
         drop(guard);
         t.counters.stale.fetch_add(stale, Ordering::Relaxed);
-        // D5: the wheel may now hold a timer earlier than a sleeping driver's wake-up.
+        // D5: the wheel may now hold a timer earlier than a sleeping driver's wake-up. Store
+        // (the drain, under the driver's lock), fence, load `sleeping`: a driver that missed
+        // this wake-up took the lock after the drain, so its wake-up time covers the timer.
+        crate::sync::barrier::light();
         if t.clock.driver_sleeping() {
             t.clock.wake_sleeper();
         }
@@ -461,12 +475,14 @@ impl PoolInner {
     /// callback that turns again works. A panic raised while firing (a callback, or a value's
     /// `Drop`) is re-raised once the whole turn is done.
     pub(crate) fn turn(&self) -> usize {
-        self.turn_inner().fired
+        self.turn_inner(false).fired
     }
 
     /// [`turn`](PoolInner::turn), also saying how many armed timers it took from the rings
-    /// and the spill list (the driver's measure of activity, D5).
-    pub(crate) fn turn_inner(&self) -> Turned {
+    /// and the spill list (the driver's measure of activity, D5). `detach`: the `after_func`
+    /// callbacks the fired timers would run go to threads of their own (D6) instead of
+    /// running on this one.
+    pub(crate) fn turn_inner(&self, detach: bool) -> Turned {
         let t = &self.timers;
         let now_ms = t.clock.refresh();
         let res = u64::from(t.resolution_ms);
@@ -529,8 +545,12 @@ impl PoolInner {
         // counters and jobs are restored, then the first panic is re-raised.
         let mut fired = 0;
         let mut panic = None;
+        let mut calls = Vec::new();
         for e in due.drain(..) {
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tree_fire(self, e))) {
+            let mut sink = detach.then_some(&mut calls);
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                tree_fire(self, e, &mut sink)
+            })) {
                 Ok(Fire::Fired) => fired += 1,
                 Ok(Fire::Stale) => stale += 1,
                 Ok(Fire::AlreadyCancelled) => {}
@@ -542,6 +562,11 @@ impl PoolInner {
         }
         t.counters.stale.fetch_add(stale, Ordering::Relaxed);
         t.counters.fired.fetch_add(fired as u64, Ordering::Relaxed);
+        if !calls.is_empty() {
+            // D6: user code runs elsewhere.
+            #[cfg(not(loom))]
+            crate::tree::func::run_detached(calls);
+        }
         // (e) periodic jobs, outside the lock.
         for p in jobs.iter_mut().filter(|p| p.next_ms <= now_ms) {
             // A panicking job is skipped this round; the driver keeps going.
@@ -573,6 +598,7 @@ pub(crate) struct Turned {
     /// Timers that cancelled their context.
     pub(crate) fired: usize,
     /// Armed timers taken from the rings and the spill list.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) taken: usize,
 }
 
@@ -583,7 +609,11 @@ enum Fire {
 }
 
 /// Fires one due entry (D1).
-fn tree_fire(pool: &PoolInner, e: Entry) -> Fire {
+fn tree_fire(
+    pool: &PoolInner,
+    e: Entry,
+    defer: &mut Option<&mut Vec<crate::tree::func::Call>>,
+) -> Fire {
     // SAFETY: `e.idx` came from a handle of this pool (P3).
     let node = unsafe { pool.node(e.idx) };
     if !node.life.try_upgrade(e.gen) {
@@ -605,7 +635,7 @@ fn tree_fire(pool: &PoolInner, e: Entry) -> Fire {
     // An ancestor cancelled first wins (tree I12). A panicking `after_func` below still counts
     // as fired: the cancel completed (tree I7).
     let fired = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        crate::tree::fire_deadline(pool, e.idx, e.deadline)
+        crate::tree::fire_deadline(pool, e.idx, e.deadline, defer)
     }));
     let won = *fired.as_ref().unwrap_or(&true);
     if won {
@@ -682,7 +712,7 @@ fn driver_thread(link: &DriverLink) {
         let woken = slept && clock.end_sleep();
         // A panic from user code run by a fired timer is the user's to see (it was printed by
         // the panic hook); the driver keeps going.
-        let turned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.turn_inner()))
+        let turned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.turn_inner(true)))
             .unwrap_or_default();
         if slept {
             // The turn refreshed the tick: reads may use it again (K3).
@@ -870,7 +900,8 @@ pub(crate) async fn tokio_driver(link: Arc<DriverLink>, period: Duration) {
         let Some(pool) = link.upgrade() else {
             return;
         };
-        pool.get().turn();
+        // D6: callbacks on threads of their own, never on the runtime's worker.
+        let _ = pool.get().turn_inner(true);
         drop(pool);
     }
 }

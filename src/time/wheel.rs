@@ -129,6 +129,7 @@ impl Wheel {
 
     /// The wheel tick at which the driver next has work (a slot comes due, or a higher level
     /// cascades), if any entry is held.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn next_due(&self) -> Option<u64> {
         self.next_expiration().map(|(_, _, at)| at)
     }

@@ -183,6 +183,17 @@ fn recorded(node: &Node) -> Packed {
 /// Cancels `idx` with `cause` and everything registered below it; returns whether this call
 /// recorded the cause. The caller holds a reference on `idx`.
 pub(crate) fn cancel(pool: &PoolInner, idx: u32, cause: Packed) -> bool {
+    cancel_in(pool, idx, cause, &mut None)
+}
+
+/// [`cancel`], handing every `after_func` callback it would run to `defer` instead of running
+/// it, when `defer` is given (the driver: user code never runs on the clock, time D6).
+pub(crate) fn cancel_in(
+    pool: &PoolInner,
+    idx: u32,
+    cause: Packed,
+    defer: &mut Option<&mut Vec<func::Call>>,
+) -> bool {
     // SAFETY: the caller holds a reference (I1, P3).
     let node = unsafe { pool.node(idx) };
     let won = set_cancelled(node, cause);
@@ -193,7 +204,7 @@ pub(crate) fn cancel(pool: &PoolInner, idx: u32, cause: Packed) -> bool {
     let inherited = cause.inherited();
     let mut work = NIL;
     let mut panic = None;
-    settle(pool, idx, node, won, &mut work, &mut panic);
+    settle(pool, idx, node, won, &mut work, &mut panic, defer);
     while work != NIL {
         let c = work;
         // SAFETY: `drain` took a reference on every node it put on the work list (I6).
@@ -202,7 +213,7 @@ pub(crate) fn cancel(pool: &PoolInner, idx: u32, cause: Packed) -> bool {
         let won = set_cancelled(cn, inherited);
         if won != Won::Lost {
             count_cancel(pool, cn, inherited);
-            settle(pool, c, cn, won, &mut work, &mut panic);
+            settle(pool, c, cn, won, &mut work, &mut panic, defer);
         }
         // A panicking value drop must not stop the propagation (the rest of `work` would keep
         // its references and never be woken): note it, finish, then re-raise.
@@ -255,6 +266,7 @@ pub(crate) fn catch(f: impl FnOnce()) -> Result<(), Panic> {
 
 /// After a won `set_cancelled`: runs an `after_func` closure, or wakes the node's waiters and
 /// queues its registered children (when it took LOCK; a quiet node has neither).
+#[allow(clippy::too_many_arguments)]
 fn settle(
     pool: &PoolInner,
     idx: u32,
@@ -262,13 +274,18 @@ fn settle(
     won: Won,
     work: &mut u32,
     panic: &mut Option<Panic>,
+    defer: &mut Option<&mut Vec<func::Call>>,
 ) {
     // SAFETY: the caller holds a reference, so the flags are stable (I1).
     if unsafe { node.flags() } & F_FUNC != 0 {
         if won == Won::Locked {
             unlock(node);
         }
-        if let Err(p) = func::fire(pool, idx) {
+        let r = match defer {
+            Some(calls) => func::defer(pool, idx).map(|call| calls.push(call)),
+            None => func::fire(pool, idx),
+        };
+        if let Err(p) = r {
             panic.get_or_insert(p);
         }
     } else if won == Won::Locked {
@@ -422,12 +439,17 @@ fn expire(pool: &PoolInner, idx: u32) {
 /// Records the expiry of `idx`'s own deadline `dl` (its timer came due), unless an ancestor's
 /// cancel is seen first, which `idx` then adopts (I12). Returns whether this call recorded
 /// `DeadlineExceeded`. The caller holds a reference on `idx`.
-pub(crate) fn fire_deadline(pool: &PoolInner, idx: u32, dl: u32) -> bool {
+pub(crate) fn fire_deadline(
+    pool: &PoolInner,
+    idx: u32,
+    dl: u32,
+    defer: &mut Option<&mut Vec<func::Call>>,
+) -> bool {
     match peek(pool, idx) {
-        Peek::Active => cancel(pool, idx, Packed::deadline(dl)),
+        Peek::Active => cancel_in(pool, idx, Packed::deadline(dl), defer),
         Peek::Own => false,
         Peek::Ancestor(_) => {
-            adopt(pool, idx);
+            adopt_in(pool, idx, defer);
             false
         }
     }
@@ -439,7 +461,7 @@ pub(crate) fn fire_deadline(pool: &PoolInner, idx: u32, dl: u32) -> bool {
 #[cold]
 #[inline(never)]
 pub(crate) fn expire_at_birth(pool: &PoolInner, idx: u32, dl: u32) {
-    let _ = fire_deadline(pool, idx, dl);
+    let _ = fire_deadline(pool, idx, dl, &mut None);
 }
 
 /// Records an ancestor's cancellation on `idx` and on every node between them, from the top
@@ -447,6 +469,11 @@ pub(crate) fn expire_at_birth(pool: &PoolInner, idx: u32, dl: u32) {
 /// while its parent records something else, whatever races with the adoption.
 #[cold]
 fn adopt(pool: &PoolInner, idx: u32) {
+    adopt_in(pool, idx, &mut None)
+}
+
+/// [`adopt`], deferring `after_func` callbacks to `defer` when given (see [`cancel_in`]).
+fn adopt_in(pool: &PoolInner, idx: u32, defer: &mut Option<&mut Vec<func::Call>>) {
     loop {
         // Find the nearest cancelled ancestor of `idx` and the node just below it.
         let mut below = idx;
@@ -467,7 +494,7 @@ fn adopt(pool: &PoolInner, idx: u32) {
         }
         // SAFETY: as above.
         let origin = recorded(unsafe { pool.node(cur) });
-        cancel(pool, below, origin.inherited());
+        cancel_in(pool, below, origin.inherited(), defer);
         if below == idx {
             return;
         }
