@@ -319,3 +319,124 @@ fn user_turn_and_user_cancel_run_callbacks_inline() {
     owner.cancel(Reason::None);
     assert_eq!(ran.load(Ordering::SeqCst), 2);
 }
+
+// ---- 7: causes that carry an error ---------------------------------------------------------
+
+#[derive(Debug, PartialEq)]
+struct Backend(u16);
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "backend answered {}", self.0)
+    }
+}
+
+impl std::error::Error for Backend {}
+
+/// Counts drops, to show the error is freed with the context.
+struct Tracked(Arc<AtomicUsize>);
+
+impl std::fmt::Debug for Tracked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tracked")
+    }
+}
+
+impl std::fmt::Display for Tracked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("tracked")
+    }
+}
+
+impl std::error::Error for Tracked {}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn cancel_with_error_is_readable_and_downcastable_below() {
+    let (_clock, pool) = manual();
+    let req = pool.background().with_cancel();
+    let db = req.with_cancel();
+    let _waited = db.after_func(|| {});
+    let lazy = req.with_cancel(); // not registered: adopts on read
+    assert!(req.cancel_with_error(Backend(503)));
+    assert!(!req.cancel_with_error(Backend(500)), "the first cause wins");
+    assert_eq!(req.cause(), Some(Cause::Error));
+    assert_eq!(req.err(), Some(ContextError::Canceled));
+    for ctx in [&db, &lazy] {
+        assert_eq!(ctx.cause(), Some(Cause::Parent(Origin::Error)));
+        let e = ctx.cause_error().unwrap();
+        assert_eq!(e.downcast_ref::<Backend>(), Some(&Backend(503)));
+        assert_eq!(e.to_string(), "backend answered 503");
+    }
+    assert!(req.cause_error().unwrap().is::<Backend>());
+    // Other causes carry no error.
+    let other = pool.background().with_cancel();
+    assert!(other.cause_error().is_none());
+    other.cancel(Reason::Code(1));
+    assert!(other.cause_error().is_none());
+}
+
+#[test]
+fn dynamic_error_is_freed_with_the_context_and_a_losing_one_at_once() {
+    let (_clock, pool) = manual();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let req = pool.background().with_cancel();
+    let child = req.with_cancel();
+    assert!(req.cancel_with_error(Tracked(drops.clone())));
+    assert!(!req.cancel_with_error(Tracked(drops.clone())));
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        1,
+        "the losing error is dropped"
+    );
+    let held = child.cause_error().unwrap();
+    drop((req, child));
+    assert_eq!(drops.load(Ordering::SeqCst), 1, "a reader's Arc keeps it");
+    drop(held);
+    assert_eq!(drops.load(Ordering::SeqCst), 2);
+    assert_eq!(pool.stats().in_use, 0);
+}
+
+#[test]
+fn deadline_with_a_cause_reports_it_when_it_fires() {
+    let (clock, pool) = manual();
+    let req = pool.background().with_cancel();
+    let db = req.with_timeout_cause(50 * MS, Backend(504));
+    let below = db.with_cancel();
+    let at = req.with_deadline_cause(clock.now() + 80 * MS, Backend(1));
+    assert!(db.cause_error().is_none(), "active");
+    clock.advance(50 * MS);
+    pool.turn();
+    assert_eq!(db.err(), Some(ContextError::DeadlineExceeded));
+    assert!(matches!(db.cause(), Some(Cause::DeadlineExceeded(_))));
+    assert_eq!(
+        db.cause_error().unwrap().downcast_ref::<Backend>(),
+        Some(&Backend(504))
+    );
+    assert_eq!(
+        below.cause_error().unwrap().downcast_ref::<Backend>(),
+        Some(&Backend(504))
+    );
+    assert!(!at.is_cancelled());
+    clock.advance(30 * MS);
+    assert_eq!(
+        at.cause_error().unwrap().downcast_ref::<Backend>(),
+        Some(&Backend(1))
+    );
+    // Cancelled another way first: the deadline's cause is not reported (as in Go).
+    let early = req.with_timeout_cause(10 * MS, Backend(2));
+    early.cancel(Reason::Code(5));
+    clock.advance(10 * MS);
+    assert!(early.cause_error().is_none());
+    // A parent's earlier deadline wins, with the parent's cause (none here).
+    let short = req.with_timeout(5 * MS);
+    let long = short.with_timeout_cause(Duration::from_secs(1), Backend(3));
+    clock.advance(5 * MS);
+    assert_eq!(long.err(), Some(ContextError::DeadlineExceeded));
+    assert!(long.cause_error().is_none());
+}

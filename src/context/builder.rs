@@ -8,7 +8,7 @@ use super::{CancelGuard, Context, EXHAUSTED};
 use crate::pool::slot::generation;
 use crate::pool::{Local, PoolInner, PoolRef};
 use crate::sync::Ordering;
-use crate::time::clock::{ceil_ms, widen};
+use crate::time::clock::{ceil_ms, floor_ms, widen};
 use crate::tree::cause::PoolExhausted;
 use crate::tree::node::{
     Custom, Func, Meta, Node, Payload, Values, D_DEADLINE, D_TIMER, F_DETACHED, F_FUNC, F_NEVER,
@@ -522,18 +522,29 @@ fn own_deadline(
     let clock = &pool.timers.clock;
     let (default_ms, max_ms) = pool.limits();
     let base = clock.precise();
-    let (mut dl, expired) = match want {
-        Want::After(d) => (ceil_ms(base.saturating_add(d)), d.is_zero()),
-        Want::At(at) => (clock.tick_of(at), clock.is_past(at, base)),
+    let max = Duration::from_millis(u64::from(max_ms));
+    // The cut: never later than `now + max_timeout` (rounded down, so `remaining()` never
+    // exceeds the maximum); counted only when the request itself was longer.
+    let cut = base.saturating_add(max);
+    let (mut dl, expired, over) = match want {
+        Want::After(d) => (ceil_ms(base.saturating_add(d)), d.is_zero(), d > max),
+        Want::At(at) => (
+            clock.tick_of(at),
+            clock.is_past(at, base),
+            !clock.is_past(at, cut),
+        ),
         Want::Default => (
             ceil_ms(base.saturating_add(Duration::from_millis(u64::from(default_ms)))),
             false,
+            default_ms > max_ms,
         ),
     };
-    let cap = ceil_ms(base.saturating_add(Duration::from_millis(u64::from(max_ms))));
+    let cap = floor_ms(cut);
     if dl > cap {
         dl = cap;
-        pool.count_clamp(me);
+        if over {
+            pool.count_clamp(me);
+        }
     }
     // A deadline in the past is "now": already expired, and never so far back that its
     // 32-bit tick would wrap around into the future (time K1).

@@ -358,6 +358,15 @@ pub(crate) fn expired(now: u32, deadline: u32) -> bool {
     now.wrapping_sub(deadline) as i32 >= 0
 }
 
+/// `d` in whole milliseconds, rounded down, saturating like [`ceil_ms`].
+#[inline]
+pub(crate) fn floor_ms(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_millis()))
+        .min(u64::MAX / 2)
+}
+
 /// `d` in whole milliseconds, rounded up, saturating.
 #[inline]
 pub(crate) fn ceil_ms(d: Duration) -> u64 {

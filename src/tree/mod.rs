@@ -99,11 +99,18 @@
 //!   an ancestor cancelled while the deadline is still ahead is found by the walk of whichever
 //!   path comes later, so the child reads `Parent(..)`, never `DeadlineExceeded`, even when
 //!   nobody read it before its timer fired.
+//! - **I13** a dynamic error recorded on node N (tag `ERROR`, `dyncause.rs`) is a boxed error
+//!   whose address N's `msg` holds, written by the cancel winner under `LOCK` (I3). N owns it:
+//!   a cancel that loses its CAS never published its box and frees it itself; descendants
+//!   that inherit or adopt N's cause copy the address with `INHERITED` set and own nothing;
+//!   they keep N live (I1, I10), so the address is valid for every reader holding a reference
+//!   on N or a descendant, and N's teardown, after every descendant is gone, frees it.
 //! - **I9** a node flagged `F_NEVER` (no owner, no cancellable ancestor: a child of the
 //!   background, a `without_cancel` node) is never cancelled; walks, registration and
 //!   `after_func` stop at it, so children of never-cancellable parents register nothing.
 
 pub(crate) mod cause;
+pub(crate) mod dyncause;
 pub(crate) mod func;
 pub(crate) mod node;
 pub(crate) mod state;
@@ -166,7 +173,7 @@ pub(crate) fn set_cancelled(node: &Node, cause: Packed) -> Won {
 
 /// The cause recorded on a cancelled node, packed, waiting out a cancel that still holds the
 /// LOCK it took to write the message (I3).
-fn recorded(node: &Node) -> Packed {
+pub(crate) fn recorded(node: &Node) -> Packed {
     let mut s = node.state.load(Ordering::Acquire);
     if state::needs_msg(s) {
         while s & LOCKED != 0 {
@@ -788,11 +795,20 @@ pub(crate) fn tear_down_at<'p>(pool: &'p PoolInner, mut idx: u32, mut node: &'p 
         if shard & node::S_BACKTRACE != 0 {
             pool.forget_backtrace(idx, generation(node.life.load(Ordering::Relaxed)));
         }
+        // I13: an error this node recorded is freed with it (after the slot is back, below).
+        let s = node.state.load(Ordering::Acquire);
+        let error = state::owns_error(s).then(|| node.msg.load(Ordering::Acquire));
         node.state.store(0, Ordering::Relaxed);
         node.msg.store(core::ptr::null_mut(), Ordering::Relaxed);
         node.life
             .retire(generation(node.life.load(Ordering::Relaxed)));
         pool.free(me, idx, node);
+        if let Some(err) = error.filter(|e| !e.is_null()) {
+            // SAFETY: I13: this node owned the error, and no descendant is left to read it.
+            if let Err(p) = catch(|| unsafe { dyncause::drop_raw(err.cast_const()) }) {
+                panic.get_or_insert(p);
+            }
+        }
         if let Some(custom) = custom {
             let mut data = custom.data;
             // SAFETY: `with_value` stored a value with this vtable; the slot was retired above,
