@@ -202,7 +202,13 @@ impl Clock {
     #[cfg_attr(loom, allow(dead_code))]
     fn catch_up(&self) -> u64 {
         let t = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX / 2);
-        let t = self.word().fetch_max(t, Ordering::Relaxed).max(t);
+        // K1 with one RMW per millisecond at most, not one per read.
+        let cur = self.word().load(Ordering::Relaxed);
+        let t = if t > cur {
+            self.word().fetch_max(t, Ordering::Relaxed).max(t)
+        } else {
+            cur
+        };
         if self.driver_sleeping() {
             self.wake_sleeper();
         }
