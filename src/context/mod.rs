@@ -177,7 +177,8 @@ impl Context {
     /// let cache = req.with_timeout(Duration::from_secs(60)); // later: keeps the parent's 30 s
     /// assert!(db.deadline() < cache.deadline());
     /// assert_eq!(cache.deadline(), req.deadline());
-    /// assert!(req.remaining().unwrap() <= Duration::from_secs(30));
+    /// // Rounded up to the 1 ms tick, never early: at most one tick more than asked.
+    /// assert!(req.remaining().unwrap() <= Duration::from_millis(30_001));
     /// ```
     #[track_caller]
     #[inline]
