@@ -440,3 +440,22 @@ fn deadline_with_a_cause_reports_it_when_it_fires() {
     assert_eq!(long.err(), Some(ContextError::DeadlineExceeded));
     assert!(long.cause_error().is_none());
 }
+
+// ---- 6: a full pool ------------------------------------------------------------------------
+
+/// `without_cancel()` at exhaustion is never cancelled (Go's `WithoutCancel` never is), also
+/// under a context that was itself born cancelled by exhaustion.
+#[test]
+fn without_cancel_at_exhaustion_is_never_cancelled() {
+    let pool = Pool::builder().capacity(1).build().unwrap();
+    let only = pool.background().with_cancel();
+    let full = only.without_cancel();
+    assert!(!full.is_cancelled());
+    assert!(full.is_never_cancelled());
+    assert_eq!(full.err(), None);
+    let born_cancelled = only.with_cancel();
+    assert_eq!(born_cancelled.cause(), Some(Cause::PoolExhausted));
+    let below = born_cancelled.without_cancel();
+    assert!(!below.is_cancelled());
+    assert!(below.is_never_cancelled());
+}

@@ -206,12 +206,16 @@ impl<'a> ChildBuilder<'a> {
         self.create(Kind::Plain, None)
     }
 
-    /// A child with these values that is never cancelled (Go's `WithoutCancel`). At pool
-    /// exhaustion it is born cancelled. Like Go's, it has no deadline.
+    /// A child with these values that is never cancelled (Go's `WithoutCancel`). Like Go's,
+    /// it has no deadline. At pool exhaustion (no slot for it, or none for its parent) it is
+    /// the pool's background instead: never cancelled all the same (Go's `WithoutCancel`
+    /// never is), but without the values, which no slot holds.
     pub fn without_cancel(self) -> Context {
         let pool = self.parent().pool_ref();
-        self.create(Kind::Detached, None)
-            .unwrap_or_else(|_| Context::exhausted(pool, false))
+        match self.create(Kind::Detached, None) {
+            Ok(ctx) if ctx.idx != EXHAUSTED => ctx,
+            _ => Context::background_of(pool),
+        }
     }
 
     /// A child carrying `value` (see [`Context::with_value`]). At pool exhaustion it is born

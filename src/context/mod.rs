@@ -319,7 +319,9 @@ impl Context {
     }
 
     /// A child that keeps this context's values but is never cancelled (Go's
-    /// `WithoutCancel`), nor are its children through it.
+    /// `WithoutCancel`), nor are its children through it. At pool exhaustion it is the
+    /// pool's background: never cancelled either, but without the values (no slot holds
+    /// them).
     #[track_caller]
     pub fn without_cancel(&self) -> Context {
         self.child().without_cancel()
