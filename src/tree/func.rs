@@ -118,6 +118,7 @@ unsafe impl Send for Call {}
 
 impl Call {
     /// Runs the callback; a panic is caught (the panic hook has printed it) and returned.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn run(mut self) -> std::thread::Result<()> {
         let Some(f) = self.f.take() else {
             return Ok(());
