@@ -8,7 +8,7 @@ use super::{CancelGuard, Context, EXHAUSTED};
 use crate::pool::slot::generation;
 use crate::pool::{Local, PoolInner, PoolRef};
 use crate::sync::Ordering;
-use crate::time::clock::{ceil_ms, widen};
+use crate::time::clock::{ceil_ms, floor_ms, widen};
 use crate::tree::cause::PoolExhausted;
 use crate::tree::node::{
     Custom, Func, Meta, Node, Payload, Values, D_DEADLINE, D_TIMER, F_DETACHED, F_FUNC, F_NEVER,
@@ -245,12 +245,16 @@ impl<'a> ChildBuilder<'a> {
         self.create(Kind::Plain, None)
     }
 
-    /// A child with these values that is never cancelled (Go's `WithoutCancel`). At pool
-    /// exhaustion it is born cancelled. Like Go's, it has no deadline.
+    /// A child with these values that is never cancelled (Go's `WithoutCancel`). Like Go's,
+    /// it has no deadline. At pool exhaustion (no slot for it, or none for its parent) it is
+    /// the pool's background instead: never cancelled all the same (Go's `WithoutCancel`
+    /// never is), but without the values, which no slot holds.
     pub fn without_cancel(self) -> Context {
         let pool = self.parent().pool_ref();
-        self.create(Kind::Detached, None)
-            .unwrap_or_else(|_| Context::exhausted(pool, false))
+        match self.create(Kind::Detached, None) {
+            Ok(ctx) if ctx.idx != EXHAUSTED => ctx,
+            _ => Context::background_of(pool),
+        }
     }
 
     /// A child carrying `value` (see [`Context::with_value`]). At pool exhaustion it is born
@@ -508,17 +512,23 @@ fn create(
         }
     });
     let mut arm = None;
-    // One read of the clock: the creation time, and what a deadline counts from.
+    let mut born_expired = None;
+    // One read of the clock: the creation time (a deadline counts from the precise time).
     let now = pool.timers.clock.now64();
     if let Some(want) = spec.deadline {
         // SAFETY: we own the slot (P2); its payload holds the parent's deadline, if any.
         let inherited = node.payload.with(|p| unsafe { (*p).values.deadline });
-        if let Some(dl) = own_deadline(pool, me, now, want, (dbits != 0).then_some(inherited)) {
+        let own = own_deadline(pool, me, now, want, (dbits != 0).then_some(inherited));
+        if let Own::Timer(dl) | Own::Expired(dl) = own {
             // SAFETY: as above.
             node.payload
                 .with_mut(|p| unsafe { (*p).values.deadline = dl as u32 });
             dbits = D_DEADLINE | D_TIMER;
-            arm = Some(dl);
+            if own == Own::Timer(dl) {
+                arm = Some(dl);
+            } else {
+                born_expired = Some(dl as u32);
+            }
         }
     }
     let every = pool.backtrace_every.load(Ordering::Relaxed);
@@ -536,12 +546,29 @@ fn create(
     }
     if let Some(dl) = arm {
         pool.arm(me, idx, gen, dl);
+    } else if let Some(dl) = born_expired {
+        // Born expired (time K4): `DeadlineExceeded` now, no timer; an ancestor already
+        // cancelled wins (tree I12).
+        crate::tree::expire_at_birth(pool, idx, dl);
     }
     Ok(Context::from_node(parent.pool, idx, gen))
 }
 
-/// The deadline tick a child should own, clamped to the maximum timeout (counted), or
-/// `None` when the inherited deadline is as early (the child relies on its parent's timer).
+/// What a requested deadline gives a child.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Own {
+    /// The inherited deadline is as early: the child relies on its parent's timer.
+    Inherited,
+    /// The child owns deadline tick `.0` and arms a timer for it.
+    Timer(u64),
+    /// The instant asked for is not after now: the child is born expired with tick `.0`, and
+    /// arms nothing (time K4).
+    Expired(u64),
+}
+
+/// The deadline tick a child should own, clamped to the maximum timeout (counted). Counted
+/// from the clock's precise time and rounded up, never from the coarse tick `now`, so that it
+/// is never earlier than the instant asked for (time K2).
 #[inline]
 fn own_deadline(
     pool: &PoolInner,
@@ -549,25 +576,41 @@ fn own_deadline(
     now: u64,
     want: Want,
     inherited: Option<u32>,
-) -> Option<u64> {
+) -> Own {
     let clock = &pool.timers.clock;
     let (default_ms, max_ms) = pool.limits();
-    let mut dl = match want {
-        Want::After(d) => now.saturating_add(ceil_ms(d)),
-        Want::At(at) => clock.tick_of(at),
-        Want::Default => now + u64::from(default_ms),
+    let base = clock.precise();
+    let max = Duration::from_millis(u64::from(max_ms));
+    // The cut: never later than `now + max_timeout` (rounded down, so `remaining()` never
+    // exceeds the maximum); counted only when the request itself was longer.
+    let cut = base.saturating_add(max);
+    let (mut dl, expired, over) = match want {
+        Want::After(d) => (ceil_ms(base.saturating_add(d)), d.is_zero(), d > max),
+        Want::At(at) => (
+            clock.tick_of(at),
+            clock.is_past(at, base),
+            !clock.is_past(at, cut),
+        ),
+        Want::Default => (
+            ceil_ms(base.saturating_add(Duration::from_millis(u64::from(default_ms)))),
+            false,
+            default_ms > max_ms,
+        ),
     };
-    let cap = now + u64::from(max_ms);
+    let cap = floor_ms(cut);
     if dl > cap {
         dl = cap;
-        pool.count_clamp(me);
+        if over {
+            pool.count_clamp(me);
+        }
     }
     // A deadline in the past is "now": already expired, and never so far back that its
     // 32-bit tick would wrap around into the future (time K1).
     dl = dl.max(now);
     match inherited {
-        Some(p) if widen(now, p) <= dl => None,
-        _ => Some(dl),
+        Some(p) if widen(now, p) <= dl => Own::Inherited,
+        _ if expired => Own::Expired(dl),
+        _ => Own::Timer(dl),
     }
 }
 

@@ -10,7 +10,7 @@ use crate::sync::Ordering;
 use crate::tree::cause::{Cause, Origin, Reason};
 use crate::tree::node::NIL;
 use crate::tree::state::{self, Packed};
-use crate::tree::{self as tree, Kind};
+use crate::tree::{self as tree, dyncause, Kind};
 
 /// The owner of a cancellable context (Go's `cancel` function, as a value).
 ///
@@ -63,6 +63,48 @@ impl CancelGuard {
             idx,
             Packed::from_cause(Cause::from(origin), &pool.timers.clock),
         )
+    }
+
+    /// Cancels with a dynamic error (Go's `cancel(err)` of `WithCancelCause`): the cause
+    /// reads [`Cause::Error`] (`Parent(Origin::Error)` below), `err()` reads `Canceled`, and
+    /// [`Context::cause_error`] returns `err`, downcastable to `E`. Returns whether this call
+    /// recorded the cause. The cold path: it allocates (the error is shared by every reader
+    /// and freed with the context, tree I13).
+    ///
+    /// ```
+    /// use ctxpool::{Cause, Context};
+    ///
+    /// #[derive(Debug)]
+    /// struct Backend(u16);
+    /// impl std::fmt::Display for Backend {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         write!(f, "backend answered {}", self.0)
+    ///     }
+    /// }
+    /// impl std::error::Error for Backend {}
+    ///
+    /// let req = Context::background().with_cancel();
+    /// let db = req.with_cancel();
+    /// assert!(req.cancel_with_error(Backend(503)));
+    /// assert_eq!(req.cause(), Some(Cause::Error));
+    /// let err = db.cause_error().unwrap();
+    /// assert_eq!(err.downcast_ref::<Backend>().unwrap().0, 503);
+    /// ```
+    pub fn cancel_with_error<E: std::error::Error + Send + Sync + 'static>(&self, err: E) -> bool {
+        let Some(idx) = self.ctx.node_idx() else {
+            return false;
+        };
+        let pool = self.ctx.inner();
+        if tree::is_cancelled(pool, idx) {
+            return false;
+        }
+        let raw = dyncause::into_raw(std::sync::Arc::new(err));
+        let won = tree::cancel(pool, idx, Packed::error(raw));
+        if !won {
+            // SAFETY: I13: the CAS was lost, so the box was never published; ours to free.
+            unsafe { dyncause::drop_raw(raw) };
+        }
+        won
     }
 
     /// A cloneable handle to the owned context.

@@ -159,9 +159,15 @@ impl Context {
     /// the child reads as cancelled with [`Cause::DeadlineExceeded`] (or
     /// `Parent(DeadlineExceeded)` when the deadline is inherited) on the next
     /// `is_cancelled()`, even before the timer fires. Deadlines have the granularity of the
-    /// pool's clock, 1 ms, and are measured from its coarse tick, which lags real time by less
-    /// than one timer resolution. Dropping the guard cancels the child (and so disarms its
-    /// timer, at no cost).
+    /// pool's clock, 1 ms: counted from the precise time (`Instant::now()`) and rounded up,
+    /// so a deadline never reads as expired before `now + timeout`, and
+    /// [`deadline`](Context::deadline) is at or after that instant and less than one tick
+    /// after it; expiry is seen at most one tick late. A `timeout` of zero gives a child
+    /// born cancelled with [`Cause::DeadlineExceeded`] (no timer armed), unless this context
+    /// is already cancelled (then its cause). If this context is cancelled before the
+    /// child's deadline passes, the child reads `Parent(..)` for good, even if its timer
+    /// fires later. Dropping the guard cancels the child (and so disarms its timer, at no
+    /// cost).
     ///
     /// ```
     /// use std::time::Duration;
@@ -172,7 +178,8 @@ impl Context {
     /// let cache = req.with_timeout(Duration::from_secs(60)); // later: keeps the parent's 30 s
     /// assert!(db.deadline() < cache.deadline());
     /// assert_eq!(cache.deadline(), req.deadline());
-    /// assert!(req.remaining().unwrap() <= Duration::from_secs(30));
+    /// // Rounded up to the 1 ms tick, never early: at most one tick more than asked.
+    /// assert!(req.remaining().unwrap() <= Duration::from_millis(30_001));
     /// ```
     #[track_caller]
     #[inline]
@@ -201,6 +208,76 @@ impl Context {
         }
     }
 
+    /// Like [`with_timeout`](Context::with_timeout), with a cause that the deadline reports
+    /// when it fires (Go's `WithTimeoutCause`): `err()` then reads `DeadlineExceeded`,
+    /// `cause()` reads [`Cause::DeadlineExceeded`] (or `Parent(..)` below), and
+    /// [`cause_error`](Context::cause_error) returns `cause`. If this context's own deadline
+    /// is earlier, or the child is cancelled another way, the cause is not reported, as in
+    /// Go. The cold path: it allocates, and takes two slots (the cause rides in a node of its
+    /// own, right above the child).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxpool::{ContextError, ManualClock, Pool};
+    ///
+    /// #[derive(Debug)]
+    /// struct SlowQuery;
+    /// impl std::fmt::Display for SlowQuery {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("query took too long")
+    ///     }
+    /// }
+    /// impl std::error::Error for SlowQuery {}
+    ///
+    /// let clock = ManualClock::new();
+    /// let pool = Pool::builder().manual_clock(&clock).build().unwrap();
+    /// let db = pool.background().with_timeout_cause(Duration::from_millis(50), SlowQuery);
+    /// clock.advance(Duration::from_millis(50));
+    /// assert_eq!(db.err(), Some(ContextError::DeadlineExceeded));
+    /// assert!(db.cause_error().unwrap().is::<SlowQuery>());
+    /// ```
+    #[track_caller]
+    pub fn with_timeout_cause<E: std::error::Error + Send + Sync + 'static>(
+        &self,
+        timeout: Duration,
+        cause: E,
+    ) -> CancelGuard {
+        let carrier = self
+            .child()
+            .with_value(crate::tree::dyncause::DeadlineCause(std::sync::Arc::new(
+                cause,
+            )));
+        carrier.with_timeout(timeout)
+    }
+
+    /// Like [`with_deadline`](Context::with_deadline), with a cause that the deadline reports
+    /// when it fires (Go's `WithDeadlineCause`); see
+    /// [`with_timeout_cause`](Context::with_timeout_cause).
+    #[track_caller]
+    pub fn with_deadline_cause<E: std::error::Error + Send + Sync + 'static>(
+        &self,
+        at: Instant,
+        cause: E,
+    ) -> CancelGuard {
+        let carrier = self
+            .child()
+            .with_value(crate::tree::dyncause::DeadlineCause(std::sync::Arc::new(
+                cause,
+            )));
+        carrier.with_deadline(at)
+    }
+
+    /// The dynamic cause of this context (Go's `context.Cause(ctx)` for a run-time error):
+    /// the error it or an ancestor was cancelled with by
+    /// [`CancelGuard::cancel_with_error`], or the cause of the deadline (made with
+    /// [`with_timeout_cause`](Context::with_timeout_cause) or
+    /// [`with_deadline_cause`](Context::with_deadline_cause)) that cancelled it. Downcast it
+    /// with `downcast_ref`. `None` while active and for every other cause (read those with
+    /// [`cause`](Context::cause)).
+    pub fn cause_error(&self) -> Option<std::sync::Arc<dyn std::error::Error + Send + Sync>> {
+        crate::tree::dyncause::error_of(self.inner(), self.node_idx()?)
+    }
+
     /// Like [`with_deadline`](Context::with_deadline), but fails when the pool is exhausted.
     #[track_caller]
     pub fn try_with_deadline(&self, at: Instant) -> Result<CancelGuard, PoolExhausted> {
@@ -208,7 +285,8 @@ impl Context {
     }
 
     /// The effective deadline (own or inherited), if any (Go's `ctx.Deadline()`), at
-    /// millisecond granularity.
+    /// millisecond granularity: at or after the instant asked for, less than one tick (1 ms)
+    /// after it.
     pub fn deadline(&self) -> Option<Instant> {
         let dl = self.stored_deadline()?;
         let clock = &self.inner().timers.clock;
@@ -242,7 +320,9 @@ impl Context {
     }
 
     /// A child that keeps this context's values but is never cancelled (Go's
-    /// `WithoutCancel`), nor are its children through it.
+    /// `WithoutCancel`), nor are its children through it. At pool exhaustion it is the
+    /// pool's background: never cancelled either, but without the values (no slot holds
+    /// them).
     #[track_caller]
     pub fn without_cancel(&self) -> Context {
         self.child().without_cancel()
@@ -440,9 +520,11 @@ impl Context {
         wait::wait(self, Some(std::time::Instant::now() + timeout))
     }
 
-    /// Runs `f` once, on the cancelling thread, when this context is cancelled (Go's
-    /// `AfterFunc`); runs it at once if the context is already cancelled, and never if it can
-    /// never be cancelled. The registration takes one pool slot; closures up to 48 bytes are
+    /// Runs `f` once when this context is cancelled (Go's `AfterFunc`): on the cancelling
+    /// thread, before its `cancel` returns; or, when the cancel is a deadline fired by the
+    /// pool's driver thread (or tokio driver task), on a thread of its own, so that `f` may
+    /// block or panic without delaying any timer. Runs it at once if the context is already
+    /// cancelled, and never if it can never be cancelled. The registration takes one pool slot; closures up to 48 bytes are
     /// stored in it, larger ones boxed. If the pool is exhausted `f` runs at once, as if the
     /// context had been cancelled by the overload (see
     /// [`try_after_func`](Context::try_after_func)).

@@ -146,7 +146,8 @@ pub static HTTP_REQUEST: Op = Op::new("http_request");
 /// incoming.insert("grpc-timeout", "250m".parse().unwrap());
 /// let req = propagator.extract(&incoming, None);
 /// assert_eq!(req.context().trace().unwrap().trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
-/// assert!(req.context().remaining().unwrap() <= std::time::Duration::from_millis(250));
+/// // (deadlines round up to the 1 ms tick: at most one more than asked)
+/// assert!(req.context().remaining().unwrap() <= std::time::Duration::from_millis(251));
 ///
 /// // An outgoing call: same trace, a new span, the remaining time minus the margin.
 /// let mut outgoing = HeaderMap::new();

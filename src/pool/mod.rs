@@ -187,7 +187,9 @@ impl PoolInner {
         crate::sync::barrier::init();
         let clock = match &b.manual_clock {
             Some(c) => Clock::manual(c),
-            None => Clock::real(),
+            // K3: without a driver thread nothing keeps the tick word fresh, so every read
+            // takes the precise time.
+            None => Clock::real(b.driver == DriverMode::Thread && cfg!(not(loom))),
         };
         PoolInner {
             pages: Pages::new(capacity, b.first_gen),
@@ -377,7 +379,13 @@ impl PoolInner {
                 let ring = unsafe { l.shard.ring() };
                 // SAFETY: as above.
                 match unsafe { ring.push(a) } {
-                    Push::Ok => {}
+                    Push::Ok => {
+                        // Time D5: store (the push), fence, load `sleeping`.
+                        crate::sync::barrier::light();
+                        if self.timers.clock.driver_sleeping() {
+                            self.timers.clock.wake_sleeper();
+                        }
+                    }
                     Push::Wake => self.drain_own_ring(ring),
                     Push::Full => self.timers.spill(self, a),
                 }
@@ -420,6 +428,20 @@ impl PoolInner {
                     #[cfg(feature = "metrics")]
                     pool.publish_metrics();
                 }
+                // Next run: when the first enabled job is due (an idle driver sleeps until then,
+                // time D5; it re-reads the configuration at least every `MAX_SLEEP`).
+                let left = |last: u64, d: std::time::Duration| {
+                    (last + crate::time::clock::ceil_ms(d)).saturating_sub(now)
+                };
+                let mut next = u64::MAX;
+                if cfg.leak.enabled {
+                    next = next.min(left(last_scan, cfg.leak.interval));
+                }
+                if cfg.metrics.enabled {
+                    next = next.min(left(last_publish, cfg.metrics.publish_interval));
+                }
+                let most = crate::time::clock::ceil_ms(crate::time::driver::MAX_SLEEP);
+                Some(next.clamp(1, most))
             }),
         );
     }
@@ -1277,7 +1299,7 @@ impl Pool {
     /// static HANDLE: Op = Op::new("handle");
     /// let pool = Pool::builder().default_timeout(Duration::from_secs(2)).build().unwrap();
     /// let req = pool.request().op(&HANDLE).with_cancel();
-    /// assert!(req.remaining().unwrap() <= Duration::from_secs(2));
+    /// assert!(req.remaining().unwrap() <= Duration::from_millis(2_001)); // up to a 1 ms tick over
     /// ```
     #[track_caller]
     pub fn request(&self) -> crate::ChildBuilder<'static> {
@@ -1290,6 +1312,33 @@ impl Pool {
     /// another in progress does nothing).
     pub fn turn(&self) -> usize {
         self.inner.get().turn()
+    }
+
+    /// The driver's sleep protocol (time D5) run on the calling thread, for the loom models
+    /// of `loom-tests` only; not part of the API. Returns `false` if timers were already
+    /// handed over (it does not sleep), `true` once woken by a thread that handed it work.
+    #[doc(hidden)]
+    pub fn __sleep_until_work(&self) -> bool {
+        let p = self.inner.get();
+        let clock = &p.timers.clock;
+        clock.set_sleeper();
+        // A timer in the wheel: the real driver would sleep only until it is due.
+        if !p.try_begin_sleep() || p.timers.wheel_busy() {
+            let _ = clock.end_sleep();
+            return false;
+        }
+        #[cfg(not(loom))]
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while clock.driver_sleeping() {
+            #[cfg(loom)]
+            crate::sync::thread::park();
+            #[cfg(not(loom))]
+            {
+                std::thread::park_timeout(std::time::Duration::from_millis(1));
+                assert!(std::time::Instant::now() < give_up, "lost wake-up");
+            }
+        }
+        true
     }
 
     /// The pool clock's current time as an `Instant`: its coarse tick (milliseconds, as
@@ -1387,7 +1436,8 @@ impl Pool {
     /// let mut good = (*pool.config()).clone();
     /// good.default_timeout = Duration::from_secs(5);
     /// pool.update_config(good).unwrap();
-    /// assert!(pool.request().with_cancel().remaining().unwrap() <= Duration::from_secs(5));
+    /// let left = pool.request().with_cancel().remaining().unwrap();
+    /// assert!(left <= Duration::from_millis(5_001)); // up to a 1 ms tick over
     /// ```
     pub fn update_config(&self, config: Config) -> Result<(), ConfigError> {
         self.inner.get().update_config(config)

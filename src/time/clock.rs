@@ -7,19 +7,42 @@
 //! [`MAX_TIMEOUT`](crate::config) (7 days) ahead, and an expired deadline is fired by the
 //! driver within a tick.
 //!
-//! - **Real clock**: the driver's `turn` stores `epoch.elapsed()` in milliseconds into the
-//!   pool's own tick word; the hot path reads that word (one relaxed load) and never calls
-//!   `Instant::now()`. The tick lags real time by less than one driver period.
+//! - **Real clock**: while the driver thread ticks, its `turn` stores `epoch.elapsed()` in
+//!   milliseconds into the pool's own tick word every tick, and the hot path reads that word
+//!   (one relaxed load) without calling `Instant::now()`. When nobody keeps the word fresh —
+//!   the driver thread sleeps (nothing due for a while, `driver.rs`), or the pool has no driver
+//!   thread at all ([`DriverMode::Manual`](crate::DriverMode::Manual) on the real clock) — the
+//!   word carries a `stale` flag, and every read then takes the time from `Instant::now()`
+//!   itself (and pushes the word forward, K1).
 //! - **Manual clock** ([`ManualClock`]): time moves only when the test calls
-//!   [`ManualClock::advance`]; the pool's tick word is the manual clock's.
+//!   [`ManualClock::advance`]; the pool's tick word is the manual clock's, never stale.
 //!
-//! Invariant **K1**: a pool's tick never decreases (stores are `fetch_max` for the real clock,
-//! `fetch_add` for the manual one), so a deadline seen expired stays expired.
+//! A *deadline* is never counted from the tick word: [`Clock::deadline_after`] reads the
+//! precise time (`Instant::now()` on the real clock) and rounds the result *up* to a whole
+//! tick, so a deadline never reads as expired before the instant asked for (the tick word is
+//! at most the floor of real time), and `Context::deadline()` is at or after that instant and
+//! less than one tick after it.
+//!
+//! Invariants:
+//!
+//! - **K1** a pool's tick never decreases (stores are `fetch_max` for the real clock,
+//!   `fetch_add` for the manual one), so a deadline seen expired stays expired.
+//! - **K2** the tick word never exceeds real time (it is `floor` of the elapsed milliseconds
+//!   at some past instant), so a deadline rounded up from the precise time is never early.
+//! - **K3** a read of the real clock's tick either finds `stale` clear, in which case the word
+//!   was refreshed by the driver after it last woke (the driver stores the tick, then clears
+//!   `stale` with `Release`; the reader loads `stale` with `Acquire`) and the driver wakes every
+//!   tick until it sets `stale` again; or it finds `stale` set and reads `Instant::now()`. So
+//!   no read sees a tick older than one driver period plus the driver's wake-up latency.
+//! - **K4** a context whose requested instant is not after the precise time when it is made
+//!   (`with_timeout(Duration::ZERO)`, `with_deadline(past)`) is born cancelled with
+//!   `DeadlineExceeded` (or its cancelled ancestor's cause, tree I12) and arms no timer.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::thread::Thread;
+use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering};
 
 /// A clock that moves only when told to: for deterministic tests of deadlines.
 ///
@@ -49,15 +72,28 @@ pub struct ManualClock {
 /// driver every tick: on a line of its own, so that it does not bounce other data between the
 /// driver and the threads making contexts).
 struct ManualInner {
-    /// Milliseconds since `epoch` (K1: only ever increased).
-    ms: crossbeam_utils::CachePadded<AtomicU64>,
+    /// Milliseconds since `epoch` (K1: only ever increased) and the real clock's `stale` flag
+    /// (K3; never set on a manual clock), on one line.
+    word: crossbeam_utils::CachePadded<TickWord>,
     epoch: Instant,
 }
 
+struct TickWord {
+    ms: AtomicU64,
+    stale: AtomicBool,
+    /// The driver is in a long sleep (time D5): a thread that hands it work, or reads the
+    /// clock, wakes it.
+    sleeping: AtomicBool,
+}
+
 impl ManualInner {
-    fn new() -> Arc<Self> {
+    fn new(stale: bool) -> Arc<Self> {
         Arc::new(ManualInner {
-            ms: crossbeam_utils::CachePadded::new(AtomicU64::new(0)),
+            word: crossbeam_utils::CachePadded::new(TickWord {
+                ms: AtomicU64::new(0),
+                stale: AtomicBool::new(stale),
+                sleeping: AtomicBool::new(false),
+            }),
             epoch: Instant::now(),
         })
     }
@@ -67,19 +103,19 @@ impl ManualClock {
     /// A manual clock reading zero.
     pub fn new() -> Self {
         ManualClock {
-            inner: ManualInner::new(),
+            inner: ManualInner::new(false),
         }
     }
 
     /// Moves the clock forward by `d`, in whole milliseconds (rounded down).
     pub fn advance(&self, d: Duration) {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2);
-        self.inner.ms.fetch_add(ms, Ordering::Release);
+        self.inner.word.ms.fetch_add(ms, Ordering::Release);
     }
 
     /// The time elapsed on this clock since it was made.
     pub fn elapsed(&self) -> Duration {
-        Duration::from_millis(self.inner.ms.load(Ordering::Acquire))
+        Duration::from_millis(self.inner.word.ms.load(Ordering::Acquire))
     }
 
     /// The current time of this clock as an `Instant` (its creation instant plus
@@ -110,35 +146,135 @@ pub(crate) struct Clock {
     tick: Arc<ManualInner>,
     epoch: Instant,
     manual: bool,
+    /// The thread that sleeps in `driver::sleep` (time D5), woken by `wake_sleeper`.
+    sleeper: Mutex<Option<Thread>>,
 }
 
 impl Clock {
-    pub(crate) fn real() -> Self {
-        let tick = ManualInner::new();
+    /// The real clock. `driven`: a driver thread will keep the tick fresh (it clears `stale`
+    /// after its first refresh); otherwise the word stays `stale` and every read takes the
+    /// time from `Instant::now()` (K3).
+    pub(crate) fn real(driven: bool) -> Self {
+        let tick = ManualInner::new(!driven && cfg!(not(loom)));
         Clock {
             epoch: tick.epoch,
             tick,
             manual: false,
+            sleeper: Mutex::new(None),
         }
     }
 
+    /// A pool clock on manual clock `clock`.
     pub(crate) fn manual(clock: &ManualClock) -> Self {
         Clock {
             epoch: clock.inner.epoch,
             tick: clock.inner.clone(),
             manual: true,
+            sleeper: Mutex::new(None),
         }
     }
 
     #[inline]
     fn word(&self) -> &AtomicU64 {
-        &self.tick.ms
+        &self.tick.word.ms
     }
 
-    /// The current tick (full width).
+    /// The current tick (full width): the tick word, or the precise time when the word is
+    /// stale (K3).
     #[inline]
     pub(crate) fn now64(&self) -> u64 {
+        // Under loom no driver thread exists and real clocks are never stale (`real`): the
+        // models check the protocols around the tick, not its freshness.
+        #[cfg(not(loom))]
+        if self.tick.word.stale.load(Ordering::Acquire) {
+            return self.catch_up();
+        }
         self.word().load(Ordering::Relaxed)
+    }
+
+    /// A read while nobody keeps the tick word fresh: the precise time, pushed into the word
+    /// (K1) so that no later read of the word returns less.
+    ///
+    /// A driver that sleeps because nothing was due is woken: somebody uses the pool again,
+    /// and a ticking driver makes the next reads cheap again (time D5).
+    #[cold]
+    #[inline(never)]
+    #[cfg_attr(loom, allow(dead_code))]
+    fn catch_up(&self) -> u64 {
+        let t = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX / 2);
+        // K1 with one RMW per millisecond at most, not one per read.
+        let cur = self.word().load(Ordering::Relaxed);
+        let t = if t > cur {
+            self.word().fetch_max(t, Ordering::Relaxed).max(t)
+        } else {
+            cur
+        };
+        if self.driver_sleeping() {
+            self.wake_sleeper();
+        }
+        t
+    }
+
+    /// Whether the driver is in a long sleep (time D5): one relaxed load.
+    #[inline]
+    pub(crate) fn driver_sleeping(&self) -> bool {
+        self.tick.word.sleeping.load(Ordering::Relaxed)
+    }
+
+    /// Wakes the sleeping driver; only the first caller of a sleep unparks it (D5).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn wake_sleeper(&self) {
+        if self.tick.word.sleeping.swap(false, Ordering::AcqRel) {
+            if let Some(t) = self
+                .sleeper
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Registers the current thread as the one that sleeps (the driver, D5).
+    pub(crate) fn set_sleeper(&self) {
+        *self.sleeper.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(crate::sync::thread::current());
+    }
+
+    /// Starts a long sleep of the driver: marks the tick stale (K3) and the driver sleeping
+    /// (D5). The caller then runs the heavy fence and looks for work before it parks.
+    pub(crate) fn begin_sleep(&self) {
+        if !self.manual {
+            self.tick.word.stale.store(true, Ordering::Release);
+        }
+        self.tick.word.sleeping.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends a sleep; returns whether somebody woke the driver (rather than its timeout).
+    pub(crate) fn end_sleep(&self) -> bool {
+        !self.tick.word.sleeping.swap(false, Ordering::AcqRel)
+    }
+
+    /// Marks the real tick word stale (the driver is about to sleep past the next tick) or
+    /// fresh (the driver refreshed it and ticks again), K3. Only the driver thread calls this.
+    #[cfg(not(loom))]
+    pub(crate) fn set_stale(&self, stale: bool) {
+        if !self.manual {
+            self.tick.word.stale.store(stale, Ordering::Release);
+        }
+    }
+
+    /// The precise time since the epoch: `Instant::now()` on the real clock, the manual time
+    /// otherwise. What deadlines are counted from (K2).
+    #[inline]
+    pub(crate) fn precise(&self) -> Duration {
+        if self.manual {
+            Duration::from_millis(self.word().load(Ordering::Acquire))
+        } else {
+            self.epoch.elapsed()
+        }
     }
 
     /// The current tick, truncated to what nodes store.
@@ -199,6 +335,12 @@ impl Clock {
         u64::try_from(ms).unwrap_or(u64::MAX / 2)
     }
 
+    /// Whether `at` is not after the precise time `base` (since the epoch).
+    #[inline]
+    pub(crate) fn is_past(&self, at: Instant, base: Duration) -> bool {
+        at.saturating_duration_since(self.epoch) <= base
+    }
+
     /// What is left until full tick `t`: precise for the real clock.
     pub(crate) fn remaining(&self, t: u64) -> Duration {
         if self.manual {
@@ -220,6 +362,15 @@ pub(crate) fn widen(now: u64, t: u32) -> u64 {
 #[inline]
 pub(crate) fn expired(now: u32, deadline: u32) -> bool {
     now.wrapping_sub(deadline) as i32 >= 0
+}
+
+/// `d` in whole milliseconds, rounded down, saturating like [`ceil_ms`].
+#[inline]
+pub(crate) fn floor_ms(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_millis()))
+        .min(u64::MAX / 2)
 }
 
 /// `d` in whole milliseconds, rounded up, saturating.

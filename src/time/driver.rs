@@ -36,6 +36,27 @@
 //! - **D4** a driver thread reaches its pool only through a `DriverLink`, which the pool clears
 //!   (under the link's lock) before it is freed; the thread takes a counted reference for each
 //!   turn, so the pool cannot be freed in the middle of one.
+//! - **D5** an idle driver thread sleeps without losing a wake-up. After a turn it ticks (parks
+//!   until the next tick) while a timer is due within two ticks or while it lingers after
+//!   recent work ([`LINGER_TICKS`]); otherwise it sleeps until the next wheel slot or periodic
+//!   job (at most [`MAX_SLEEP`]): it marks the tick word stale and itself `sleeping` (clock K3),
+//!   runs the heavy fence, and only then looks at the rings and the spill list; if a timer
+//!   waits there it does not sleep. A thread arming a timer stores it in its ring, runs the
+//!   light fence, and then loads `sleeping`; if set, it wakes the driver (the first waker
+//!   clears `sleeping` and unparks). The fences pair as a Dekker handshake (`sync::barrier`):
+//!   either the driver sees the new timer, or the armer sees `sleeping` and unparks it (a
+//!   token `park` keeps if it comes first). A timer drained into the wheel by its producer
+//!   (`drain_own_ring`) wakes a sleeping driver the same way, as does a spilled one, so the
+//!   driver's wake-up time always covers every timer. A thread that reads the stale clock
+//!   wakes it too (clock `catch_up`): the pool is in use again.
+//!
+//! # Where user code runs
+//!
+//! **D6** the driver thread (and the tokio driver task) never runs an `after_func` callback:
+//! the cancel it records for a due timer hands each callback it would run to the
+//! runner (`tree::func::run_detached`), which runs each on a thread of its own, so a callback that blocks or panics delays
+//! no timer, no clock refresh and no upkeep. [`Pool::turn`](crate::Pool::turn) called by the
+//! user runs the callbacks itself, before it returns (as any cancel on a user thread does).
 
 use core::ptr::NonNull;
 use std::sync::Arc;
@@ -48,6 +69,15 @@ use crate::pool::slot::{generation, refs};
 use crate::pool::{PoolInner, PoolRef};
 use crate::sync::{AtomicUsize, Mutex, Ordering, StatU64, StatUsize};
 use crate::tree::node::D_TIMER;
+
+/// Ticks a driver keeps ticking after it last saw work before it may sleep (D5): a busy pool's
+/// clock stays a plain load, an idle pool's driver sleeps.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) const LINGER_TICKS: u64 = 16;
+
+/// The longest sleep of an idle driver (D5): periodic upkeep re-reads its intervals from the
+/// configuration at least this often.
+pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 /// Below this many entries the wheel is never compacted.
 const MIN_COMPACT: usize = 4096;
@@ -152,11 +182,15 @@ impl Counters {
     }
 }
 
+/// A job run by the driver (metrics publication, leak scans); it returns in how many
+/// milliseconds it wants to run next (`None`: its interval, `every_ms`).
+pub(crate) type Job = Box<dyn FnMut(&PoolInner) -> Option<u64> + Send>;
+
 /// A periodic job run by the driver (metrics publication, leak scans).
 pub(crate) struct Periodic {
     pub(crate) every_ms: u64,
     pub(crate) next_ms: u64,
-    pub(crate) job: Box<dyn FnMut(&PoolInner) + Send>,
+    pub(crate) job: Job,
 }
 
 pub(crate) struct DriverState {
@@ -240,13 +274,25 @@ impl Timers {
         Duration::from_nanos(left as u64 + 50_000)
     }
 
-    /// A zombie check was handed to the driver (D7): the driver turns every tick, so it sees
-    /// it within one; nothing to wake.
+    /// A zombie check was handed to the driver (D7): a driver that ticks sees it within a
+    /// tick; a sleeping one is woken (the same handshake as a new timer, D5).
     #[inline]
-    pub(crate) fn wake_for_zombie(&self) {}
+    pub(crate) fn wake_for_zombie(&self) {
+        crate::sync::barrier::light();
+        if self.clock.driver_sleeping() {
+            self.clock.wake_sleeper();
+        }
+    }
 
-    /// Wakes the driver thread early (its ring is half full, or a timer was spilled).
+    /// Wakes the driver thread early (its ring is half full, a timer was spilled, a job was
+    /// added), or from its sleep (D5).
     pub(crate) fn wake(&self) {
+        // D5: the caller stored its work (a ring entry, the spill list, a job) before this fence.
+        crate::sync::barrier::light();
+        if self.clock.driver_sleeping() {
+            self.clock.wake_sleeper();
+            return;
+        }
         #[cfg(not(loom))]
         if let Some(t) = self
             .thread
@@ -278,7 +324,7 @@ impl Timers {
     /// Adds a periodic job, first run one interval from now. For the upkeep of the metrics and
     /// leak-detection components (a test covers it until they use it).
     #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn every(&self, interval: Duration, job: Box<dyn FnMut(&PoolInner) + Send>) {
+    pub(crate) fn every(&self, interval: Duration, job: Job) {
         let every_ms = clock::ceil_ms(interval).max(1);
         let next_ms = self.clock.now64() + every_ms;
         self.state
@@ -290,6 +336,31 @@ impl Timers {
                 next_ms,
                 job,
             });
+        // A sleeping driver recomputes its wake-up time (D5).
+        self.wake();
+    }
+
+    /// Whether the wheel holds any entry (the loom models' stand-in for "sleep until the next
+    /// slot", D5).
+    pub(crate) fn wheel_busy(&self) -> bool {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.wheel.len() > 0 || !st.due.is_empty()
+    }
+
+    /// The tick (milliseconds) at which the driver next has work: a wheel slot or a periodic
+    /// job; `None` if it has none.
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn next_event_ms(&self) -> Option<u64> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let wheel = st
+            .wheel
+            .next_due()
+            .map(|w| w.saturating_mul(u64::from(self.resolution_ms)));
+        let job = st.periodic.iter().map(|p| p.next_ms).min();
+        match (wheel, job) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -390,6 +461,32 @@ impl PoolInner {
         // teardowns run user code, which must not run inside this thread's `arm`.
         drop(guard);
         t.counters.stale.fetch_add(stale, Ordering::Relaxed);
+        // D5: the wheel may now hold a timer earlier than a sleeping driver's wake-up. Store
+        // (the drain, under the driver's lock), fence, load `sleeping`: a driver that missed
+        // this wake-up took the lock after the drain, so its wake-up time covers the timer.
+        crate::sync::barrier::light();
+        if t.clock.driver_sleeping() {
+            t.clock.wake_sleeper();
+        }
+    }
+
+    /// Whether timers wait in a ring or the spill list (D5: the driver looks, after its heavy
+    /// fence, before it sleeps).
+    pub(crate) fn arms_pending(&self) -> bool {
+        let mut pending = self.timers.spill_len.load(Ordering::Relaxed) > 0;
+        self.for_each_ring(|ring| pending |= ring.pending());
+        pending
+    }
+
+    /// D5, the driver's side: marks it sleeping (and the tick stale), runs the heavy fence,
+    /// then looks for timers handed over meanwhile. `true`: it may park, and whoever hands it
+    /// work from now on wakes it; `false`: work arrived, so it must not sleep (the flags are
+    /// cleared by the caller's `end_sleep`, and the tick by its next turn).
+    pub(crate) fn try_begin_sleep(&self) -> bool {
+        let clock = &self.timers.clock;
+        clock.begin_sleep();
+        crate::sync::barrier::heavy();
+        !self.arms_pending()
     }
 
     /// One turn of the driver; returns how many timers fired. A turn that finds another turn
@@ -397,6 +494,14 @@ impl PoolInner {
     /// callback that turns again works. A panic raised while firing (a callback, or a value's
     /// `Drop`) is re-raised once the whole turn is done.
     pub(crate) fn turn(&self) -> usize {
+        self.turn_inner(false).fired
+    }
+
+    /// [`turn`](PoolInner::turn), also saying how many armed timers it took from the rings
+    /// and the spill list (the driver's measure of activity, D5). `detach`: the `after_func`
+    /// callbacks the fired timers would run go to threads of their own (D6) instead of
+    /// running on this one.
+    pub(crate) fn turn_inner(&self, detach: bool) -> Turned {
         let t = &self.timers;
         let now_ms = t.clock.refresh();
         let res = u64::from(t.resolution_ms);
@@ -405,14 +510,16 @@ impl PoolInner {
             // Every step below leaves the state consistent between entries, so a panic that
             // poisoned the lock (a bug) must not stop the timers for good.
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return 0,
+            Err(std::sync::TryLockError::WouldBlock) => return Turned::default(),
         };
         let st = &mut *guard;
         t.counters.turns.fetch_add(1, Ordering::Relaxed);
         let mut stale = 0u64;
+        let mut taken = 0usize;
         let now_w = now_ms / res;
         let at = DrainAt::new(now_w, res);
         let mut accept = |st: &mut DriverState, a: Armed| {
+            taken += 1;
             if !accept(self, st, a, at) {
                 stale += 1;
             }
@@ -458,8 +565,12 @@ impl PoolInner {
         // counters and jobs are restored, then the first panic is re-raised.
         let mut fired = 0;
         let mut panic = None;
+        let mut calls = Vec::new();
         for e in due.drain(..) {
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tree_fire(self, e))) {
+            let mut sink = detach.then_some(&mut calls);
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                tree_fire(self, e, &mut sink)
+            })) {
                 Ok(Fire::Fired) => fired += 1,
                 Ok(Fire::Stale) => stale += 1,
                 Ok(Fire::AlreadyCancelled) => {}
@@ -478,11 +589,18 @@ impl PoolInner {
             zombies.clear();
             panic.get_or_insert(p);
         }
+        if !calls.is_empty() {
+            // D6: user code runs elsewhere.
+            #[cfg(not(loom))]
+            crate::tree::func::run_detached(calls);
+        }
         // (e) periodic jobs, outside the lock.
         for p in jobs.iter_mut().filter(|p| p.next_ms <= now_ms) {
             // A panicking job is skipped this round; the driver keeps going.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (p.job)(self)));
-            p.next_ms = now_ms + p.every_ms;
+            let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (p.job)(self)))
+                .ok()
+                .flatten();
+            p.next_ms = now_ms.saturating_add(next.unwrap_or(p.every_ms).max(1));
         }
         let mut guard = t.state.lock().unwrap_or_else(|e| e.into_inner());
         if guard.due.capacity() < due.capacity() {
@@ -500,8 +618,18 @@ impl PoolInner {
         if let Some(p) = panic {
             std::panic::resume_unwind(p);
         }
-        fired
+        Turned { fired, taken }
     }
+}
+
+/// What a turn did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Turned {
+    /// Timers that cancelled their context.
+    pub(crate) fired: usize,
+    /// Armed timers taken from the rings and the spill list.
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) taken: usize,
 }
 
 enum Fire {
@@ -511,7 +639,11 @@ enum Fire {
 }
 
 /// Fires one due entry (D1).
-fn tree_fire(pool: &PoolInner, e: Entry) -> Fire {
+fn tree_fire(
+    pool: &PoolInner,
+    e: Entry,
+    defer: &mut Option<&mut Vec<crate::tree::func::Call>>,
+) -> Fire {
     // SAFETY: `e.idx` came from a handle of this pool (P3).
     let node = unsafe { pool.node(e.idx) };
     if !node.life.try_upgrade(e.gen) {
@@ -530,10 +662,10 @@ fn tree_fire(pool: &PoolInner, e: Entry) -> Fire {
         drop(ctx);
         return Fire::Stale;
     }
-    let packed = crate::tree::state::Packed::deadline(e.deadline);
-    // A panicking `after_func` below still counts as fired: the cancel completed (tree I7).
+    // An ancestor cancelled first wins (tree I12). A panicking `after_func` below still counts
+    // as fired: the cancel completed (tree I7).
     let fired = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        crate::tree::cancel(pool, e.idx, packed)
+        crate::tree::fire_deadline(pool, e.idx, e.deadline, defer)
     }));
     let won = *fired.as_ref().unwrap_or(&true);
     if won {
@@ -588,6 +720,67 @@ impl DriverLink {
     }
 }
 
+/// The body of the `ctxpool-driver` thread: turns, then ticks or sleeps (D5), until the pool
+/// is freed (D4).
+#[cfg(not(loom))]
+fn driver_thread(link: &DriverLink) {
+    // Whether the last park was a sleep (the tick word is marked stale, clock K3).
+    let mut slept = false;
+    let mut linger_until = 0u64;
+    let mut registered = false;
+    loop {
+        let Some(pool) = link.upgrade() else {
+            return;
+        };
+        let p = pool.get();
+        let clock = &p.timers.clock;
+        if !registered {
+            clock.set_sleeper();
+            registered = true;
+        }
+        // Somebody woke us (rather than the timeout): the pool is in use, so linger.
+        let woken = slept && clock.end_sleep();
+        // A panic from user code run by a fired timer is the user's to see (it was printed by
+        // the panic hook); the driver keeps going.
+        let turned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.turn_inner(true)))
+            .unwrap_or_default();
+        if slept {
+            // The turn refreshed the tick: reads may use it again (K3).
+            clock.set_stale(false);
+            slept = false;
+        }
+        let res = u64::from(p.timers.resolution_ms);
+        let now = clock.now64();
+        if woken || turned.taken > 0 || turned.fired > 0 {
+            linger_until = now + LINGER_TICKS * res;
+        }
+        let next = p.timers.next_event_ms();
+        let soon = next.is_some_and(|n| n <= now + 2 * res);
+        let period = if soon || now < linger_until {
+            p.timers.until_next_tick()
+        } else if p.try_begin_sleep() {
+            slept = true;
+            // Recomputed after the fence: a producer may have drained its ring into the wheel.
+            let at = p.timers.next_event_ms();
+            let left = at.map_or(MAX_SLEEP, |at| {
+                Duration::from_millis(at)
+                    .saturating_sub(clock.precise())
+                    .saturating_add(Duration::from_micros(50))
+            });
+            left.min(MAX_SLEEP)
+        } else {
+            // Work arrived while we were deciding: turn again at once.
+            slept = true;
+            Duration::ZERO
+        };
+        // May be the last reference: the pool is then freed here, and clears the link.
+        drop(pool);
+        if !period.is_zero() {
+            std::thread::park_timeout(period);
+        }
+    }
+}
+
 #[cfg(not(loom))]
 pub(crate) struct DriverThread {
     link: Arc<DriverLink>,
@@ -603,19 +796,7 @@ impl PoolInner {
         let thread_link = link.clone();
         let spawned = std::thread::Builder::new()
             .name("ctxpool-driver".into())
-            .spawn(move || loop {
-                let Some(pool) = thread_link.upgrade() else {
-                    return;
-                };
-                // A panic from user code run by a fired timer is the user's to see (it was
-                // printed by the panic hook); the driver keeps going.
-                let _ =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.get().turn()));
-                let period = pool.get().timers.until_next_tick();
-                // May be the last reference: the pool is then freed here, and clears the link.
-                drop(pool);
-                std::thread::park_timeout(period);
-            });
+            .spawn(move || driver_thread(&thread_link));
         // SAFETY: the caller passes a pool it just built; nothing frees it before this returns.
         let inner = unsafe { me.as_ref() };
         match spawned {
@@ -631,8 +812,11 @@ impl PoolInner {
                 });
             }
             // No thread (e.g. a sandbox without threads): deadlines still read as expired
-            // lazily, and `Pool::turn` fires them.
-            Err(_) => link.clear(),
+            // lazily, on the precise clock (K3), and `Pool::turn` fires them.
+            Err(_) => {
+                link.clear();
+                inner.timers.clock.set_stale(true);
+            }
         }
     }
 
@@ -695,6 +879,7 @@ mod tests {
             Duration::from_millis(10),
             Box::new(move |_| {
                 r.fetch_add(1, Ordering::SeqCst);
+                None
             }),
         );
         inner.timers.every(
@@ -745,7 +930,8 @@ pub(crate) async fn tokio_driver(link: Arc<DriverLink>, period: Duration) {
         let Some(pool) = link.upgrade() else {
             return;
         };
-        pool.get().turn();
+        // D6: callbacks on threads of their own, never on the runtime's worker.
+        let _ = pool.get().turn_inner(true);
         drop(pool);
     }
 }

@@ -22,12 +22,17 @@ pub use clock::ManualClock;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DriverMode {
-    /// A background thread, `ctxpool-driver`, woken every timer resolution (and early when
-    /// timers pile up). It stops when the pool is freed. The default, and the global pool's.
+    /// A background thread, `ctxpool-driver`: it ticks every timer resolution while the pool
+    /// is busy, and sleeps when nothing is due until the next timer, the next upkeep (at most
+    /// 1 s) or new work (driver D5). It never runs `after_func` callbacks (D6). It stops when
+    /// the pool is freed. The default, and the global pool's.
     #[default]
     Thread,
     /// Nobody: call [`Pool::turn`](crate::Pool::turn) yourself (an embedding event loop, or
-    /// tests with a [`ManualClock`]), or spawn the tokio driver (feature `tokio`).
+    /// tests with a [`ManualClock`]), or spawn the tokio driver (feature `tokio`). On the real
+    /// clock every read of the time then takes `Instant::now()` (no tick word goes stale).
+    /// Callbacks fired by `Pool::turn` run on the caller's thread; the tokio driver hands
+    /// them to threads of their own.
     Manual,
 }
 

@@ -129,6 +129,12 @@ impl Ring {
         }
     }
 
+    /// Whether entries wait to be taken (the driver, before it sleeps, time D5). Any thread
+    /// may ask; the answer may be stale unless fenced (D5's heavy fence).
+    pub(crate) fn pending(&self) -> bool {
+        self.tail.load(Ordering::Acquire) != self.head.load(Ordering::Acquire)
+    }
+
     /// Takes every entry handed over so far.
     ///
     /// # Safety

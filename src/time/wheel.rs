@@ -127,6 +127,13 @@ impl Wheel {
         None
     }
 
+    /// The wheel tick at which the driver next has work (a slot comes due, or a higher level
+    /// cascades), if any entry is held.
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn next_due(&self) -> Option<u64> {
+        self.next_expiration().map(|(_, _, at)| at)
+    }
+
     /// Advances to wheel tick `now`, handing every entry due by then to `due` (in due order
     /// across slots; any order within one). Cascaded entries are re-inserted lower down.
     pub(crate) fn advance(&mut self, now: u64, mut due: impl FnMut(Entry)) {

@@ -56,6 +56,10 @@ pub enum Origin {
     PoolExhausted,
     /// The process is shutting down.
     Shutdown,
+    /// Cancelled with a dynamic error
+    /// ([`CancelGuard::cancel_with_error`](crate::CancelGuard::cancel_with_error)), read with
+    /// [`Context::cause_error`](crate::Context::cause_error).
+    Error,
 }
 
 /// Why a context is cancelled. The first cause recorded wins.
@@ -86,6 +90,10 @@ pub enum Cause {
     PoolExhausted,
     /// The process is shutting down.
     Shutdown,
+    /// Cancelled with a dynamic error
+    /// ([`CancelGuard::cancel_with_error`](crate::CancelGuard::cancel_with_error)): read it,
+    /// and downcast it, with [`Context::cause_error`](crate::Context::cause_error).
+    Error,
     /// An ancestor was cancelled; the payload is where that cancellation started.
     Parent(Origin),
 }
@@ -100,6 +108,7 @@ impl Cause {
             Cause::DeadlineExceeded(at) => Origin::DeadlineExceeded(at),
             Cause::PoolExhausted => Origin::PoolExhausted,
             Cause::Shutdown => Origin::Shutdown,
+            Cause::Error => Origin::Error,
             Cause::Parent(o) => o,
         }
     }
@@ -127,6 +136,7 @@ impl From<Origin> for Cause {
             Origin::DeadlineExceeded(at) => Cause::DeadlineExceeded(at),
             Origin::PoolExhausted => Cause::PoolExhausted,
             Origin::Shutdown => Cause::Shutdown,
+            Origin::Error => Cause::Error,
         }
     }
 }
@@ -140,6 +150,7 @@ impl fmt::Display for Origin {
             Origin::DeadlineExceeded(_) => f.write_str("deadline exceeded"),
             Origin::PoolExhausted => f.write_str("context pool exhausted"),
             Origin::Shutdown => f.write_str("shutdown"),
+            Origin::Error => f.write_str("cancelled with an error"),
         }
     }
 }

@@ -106,6 +106,75 @@ pub(crate) fn fire(pool: &PoolInner, idx: u32) -> std::thread::Result<()> {
     r.and(r2)
 }
 
+/// A callback taken from its func node after its cancel CAS was won, to be run on another
+/// thread (time D6: never on the driver). Dropped unrun, it drops the closure.
+pub(crate) struct Call {
+    f: Option<Func>,
+}
+
+// SAFETY: the closure was packed from an `F: FnOnce() + Send` (`pack`), and a `Call` owns it
+// exclusively (I7), so moving it to another thread is moving an `F`.
+unsafe impl Send for Call {}
+
+impl Call {
+    /// Runs the callback; a panic is caught (the panic hook has printed it) and returned.
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn run(mut self) -> std::thread::Result<()> {
+        let Some(f) = self.f.take() else {
+            return Ok(());
+        };
+        let mut data = f.data;
+        // SAFETY: `f.call` matches the closure in `data`, owned by this `Call` (I7).
+        crate::tree::catch(|| unsafe { (f.call)(&mut data) })
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if let Some(f) = self.f.take() {
+            let mut data = f.data;
+            // SAFETY: as in `run`: ours, dropped once (I7).
+            unsafe { (f.drop)(&mut data) };
+        }
+    }
+}
+
+/// Like [`fire`], but hands the closure back as a [`Call`] instead of running it (the
+/// registration's "pending" reference is dropped now).
+pub(crate) fn defer(pool: &PoolInner, idx: u32) -> std::thread::Result<Call> {
+    let call = Call {
+        f: Some(take(pool, idx)),
+    };
+    // As in `fire`: the canceller holds a reference above the func node.
+    crate::tree::catch(|| drop(drop_ref(pool, idx))).map(|()| call)
+}
+
+/// Runs `calls` off the current thread (the driver), each on a thread of its own, as Go runs
+/// each `AfterFunc` in a goroutine of its own: a callback that blocks delays no other, and one
+/// that panics ends only its own thread (the panic hook prints it). If no thread can be
+/// started, the callback runs here (the only way not to lose it).
+#[cfg(not(loom))]
+pub(crate) fn run_detached(calls: Vec<Call>) {
+    for call in calls {
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(call)));
+        let theirs = slot.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ctxpool-callback".into())
+            .spawn(move || {
+                let call = theirs.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(call) = call {
+                    let _ = call.run();
+                }
+            });
+        if spawned.is_err() {
+            let call = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(call) = call {
+                let _ = call.run();
+            }
+        }
+    }
+}
+
 enum Target {
     /// The context can never be cancelled: the callback was dropped unrun; the flag says
     /// whether `stop` was called yet.

@@ -89,11 +89,28 @@
 //!   leased child is left to tell) and no claim wins while it is held; unpinning is followed by
 //!   a heavy fence (`sync::barrier`) and a lease re-check, so the teardown a pin deferred is done by the
 //!   pinner or by the last child.
+//! - **I12** a deadline and an ancestor's cancel: the first one observed wins, for good. Every
+//!   path that records a node's own deadline — a lazy read (`is_cancelled`), the driver's
+//!   timer fire (`fire_deadline`), a deadline born expired (`expire_at_birth`) — first walks
+//!   the ancestors (`peek`) and adopts a cancelled one's cause instead (I3), and only then
+//!   records `DeadlineExceeded` with the CAS of I2. The clock was read (and the deadline seen
+//!   passed) before that walk, so a `DeadlineExceeded` is recorded only when no ancestor was
+//!   cancelled at a moment after the deadline had passed: the deadline came first. Conversely
+//!   an ancestor cancelled while the deadline is still ahead is found by the walk of whichever
+//!   path comes later, so the child reads `Parent(..)`, never `DeadlineExceeded`, even when
+//!   nobody read it before its timer fired.
+//! - **I13** a dynamic error recorded on node N (tag `ERROR`, `dyncause.rs`) is a boxed error
+//!   whose address N's `msg` holds, written by the cancel winner under `LOCK` (I3). N owns it:
+//!   a cancel that loses its CAS never published its box and frees it itself; descendants
+//!   that inherit or adopt N's cause copy the address with `INHERITED` set and own nothing;
+//!   they keep N live (I1, I10), so the address is valid for every reader holding a reference
+//!   on N or a descendant, and N's teardown, after every descendant is gone, frees it.
 //! - **I9** a node flagged `F_NEVER` (no owner, no cancellable ancestor: a child of the
 //!   background, a `without_cancel` node) is never cancelled; walks, registration and
 //!   `after_func` stop at it, so children of never-cancellable parents register nothing.
 
 pub(crate) mod cause;
+pub(crate) mod dyncause;
 pub(crate) mod func;
 pub(crate) mod node;
 pub(crate) mod state;
@@ -156,7 +173,7 @@ pub(crate) fn set_cancelled(node: &Node, cause: Packed) -> Won {
 
 /// The cause recorded on a cancelled node, packed, waiting out a cancel that still holds the
 /// LOCK it took to write the message (I3).
-fn recorded(node: &Node) -> Packed {
+pub(crate) fn recorded(node: &Node) -> Packed {
     let mut s = node.state.load(Ordering::Acquire);
     if state::needs_msg(s) {
         while s & LOCKED != 0 {
@@ -173,6 +190,17 @@ fn recorded(node: &Node) -> Packed {
 /// Cancels `idx` with `cause` and everything registered below it; returns whether this call
 /// recorded the cause. The caller holds a reference on `idx`.
 pub(crate) fn cancel(pool: &PoolInner, idx: u32, cause: Packed) -> bool {
+    cancel_in(pool, idx, cause, &mut None)
+}
+
+/// [`cancel`], handing every `after_func` callback it would run to `defer` instead of running
+/// it, when `defer` is given (the driver: user code never runs on the clock, time D6).
+pub(crate) fn cancel_in(
+    pool: &PoolInner,
+    idx: u32,
+    cause: Packed,
+    defer: &mut Option<&mut Vec<func::Call>>,
+) -> bool {
     // SAFETY: the caller holds a reference (I1, P3).
     let node = unsafe { pool.node(idx) };
     let won = set_cancelled(node, cause);
@@ -183,7 +211,7 @@ pub(crate) fn cancel(pool: &PoolInner, idx: u32, cause: Packed) -> bool {
     let inherited = cause.inherited();
     let mut work = NIL;
     let mut panic = None;
-    settle(pool, idx, node, won, &mut work, &mut panic);
+    settle(pool, idx, node, won, &mut work, &mut panic, defer);
     while work != NIL {
         let c = work;
         // SAFETY: `drain` took a reference on every node it put on the work list (I6).
@@ -192,7 +220,7 @@ pub(crate) fn cancel(pool: &PoolInner, idx: u32, cause: Packed) -> bool {
         let won = set_cancelled(cn, inherited);
         if won != Won::Lost {
             count_cancel(pool, cn, inherited);
-            settle(pool, c, cn, won, &mut work, &mut panic);
+            settle(pool, c, cn, won, &mut work, &mut panic, defer);
         }
         // A panicking value drop must not stop the propagation (the rest of `work` would keep
         // its references and never be woken): note it, finish, then re-raise.
@@ -245,6 +273,7 @@ pub(crate) fn catch(f: impl FnOnce()) -> Result<(), Panic> {
 
 /// After a won `set_cancelled`: runs an `after_func` closure, or wakes the node's waiters and
 /// queues its registered children (when it took LOCK; a quiet node has neither).
+#[allow(clippy::too_many_arguments)]
 fn settle(
     pool: &PoolInner,
     idx: u32,
@@ -252,13 +281,18 @@ fn settle(
     won: Won,
     work: &mut u32,
     panic: &mut Option<Panic>,
+    defer: &mut Option<&mut Vec<func::Call>>,
 ) {
     // SAFETY: the caller holds a reference, so the flags are stable (I1).
     if unsafe { node.flags() } & F_FUNC != 0 {
         if won == Won::Locked {
             unlock(node);
         }
-        if let Err(p) = func::fire(pool, idx) {
+        let r = match defer {
+            Some(calls) => func::defer(pool, idx).map(|call| calls.push(call)),
+            None => func::fire(pool, idx),
+        };
+        if let Err(p) = r {
             panic.get_or_insert(p);
         }
     } else if won == Won::Locked {
@@ -409,11 +443,44 @@ fn expire(pool: &PoolInner, idx: u32) {
     }
 }
 
+/// Records the expiry of `idx`'s own deadline `dl` (its timer came due), unless an ancestor's
+/// cancel is seen first, which `idx` then adopts (I12). Returns whether this call recorded
+/// `DeadlineExceeded`. The caller holds a reference on `idx`.
+pub(crate) fn fire_deadline(
+    pool: &PoolInner,
+    idx: u32,
+    dl: u32,
+    defer: &mut Option<&mut Vec<func::Call>>,
+) -> bool {
+    match peek(pool, idx) {
+        Peek::Active => cancel_in(pool, idx, Packed::deadline(dl), defer),
+        Peek::Own => false,
+        Peek::Ancestor(_) => {
+            adopt_in(pool, idx, defer);
+            false
+        }
+    }
+}
+
+/// A context born with an own deadline `dl` already passed (time K4): records
+/// `DeadlineExceeded` at once (no timer is armed), or the cause of an ancestor already
+/// cancelled (I12). The caller holds the new node's only reference.
+#[cold]
+#[inline(never)]
+pub(crate) fn expire_at_birth(pool: &PoolInner, idx: u32, dl: u32) {
+    let _ = fire_deadline(pool, idx, dl, &mut None);
+}
+
 /// Records an ancestor's cancellation on `idx` and on every node between them, from the top
 /// down, each with the cause its own parent recorded (I3): a node never reads `Parent(x)`
 /// while its parent records something else, whatever races with the adoption.
 #[cold]
 fn adopt(pool: &PoolInner, idx: u32) {
+    adopt_in(pool, idx, &mut None)
+}
+
+/// [`adopt`], deferring `after_func` callbacks to `defer` when given (see [`cancel_in`]).
+fn adopt_in(pool: &PoolInner, idx: u32, defer: &mut Option<&mut Vec<func::Call>>) {
     loop {
         // Find the nearest cancelled ancestor of `idx` and the node just below it.
         let mut below = idx;
@@ -434,7 +501,7 @@ fn adopt(pool: &PoolInner, idx: u32) {
         }
         // SAFETY: as above.
         let origin = recorded(unsafe { pool.node(cur) });
-        cancel(pool, below, origin.inherited());
+        cancel_in(pool, below, origin.inherited(), defer);
         if below == idx {
             return;
         }
@@ -762,9 +829,18 @@ pub(crate) fn tear_down_at<'p>(pool: &'p PoolInner, mut idx: u32, mut node: &'p 
         if shard & node::S_BACKTRACE != 0 {
             pool.forget_backtrace(idx, generation(node.life.load(Ordering::Relaxed)));
         }
+        // I13: an error this node recorded is freed with it (after the slot is back, below).
+        let s = node.state.load(Ordering::Acquire);
+        let error = state::owns_error(s).then(|| node.msg.load(Ordering::Acquire));
         node.state.store(0, Ordering::Relaxed);
         node.msg.store(core::ptr::null_mut(), Ordering::Relaxed);
         pool.retire(me, idx, node, generation(node.life.load(Ordering::Relaxed)));
+        if let Some(err) = error.filter(|e| !e.is_null()) {
+            // SAFETY: I13: this node owned the error, and no descendant is left to read it.
+            if let Err(p) = catch(|| unsafe { dyncause::drop_raw(err.cast_const()) }) {
+                panic.get_or_insert(p);
+            }
+        }
         if let Some(custom) = custom {
             let mut data = custom.data;
             // SAFETY: `with_value` stored a value with this vtable; the slot was retired above,

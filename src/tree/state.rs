@@ -61,6 +61,9 @@ const TAG_EXHAUSTED: u64 = 6;
 const TAG_SHUTDOWN: u64 = 7;
 /// Internal: an `after_func` registration was stopped before it ran.
 const TAG_STOPPED: u64 = 8;
+/// A dynamic error: `msg` points to a boxed `DynError` (`dyncause.rs`), owned by the node
+/// that recorded it (not `INHERITED`), freed when its slot is torn down (tree I13).
+const TAG_ERROR: u64 = 9;
 
 /// A cause packed for the state word, plus the message pointer when there is one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,10 +111,20 @@ impl Packed {
             ),
             Origin::PoolExhausted => (TAG_EXHAUSTED, 0, core::ptr::null()),
             Origin::Shutdown => (TAG_SHUTDOWN, 0, core::ptr::null()),
+            // Without an error object (`cancel_with(Origin::Error)`): `cause_error` is `None`.
+            Origin::Error => (TAG_ERROR, 0, core::ptr::null()),
         };
         Packed {
             bits: (tag << TAG_SHIFT) | inherited | (payload << PAYLOAD_SHIFT),
             msg,
+        }
+    }
+
+    /// `Origin::Error` with the boxed error at `err` (from `dyncause::into_raw`).
+    pub(crate) fn error(err: *const u8) -> Packed {
+        Packed {
+            bits: TAG_ERROR << TAG_SHIFT,
+            msg: err,
         }
     }
 
@@ -181,7 +194,31 @@ pub(crate) fn reason(bits: u64) -> Option<usize> {
 
 /// Whether a recorded cause needs the `msg` field to be decoded.
 pub(crate) fn needs_msg(state: u64) -> bool {
-    (state & TAG_MASK) >> TAG_SHIFT == TAG_CANCELLED_MSG
+    matches!(
+        (state & TAG_MASK) >> TAG_SHIFT,
+        TAG_CANCELLED_MSG | TAG_ERROR
+    )
+}
+
+/// Whether a recorded cause is a dynamic error (its `msg` is a boxed error, possibly null).
+pub(crate) fn is_error(state: u64) -> bool {
+    (state & TAG_MASK) >> TAG_SHIFT == TAG_ERROR
+}
+
+/// Whether a recorded cause is a deadline.
+pub(crate) fn is_deadline(state: u64) -> bool {
+    (state & TAG_MASK) >> TAG_SHIFT == TAG_DEADLINE
+}
+
+/// Whether the state word of a cancelled node records an inherited cause.
+pub(crate) fn is_inherited(state: u64) -> bool {
+    state & INHERITED != 0
+}
+
+/// Whether the node owns the boxed error its `msg` points to (tree I13): a dynamic error it
+/// recorded itself, not one inherited from an ancestor (which owns it).
+pub(crate) fn owns_error(state: u64) -> bool {
+    state & CANCELLED != 0 && is_error(state) && state & INHERITED == 0
 }
 
 /// Decodes the cause recorded in a cancelled state word. `msg` is the node's message pointer,
@@ -204,6 +241,7 @@ pub(crate) fn decode(state: u64, msg: *const u8, clock: &Clock) -> Cause {
         TAG_OWNER_DROPPED => Origin::OwnerDropped,
         TAG_DEADLINE => Origin::DeadlineExceeded(clock.instant(clock.widen(payload))),
         TAG_EXHAUSTED => Origin::PoolExhausted,
+        TAG_ERROR => Origin::Error,
         // TAG_STOPPED only occurs on after_func nodes, which no handle reads.
         _ => Origin::Shutdown,
     };
@@ -220,7 +258,7 @@ mod tests {
 
     #[test]
     fn every_cause_round_trips() {
-        let clock = Clock::real();
+        let clock = Clock::real(false);
         let at = clock.instant(12_345);
         let causes = [
             Cause::Cancelled(Reason::None),
@@ -234,6 +272,8 @@ mod tests {
             Cause::Parent(Origin::Cancelled(Reason::Code(7))),
             Cause::Parent(Origin::DeadlineExceeded(at)),
             Cause::Parent(Origin::Shutdown),
+            Cause::Error,
+            Cause::Parent(Origin::Error),
         ];
         for c in causes {
             let p = Packed::from_cause(c, &clock);

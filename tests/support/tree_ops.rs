@@ -1238,14 +1238,33 @@ impl Harness {
             ValueKind::Inline => MValue::Inline(rec.clone().expect("rec")),
             ValueKind::Boxed => MValue::Boxed(rec.clone().expect("rec")),
         });
+        // `without_cancel` without a slot (its own or its parent's) is the background: never
+        // cancelled (issue 13), no values.
+        let background = || {
+            MNode::new(
+                None,
+                MKind::Background,
+                true,
+                None,
+                Vals::default(),
+                None,
+                &self.book,
+            )
+        };
         let model: Result<Arc<MNode>, ()> = if pmodel.kind == MKind::Exhausted {
             // A child of a context born cancelled is born cancelled, even from `try_*`; its
             // value is dropped at once.
             drop_model_value(own);
-            Ok(MNode::exhausted(true, &self.book))
+            if kind == MKind::Detached {
+                Ok(background())
+            } else {
+                Ok(MNode::exhausted(true, &self.book))
+            }
         } else if !self.book.alloc() {
             drop_model_value(own);
-            if try_ {
+            if kind == MKind::Detached {
+                Ok(background())
+            } else if try_ {
                 Err(())
             } else {
                 Ok(MNode::exhausted(false, &self.book))
