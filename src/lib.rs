@@ -81,6 +81,8 @@ mod context;
 pub mod http;
 pub mod leak;
 pub mod metrics;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
 mod pool;
 pub mod propagation;
 #[cfg(feature = "tracing")]
