@@ -13,9 +13,9 @@
 //!    `tracing-opentelemetry`'s `OpenTelemetrySpanExt::set_parent` takes, or a `Tracer`'s
 //!    `start_with_context`. For a request that started a new trace it is an empty context,
 //!    so the server span is a root.
-//! 3. **The outgoing `traceparent` names the exported span**: [`Propagator::inject`]
-//!    (and so [`Propagator::inject_context`] and the client layer) looks up the
-//!    OpenTelemetry span current on the calling thread ([`current_span`]: the span of
+//! 3. **The outgoing `traceparent` names the exported span**: [`Propagator::inject`] (and
+//!    so [`Propagator::inject_context`] and the client layer) looks up the OpenTelemetry
+//!    span current on the calling thread ([`current_span`]: the span of
 //!    `opentelemetry::Context::current()`, when it is valid and local). When there is one,
 //!    `traceparent` carries its trace id and span id, and its sampled flag (it is what the
 //!    exporter records); ctxpool's own span id is sent only when there is none.
@@ -50,6 +50,9 @@
 //! OpenTelemetry's current context (a `RefCell` borrow and a few loads; no allocation, no
 //! clone of the context or of its `tracestate`: `tests/alloc_free.rs`,
 //! `http_inject_names_the_current_otel_span`).
+//!
+//! [`Propagator::inject`]: crate::http::Propagator::inject
+//! [`Propagator::inject_context`]: crate::http::Propagator::inject_context
 //!
 //! ```
 //! use ctxpool::http::{Propagator, TRACEPARENT};

@@ -5,6 +5,11 @@
 //! incoming `grpc-timeout` (or the configured default) is the deadline, and the response
 //! carries `x-request-id`. Work is done by spawned tasks holding child contexts, so that what
 //! stops it is the context (deadline, client gone, shutdown), not a dropped future.
+//!
+//! With feature `opentelemetry`, `/work` and `/fanout` run in a server span whose
+//! OpenTelemetry parent is the incoming `traceparent` (exported when a
+//! `tracing-opentelemetry` layer is installed, as `tests/otel_fanout.rs` does), and
+//! `/fanout`'s calls name that span in their `traceparent`.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
