@@ -59,6 +59,7 @@
 //! | `metrics` | | the pool's metrics through the `metrics` facade (for `metrics-exporter-prometheus`) |
 //! | `tokio` | | a tokio task as the timer driver ([`Pool::spawn_tokio_driver`]) |
 //! | `http` | | [`http::Propagator`]: request contexts from `http::HeaderMap`s (W3C Trace Context and Baggage, `x-request-id`, `grpc-timeout`, trusted `x-user-id`, sampling) and headers for outgoing calls; the request's identity on its context ([`http::Propagated::of`]) |
+//! | `opentelemetry` | | the OpenTelemetry bridge ([`otel`], on `opentelemetry` 0.33, the line of `tracing-opentelemetry` 0.34; implies `http`): [`TraceContext`] and [`propagation::TraceState`] to and from OpenTelemetry's `SpanContext` and `TraceState`; the server span's parent from the incoming `traceparent` ([`http::RequestContext::otel_parent`]); outgoing `traceparent`s naming the current OpenTelemetry span, the exported one, instead of a span id of ctxpool's |
 //! | `tower` | | the server layer [`http::ContextLayer`] (a request context per request, its deadline enforced, its body held to the end) and the client layer [`http::ClientLayer`] (the calling context on every outgoing call: headers, budget, fail fast, cancel drops the call) |
 //!
 //! [`Context::run_until_cancelled`] races any future against a context, with no feature.
@@ -66,8 +67,9 @@
 //! A server's whole path, with the features `tower` and `tracing`: the server layer extracts
 //! a request context from the incoming headers, the handler works in the context's span and
 //! spawns sub-tasks that carry the context (and with it the request's identity), and the
-//! client layer puts the context on the outgoing calls. The README's "Propagation" section
-//! shows it in code.
+//! client layer puts the context on the outgoing calls. With `opentelemetry` too, the
+//! handler's span is exported as the caller's child and the outgoing calls name it. The
+//! README's "Propagation" section shows it in code.
 
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -81,6 +83,8 @@ mod context;
 pub mod http;
 pub mod leak;
 pub mod metrics;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
 mod pool;
 pub mod propagation;
 #[cfg(feature = "tracing")]

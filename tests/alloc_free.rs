@@ -612,3 +612,44 @@ fn http_inject_parsed_tracestate_and_baggage() {
         assert_eq!(n, 0, "baggage of {len} bytes, edited: {edit}");
     }
 }
+
+/// Feature `opentelemetry`: `inject` under a current OpenTelemetry span (as
+/// `tracing-opentelemetry` makes an entered span current) names that span in `traceparent`,
+/// and looking it up allocates nothing (the current context is read in place; its
+/// `tracestate` is not cloned). Attaching the context is the caller's, outside the count.
+#[cfg(feature = "opentelemetry")]
+#[test]
+fn http_inject_names_the_current_otel_span() {
+    use ctxpool::http::{Propagator, TRACEPARENT};
+    use opentelemetry::trace::{TraceContextExt, TraceState};
+    let pool = turned_pool();
+    let propagator = Propagator::new(&pool);
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        TRACEPARENT,
+        http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    headers.insert("grpc-timeout", http::HeaderValue::from_static("100S"));
+    pool.with_config(|_| ());
+    let req = propagator.extract(&headers, None);
+    let ours = TraceContext {
+        span_id: 0x0123_4567_89ab_cdef,
+        ..trace()
+    };
+    let state = TraceState::from_key_value([("rojo", "1"), ("congo", "2")]).unwrap();
+    let cx =
+        opentelemetry::Context::new().with_remote_span_context(ours.to_span_context(false, state));
+    let _current = cx.attach();
+    let mut out = http::HeaderMap::new();
+    let n = allocations(|| {
+        out.clear();
+        propagator
+            .inject(&req.context(), req.meta(), &mut out, None)
+            .unwrap();
+        assert_eq!(
+            out[TRACEPARENT],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0123456789abcdef-01"
+        );
+    });
+    assert_eq!(n, 0);
+}

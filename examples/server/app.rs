@@ -5,6 +5,11 @@
 //! incoming `grpc-timeout` (or the configured default) is the deadline, and the response
 //! carries `x-request-id`. Work is done by spawned tasks holding child contexts, so that what
 //! stops it is the context (deadline, client gone, shutdown), not a dropped future.
+//!
+//! With feature `opentelemetry`, `/work` and `/fanout` run in a server span whose
+//! OpenTelemetry parent is the incoming `traceparent` (exported when a
+//! `tracing-opentelemetry` layer is installed, as `tests/otel_fanout.rs` does), and
+//! `/fanout`'s calls name that span in their `traceparent`.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -18,8 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use ctxpool::http::{
-    status_for, ClientLayer, ClientService, ContextLayer, Propagated, Propagator, RequestContext,
-    HTTP_REQUEST,
+    ClientLayer, ClientService, ContextLayer, Propagated, Propagator, RequestContext, HTTP_REQUEST,
 };
 use ctxpool::{CancelGuard, Cause, Config, Context, Op, Pool};
 use http_body_util::{BodyExt, Empty};
@@ -29,6 +33,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use tower::util::MapRequest;
 use tower::{Layer, ServiceExt};
+use tracing::Instrument;
 
 /// `GET /work`.
 pub static WORK: Op = Op::new("work");
@@ -262,11 +267,29 @@ fn hex_trace(ctx: &Context) -> (String, String) {
     )
 }
 
+/// The request's server span: ctxpool's span fields ([`Context::span`]), and in
+/// OpenTelemetry (when a `tracing-opentelemetry` layer is installed, as in
+/// `tests/otel_fanout.rs`) a child of the caller's span, the incoming `traceparent`. The
+/// handler and the tasks making its outgoing calls run inside it, so the client layer names
+/// it as their parent.
+fn server_span(rc: &RequestContext) -> tracing::Span {
+    let span = rc.context().span();
+    // Fails only without an OpenTelemetry layer (or with the span disabled): nothing to do.
+    #[cfg(feature = "opentelemetry")]
+    let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, rc.otel_parent());
+    span
+}
+
 async fn work(
     State(app): State<Arc<App>>,
     Extension(rc): Extension<RequestContext>,
     Query(q): Query<WorkQuery>,
 ) -> Response {
+    let span = server_span(&rc);
+    work_in(app, rc, q).instrument(span).await
+}
+
+async fn work_in(app: Arc<App>, rc: RequestContext, q: WorkQuery) -> Response {
     let ctx = rc.context().clone();
     let (trace_id, span_id) = hex_trace(&ctx);
     let request_id = rc.meta().request_id().as_str().to_owned();
@@ -296,10 +319,11 @@ async fn work(
     for task in tasks {
         parts_done += u32::from(task.await.unwrap_or(false));
     }
-    if let Some(cause) = ctx.cause() {
-        // The layer answers 504/503 itself once it sees the cancel; this is the race where
-        // the handler saw it first: answer as the layer would.
-        return (status_for(cause), format!("{}\n", cause.error())).into_response();
+    if ctx.is_cancelled() {
+        // The race where the handler saw the cancel first: leave the answer to the layer,
+        // which sees it at its next poll and answers as the request needs (504/503, or
+        // gRPC's trailers-only form, which a `504` from here would not be).
+        std::future::pending::<()>().await;
     }
     Json(WorkReply {
         request_id,
@@ -362,6 +386,11 @@ async fn fanout(
     Extension(rc): Extension<RequestContext>,
     Query(q): Query<FanoutQuery>,
 ) -> Response {
+    let span = server_span(&rc);
+    fanout_in(app, rc, q).instrument(span).await
+}
+
+async fn fanout_in(app: Arc<App>, rc: RequestContext, q: FanoutQuery) -> Response {
     let ctx = rc.context().clone();
     let (trace_id, span_id) = hex_trace(&ctx);
     let remaining_ms = ctx.remaining().map(|d| d.as_secs_f64() * 1e3);
@@ -381,32 +410,36 @@ async fn fanout(
         let noted = SentSpan::default();
         req.extensions_mut().insert(noted.clone());
         let app = app.clone();
-        tasks.push(tokio::spawn(async move {
-            let sent_span = || noted.0.lock().unwrap().clone();
-            let resp = match app.client.clone().oneshot(req).await {
-                Ok(resp) => resp,
-                Err(e) => {
-                    if e.context_error().is_some() {
-                        // The request's id, from the call's context alone.
-                        let ctx = call.context();
-                        let id = Propagated::of(&ctx).map(|m| m.request_id());
-                        app.observe(id.as_ref().map_or("", |i| i.as_str()), &ctx);
+        tasks.push(tokio::spawn(
+            async move {
+                let sent_span = || noted.0.lock().unwrap().clone();
+                let resp = match app.client.clone().oneshot(req).await {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        if e.context_error().is_some() {
+                            // The request's id, from the call's context alone.
+                            let ctx = call.context();
+                            let id = Propagated::of(&ctx).map(|m| m.request_id());
+                            app.observe(id.as_ref().map_or("", |i| i.as_str()), &ctx);
+                        }
+                        return Call {
+                            status: 0,
+                            sent_span: sent_span(),
+                            reply: None,
+                        };
                     }
-                    return Call {
-                        status: 0,
-                        sent_span: sent_span(),
-                        reply: None,
-                    };
+                };
+                let status = resp.status().as_u16();
+                let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+                Call {
+                    status,
+                    sent_span: sent_span(),
+                    reply: body.ok().and_then(|b| serde_json::from_slice(&b).ok()),
                 }
-            };
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
-            Call {
-                status,
-                sent_span: sent_span(),
-                reply: body.ok().and_then(|b| serde_json::from_slice(&b).ok()),
             }
-        }));
+            // In the server span: the client layer names it in the call's `traceparent`.
+            .in_current_span(),
+        ));
     }
     let mut calls = Vec::with_capacity(n as usize);
     for task in tasks {

@@ -7,7 +7,7 @@
 //!
 //! | header | incoming | outgoing |
 //! |---|---|---|
-//! | `traceparent` | kept when valid (one line), its sampled flag honoured; otherwise a new trace starts, sampled as `propagation.sampler` decides, with the random flag, and `tracestate` is ignored | same trace id and flags, a new span id per call |
+//! | `traceparent` | kept when valid (one line), its sampled flag honoured; otherwise a new trace starts, sampled as `propagation.sampler` decides, with the random flag, and `tracestate` is ignored | same trace id and flags, a new span id per call; with feature `opentelemetry`, the current OpenTelemetry span's ids and sampled flag when there is one ([`crate::otel`]) |
 //! | `tracestate` | all lines combined; a repeated key → that member dropped (the first kept, counted as `duplicate_key`); invalid or over 32 members → dropped whole | passed on unchanged |
 //! | `baggage` | all lines combined; invalid members dropped, over the limits → dropped whole | passed on |
 //! | `x-request-id` | kept when well-formed (1–128 visible ASCII bytes, one line); generated otherwise | passed on; echoed on the response by the layer |
@@ -391,6 +391,14 @@ impl Incoming {
         self.meta.arc().clone()
     }
 
+    /// The parent of the request's server span in OpenTelemetry (feature
+    /// `opentelemetry`): the caller's span, remote, or an empty context when the request
+    /// started a new trace; see [`crate::otel::parent`].
+    #[cfg(feature = "opentelemetry")]
+    pub fn otel_parent(&self) -> opentelemetry::Context {
+        crate::otel::remote_parent(&self.meta, self.context().trace())
+    }
+
     /// The owner and a copy of the metadata, apart: a copy to edit (e.g.
     /// [`Propagated::baggage_mut`]) and pass to [`Propagator::inject`]; the context keeps
     /// the metadata it was made with.
@@ -474,6 +482,15 @@ impl RequestContext {
     #[track_caller]
     pub fn insert_value<T: Send + Sync + 'static>(&mut self, value: T) {
         self.ctx = self.ctx.with_value(value);
+    }
+
+    /// The parent of the request's server span in OpenTelemetry (feature
+    /// `opentelemetry`): the caller's span, remote, or an empty context when the request
+    /// started a new trace; see [`crate::otel::parent`]. With `tracing-opentelemetry`:
+    /// `span.set_parent(rc.otel_parent())`, before the span is first entered.
+    #[cfg(feature = "opentelemetry")]
+    pub fn otel_parent(&self) -> opentelemetry::Context {
+        crate::otel::remote_parent(&self.meta, self.ctx.trace())
     }
 
     /// The request's context.
@@ -717,7 +734,8 @@ impl Propagator {
 
     /// Writes `ctx`'s propagation headers for an outgoing call to `dest` (`None`: unknown,
     /// treated as untrusted), replacing any already there: `traceparent` (the context's trace
-    /// with a new span id), `tracestate` and `baggage` from `meta`, `x-request-id`,
+    /// with a new span id, or with feature `opentelemetry` the OpenTelemetry span current on
+    /// this thread: [`crate::otel`]), `tracestate` and `baggage` from `meta`, `x-request-id`,
     /// `grpc-timeout` (the remaining time minus `outbound_deadline_margin`) and, towards a
     /// trusted destination, `x-user-id`.
     ///
@@ -780,11 +798,7 @@ impl Propagator {
             }
         };
 
-        let trace = ctx.trace().unwrap_or_else(|| self.sampler().new_trace());
-        let outgoing = TraceContext {
-            span_id: new_span_id(),
-            ..trace
-        };
+        let outgoing = self.outgoing_trace(ctx);
         let mut buf = [0u8; TRACEPARENT_LEN];
         let tp = format_traceparent(&outgoing, &mut buf);
         headers.insert(TRACEPARENT, header_value(tp));
@@ -825,6 +839,22 @@ impl Propagator {
         }
         stats.injected.inc();
         Ok(())
+    }
+
+    /// The `traceparent` of an outgoing call from `ctx`: the current OpenTelemetry span's
+    /// (feature `opentelemetry`, [`crate::otel`]) when there is one, else `ctx`'s trace (or
+    /// a new one) with a new span id of ctxpool's.
+    fn outgoing_trace(&self, ctx: &Context) -> TraceContext {
+        let trace = ctx.trace();
+        #[cfg(feature = "opentelemetry")]
+        if let Some(span) = crate::otel::current_span() {
+            return crate::otel::outgoing(span, trace);
+        }
+        let trace = trace.unwrap_or_else(|| self.sampler().new_trace());
+        TraceContext {
+            span_id: new_span_id(),
+            ..trace
+        }
     }
 
     /// [`inject`](Propagator::inject) with the metadata of the request `ctx` belongs to
