@@ -50,6 +50,19 @@
 //!   driver's wake-up time always covers every timer. A thread that reads the stale clock
 //!   wakes it too (clock `catch_up`): the pool is in use again.
 //!
+//! - **D7** a zombie's check (tree I10: the heavy fence, then the lease counts, then a claim)
+//!   may be handed to the driver instead of run at once, when a driver turns the pool on its
+//!   own (a thread or a tokio task) and the releasing thread has a shard: an entry
+//!   `(slot, generation, ZOMBIE_CHECK)` in its arm ring (or the spill list), which the drain
+//!   collects instead of inserting it in the wheel. After the lock is released, the turn runs
+//!   *one* heavy fence for every zombie it collected, then claims and tears down those whose
+//!   counts are zero. The fence pairs with each child's light fence exactly as the releasing
+//!   thread's would have (it comes after the zombie mark, which happened before the entry was
+//!   pushed and drained), so the Dekker argument of I10 holds with the driver as the reader.
+//!   A stale entry (the zombie was torn down by its last child, the slot maybe reused) fails
+//!   the claim on its generation (slot L4). Liveness: the entry wakes a sleeping driver like a
+//!   new timer does (D5), and a ticking driver drains it within a tick.
+//!
 //! # Where user code runs
 //!
 //! **D6** the driver thread (and the tokio driver task) never runs an `after_func` callback:

@@ -79,6 +79,9 @@
 //!   and the parent cannot miss the last decrement. Before marking, the parent reads the
 //!   counts once: once it has no references they only go down (pool S7) and a stale read
 //!   only overestimates, so a zero is final and the common case needs no mark and no fence.
+//!   When a driver runs, the parent's side after the mark (fence, counts, claim) is left to
+//!   the driver's next turn, batched with every other zombie's (time D7); a parent with a
+//!   cancel's note (I11) still does it at once.
 //! - **I11** a cancel that pops a registered child with no references left (dying, or a
 //!   zombie) cannot take a reference on it; it sets `PENDING` on the child, and pins it
 //!   if it is already a zombie. The thread that makes a dying node a zombie sets `ZOMBIE` with
