@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ctxpool::{ContextId, DriverMode, ManualClock, Pool, Reason, RequestId};
+use ctxpool::{ContextId, DriverMode, ManualClock, Pool, Reason, RequestId, WeakContext};
 
 /// Lives each test drives through the slot once it is near the end: enough that a wrapped
 /// generation would have come back round to 0, 1, 2, 3 (the stale ids' generations).
@@ -36,17 +36,23 @@ fn age_all(pool: &Pool) {
     assert!(aged > 0, "no free slot was aged");
 }
 
-#[test]
-fn weak_context_never_reaches_a_later_occupant() {
-    let pool = manual_pool(1);
+/// A weak id of a context (request id 1) that is released already, and its id.
+fn released_weak(pool: &Pool) -> (WeakContext, ContextId) {
     let old = pool
         .background()
         .child()
         .request_id(RequestId(1))
         .with_cancel();
     let weak = old.downgrade();
-    let old_id = old.id();
+    let id = old.id();
     drop(old);
+    (weak, id)
+}
+
+#[test]
+fn weak_context_never_reaches_a_later_occupant() {
+    let pool = manual_pool(1);
+    let (weak, old_id) = released_weak(&pool);
     assert!(pool.testing_skip_generations(old_id.slot, u32::MAX - 3));
 
     let mut seen: Vec<ContextId> = Vec::new();
@@ -212,14 +218,7 @@ fn skip_hook_only_moves_free_slots_forward() {
 #[ignore = "2^32 create/drop cycles: minutes even in release"]
 fn weak_context_after_real_2_pow_32_lives() {
     let pool = manual_pool(1);
-    let first = pool
-        .background()
-        .child()
-        .request_id(RequestId(1))
-        .with_cancel();
-    let weak = first.downgrade();
-    let first_id = first.id();
-    drop(first);
+    let (weak, first_id) = released_weak(&pool);
     let bg = pool.background();
     for _ in 0..u32::MAX {
         drop(bg.try_with_cancel().expect("the pool of 1 lost its slot"));

@@ -456,7 +456,6 @@ fn callback_below_released_middle_runs_once_cancel_handed_over() {
 #[ignore = "native stress, run by .ci/run in release (too slow in a debug build)"]
 fn stress_two_leased_children_released_at_once_after_zombie_mark() {
     use std::sync::atomic::Ordering::{Acquire, Release};
-    use std::sync::Mutex;
     let rounds: usize = std::env::var("CTXPOOL_STRESS_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -464,33 +463,8 @@ fn stress_two_leased_children_released_at_once_after_zombie_mark() {
     let pool = pool(4096);
     let bg = pool.background();
     let root = bg.with_cancel();
-    let slot: Arc<Mutex<Option<Context>>> = Arc::new(Mutex::new(None));
-    let go = Arc::new(AtomicUsize::new(0));
-    let ack = Arc::new(AtomicUsize::new(0));
+    let (slot, go, ack, other) = remote_dropper::<Context>();
     let spin = |n: usize| (0..n).for_each(|_| std::hint::spin_loop());
-    let other = {
-        let (go, ack, slot) = (go.clone(), ack.clone(), slot.clone());
-        thread::spawn(move || {
-            let mut round = 0usize;
-            loop {
-                round += 1;
-                let g = loop {
-                    let g = go.load(Acquire);
-                    if g >= round {
-                        break g;
-                    }
-                    std::hint::spin_loop();
-                };
-                if g == usize::MAX {
-                    return;
-                }
-                let c2 = slot.lock().unwrap().take();
-                spin(round % 7 * 3);
-                drop(c2); // remote decrement
-                ack.store(round, Release);
-            }
-        })
-    };
     let base = pool.stats().in_use;
     for i in 1..=rounds {
         let p = root.child().build();
@@ -508,6 +482,47 @@ fn stress_two_leased_children_released_at_once_after_zombie_mark() {
     go.store(usize::MAX, Release);
     other.join().unwrap();
     assert_eq!(settled(&pool, base), 0, "zombies never torn down");
+}
+
+/// The other side of the native stress tests: a thread that, in round `r` (once `go` reaches
+/// `r`), takes what the slot holds, spins a little (varying with the round) and drops it, then
+/// stores `r` in `ack`; `go = usize::MAX` ends it.
+#[cfg(not(loom))]
+#[allow(clippy::type_complexity)]
+fn remote_dropper<T: Send + 'static>() -> (
+    Arc<std::sync::Mutex<Option<T>>>,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    thread::JoinHandle<()>,
+) {
+    use std::sync::atomic::Ordering::{Acquire, Release};
+    let slot = Arc::new(std::sync::Mutex::new(None::<T>));
+    let go = Arc::new(AtomicUsize::new(0));
+    let ack = Arc::new(AtomicUsize::new(0));
+    let other = {
+        let (go, ack, slot) = (go.clone(), ack.clone(), slot.clone());
+        thread::spawn(move || {
+            let mut round = 0usize;
+            loop {
+                round += 1;
+                let g = loop {
+                    let g = go.load(Acquire);
+                    if g >= round {
+                        break g;
+                    }
+                    std::hint::spin_loop();
+                };
+                if g == usize::MAX {
+                    return;
+                }
+                let held = slot.lock().unwrap().take();
+                (0..round % 7 * 3).for_each(|_| std::hint::spin_loop());
+                drop(held); // released remotely
+                ack.store(round, Release);
+            }
+        })
+    };
+    (slot, go, ack, other)
 }
 
 /// Contexts in use above `base` once every deferred zombie check has run (driver D7): turns
@@ -537,40 +552,14 @@ fn settled(pool: &ctxpool::Pool, base: u64) -> u64 {
 #[ignore = "native stress, run by .ci/run in release (too slow in a debug build)"]
 fn stress_parent_and_leased_child_released_at_once_deferred_check() {
     use std::sync::atomic::Ordering::{Acquire, Release};
-    use std::sync::Mutex;
     let rounds: usize = std::env::var("CTXPOOL_STRESS_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2_000_000);
     let pool = pool(4096);
     let root = pool.background().with_cancel();
-    let slot: Arc<Mutex<Option<ctxpool::CancelGuard>>> = Arc::new(Mutex::new(None));
-    let go = Arc::new(AtomicUsize::new(0));
-    let ack = Arc::new(AtomicUsize::new(0));
+    let (slot, go, ack, other) = remote_dropper::<ctxpool::CancelGuard>();
     let spin = |n: usize| (0..n).for_each(|_| std::hint::spin_loop());
-    let other = {
-        let (go, ack, slot) = (go.clone(), ack.clone(), slot.clone());
-        thread::spawn(move || {
-            let mut round = 0usize;
-            loop {
-                round += 1;
-                let g = loop {
-                    let g = go.load(Acquire);
-                    if g >= round {
-                        break g;
-                    }
-                    std::hint::spin_loop();
-                };
-                if g == usize::MAX {
-                    return;
-                }
-                let c = slot.lock().unwrap().take();
-                spin(round % 7 * 3);
-                drop(c); // the child, released remotely
-                ack.store(round, Release);
-            }
-        })
-    };
     let base = pool.stats().in_use;
     let fences = pool.stats().heavy_fences;
     for i in 1..=rounds {

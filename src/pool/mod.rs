@@ -774,55 +774,43 @@ impl PoolInner {
             len += 1;
             cur = node.next.load(Ordering::Relaxed);
         }
-        // SAFETY: `head` is owned by us (above).
-        let rest = unsafe { self.node(head) }.next.load(Ordering::Relaxed);
-        if rest != NIL {
-            let rest_list = FreeList {
-                head: rest,
-                len: len - 1,
-            };
-            match me {
-                Some((_, shard)) => {
-                    // SAFETY: we hold the shard's id (S1) and are in no gate (the slow path).
-                    // P6: keep at most `thread_cache` of the chain, spill the rest.
-                    let excess = unsafe {
-                        shard.with_local(|l| {
-                            self.append(l, rest_list);
-                            self.cut_to(l, self.thread_cache)
-                        })
-                    };
-                    if excess.head != NIL {
-                        self.spill_chain(excess);
-                    }
-                }
-                None => self.spill_chain(rest_list),
-            }
-        }
+        self.keep_rest(head, len, me.map(|(_, shard)| shard));
         head
     }
 
     /// Takes ownership of this thread's own remote chain of `len` slots, whose owner shard is
     /// already this one (P1): returns its head, keeps the rest (at most `thread_cache`, P6).
     fn adopt_own(&self, head: u32, len: u32, shard: &Shard) -> u32 {
-        // SAFETY: the chain was detached from our remote list, so we own it (S3, P2).
-        let rest = unsafe { self.node(head) }.next.load(Ordering::Relaxed);
-        if rest != NIL {
-            let rest_list = FreeList {
-                head: rest,
-                len: len - 1,
-            };
-            // SAFETY: we hold the shard's id (S1) and are in no gate (the slow path).
-            let excess = unsafe {
-                shard.with_local(|l| {
-                    self.append(l, rest_list);
-                    self.cut_to(l, self.thread_cache)
-                })
-            };
-            if excess.head != NIL {
-                self.spill_chain(excess);
-            }
-        }
+        self.keep_rest(head, len, Some(shard));
         head
+    }
+
+    /// Of an owned chain of `len` slots from `head`, keeps all but the head on `shard`'s local
+    /// list, at most `thread_cache` of them (P6), and spills the rest (all of it without a
+    /// shard).
+    fn keep_rest(&self, head: u32, len: u32, shard: Option<&Shard>) {
+        // SAFETY: the caller owns the chain (S3, P2); `head` came from `fresh` (P3).
+        let rest = unsafe { self.node(head) }.next.load(Ordering::Relaxed);
+        if rest == NIL {
+            return;
+        }
+        let rest_list = FreeList {
+            head: rest,
+            len: len - 1,
+        };
+        let Some(shard) = shard else {
+            return self.spill_chain(rest_list);
+        };
+        // SAFETY: the caller holds the shard's id (S1) and is in no gate (the slow path).
+        let excess = unsafe {
+            shard.with_local(|l| {
+                self.append(l, rest_list);
+                self.cut_to(l, self.thread_cache)
+            })
+        };
+        if excess.head != NIL {
+            self.spill_chain(excess);
+        }
     }
 
     /// Appends an owned chain to a list (without a walk when the list is empty).
