@@ -167,7 +167,11 @@ fn never_early(pool: &Pool, tries: usize) {
         let t1 = Instant::now();
         let dl = ctx.deadline().unwrap();
         assert!(dl >= t0 + d, "deadline() before the instant asked for");
-        assert!(dl <= t1 + d + MS, "deadline() more than one tick late");
+        // One tick, plus the few microseconds of the TSC clock's bracket (time/tsc.rs, T1).
+        assert!(
+            dl <= t1 + d + MS + Duration::from_micros(10),
+            "deadline() more than one tick late"
+        );
         while !ctx.is_cancelled() {
             std::hint::spin_loop();
         }

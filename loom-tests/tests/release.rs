@@ -199,8 +199,9 @@ fn parent_torn_down_while_count_entry_is_rekeyed() {
 /// (D7) A parent released on this thread while its leased child is released on another, with
 /// the zombie's check deferred to the next turn: whoever sees the other's mark tears the
 /// parent down (the child after its light fence, or the turn after its heavy fence), exactly
-/// once, and nothing is left once a turn ran after both releases. A turn may also race the
-/// child's release.
+/// once, and nothing is left once a turn ran after both releases. (A turn racing the
+/// releases is left to the native stress test: with the driver's sleep protocol, D5, a turn
+/// has too many atomics for loom to explore beside two releases.)
 #[test]
 fn deferred_zombie_check_tears_down_once() {
     model(|| {
@@ -212,11 +213,7 @@ fn deferred_zombie_check_tears_down_once() {
         let root = pool.background().with_cancel();
         let parent = root.with_cancel();
         let child = parent.with_cancel();
-        let p2 = pool.clone();
-        let t = thread::spawn(move || {
-            drop(child);
-            p2.turn();
-        });
+        let t = thread::spawn(move || drop(child));
         drop(parent);
         t.join().unwrap();
         pool.turn();

@@ -579,20 +579,22 @@ fn own_deadline(
 ) -> Own {
     let clock = &pool.timers.clock;
     let (default_ms, max_ms) = pool.limits();
-    let base = clock.precise();
+    // Deadlines from the upper bound of the precise time (never early), "already past" and
+    // the cut from the lower one (never before its instant, never beyond the maximum), K2.
+    let (lower, upper) = clock.precise_bracket();
     let max = Duration::from_millis(u64::from(max_ms));
     // The cut: never later than `now + max_timeout` (rounded down, so `remaining()` never
     // exceeds the maximum); counted only when the request itself was longer.
-    let cut = base.saturating_add(max);
+    let cut = lower.saturating_add(max);
     let (mut dl, expired, over) = match want {
-        Want::After(d) => (ceil_ms(base.saturating_add(d)), d.is_zero(), d > max),
+        Want::After(d) => (ceil_ms(upper.saturating_add(d)), d.is_zero(), d > max),
         Want::At(at) => (
             clock.tick_of(at),
-            clock.is_past(at, base),
+            clock.is_past(at, lower),
             !clock.is_past(at, cut),
         ),
         Want::Default => (
-            ceil_ms(base.saturating_add(Duration::from_millis(u64::from(default_ms)))),
+            ceil_ms(upper.saturating_add(Duration::from_millis(u64::from(default_ms)))),
             false,
             default_ms > max_ms,
         ),

@@ -17,11 +17,12 @@
 //! - **Manual clock** ([`ManualClock`]): time moves only when the test calls
 //!   [`ManualClock::advance`]; the pool's tick word is the manual clock's, never stale.
 //!
-//! A *deadline* is never counted from the tick word: [`Clock::deadline_after`] reads the
-//! precise time (`Instant::now()` on the real clock) and rounds the result *up* to a whole
-//! tick, so a deadline never reads as expired before the instant asked for (the tick word is
-//! at most the floor of real time), and `Context::deadline()` is at or after that instant and
-//! less than one tick after it.
+//! A *deadline* is never counted from the tick word: it is counted from an upper bound of the
+//! precise time (`Clock::precise_bracket`: the TSC anchor of `tsc.rs`, or `Instant::now()`)
+//! and rounded *up* to a whole tick, so a deadline never reads as expired before the instant
+//! asked for (the tick word is at most the floor of real time), and `Context::deadline()` is
+//! at or after that instant and less than one tick (plus the bracket's few microseconds,
+//! `tsc.rs` T1) after it.
 //!
 //! Invariants:
 //!
@@ -148,6 +149,9 @@ pub(crate) struct Clock {
     manual: bool,
     /// The thread that sleeps in `driver::sleep` (time D5), woken by `wake_sleeper`.
     sleeper: Mutex<Option<Thread>>,
+    /// The TSC anchor of a real clock, where the TSC is usable (`tsc.rs`): the precise time
+    /// without `Instant::now()`.
+    anchor: Option<super::tsc::Anchor>,
 }
 
 impl Clock {
@@ -161,6 +165,7 @@ impl Clock {
             tick,
             manual: false,
             sleeper: Mutex::new(None),
+            anchor: super::tsc::Anchor::new(),
         }
     }
 
@@ -171,6 +176,7 @@ impl Clock {
             tick: clock.inner.clone(),
             manual: true,
             sleeper: Mutex::new(None),
+            anchor: None,
         }
     }
 
@@ -266,15 +272,45 @@ impl Clock {
         }
     }
 
-    /// The precise time since the epoch: `Instant::now()` on the real clock, the manual time
-    /// otherwise. What deadlines are counted from (K2).
+    /// The precise time since the epoch, as an upper bound (see [`Clock::precise_bracket`]).
     #[inline]
     pub(crate) fn precise(&self) -> Duration {
+        self.precise_bracket().1
+    }
+
+    /// The precise time since the epoch, bracketed: `(lower, upper)` with lower ≤ the time of
+    /// the call ≤ upper. What deadlines are counted from (K2): a deadline counted from
+    /// `upper` is never early, and "already past" is decided against `lower`. On the real
+    /// clock the TSC anchor gives a bracket a few microseconds wide without calling
+    /// `Instant::now()` (`tsc.rs`, T1); otherwise (no usable TSC, an anchor too old) it is one
+    /// `Instant::now()` reading, which also re-anchors. The manual clock's time is exact.
+    #[inline]
+    pub(crate) fn precise_bracket(&self) -> (Duration, Duration) {
         if self.manual {
-            Duration::from_millis(self.word().load(Ordering::Acquire))
-        } else {
-            self.epoch.elapsed()
+            let t = Duration::from_millis(self.word().load(Ordering::Acquire));
+            return (t, t);
         }
+        if let Some(b) = self.anchor.as_ref().and_then(super::tsc::Anchor::read) {
+            return (Duration::from_nanos(b.lower), Duration::from_nanos(b.upper));
+        }
+        self.precise_slow()
+    }
+
+    /// [`precise_bracket`](Clock::precise_bracket) from `Instant::now()`.
+    #[cold]
+    #[inline(never)]
+    fn precise_slow(&self) -> (Duration, Duration) {
+        let t = match &self.anchor {
+            Some(a) => Duration::from_nanos(a.refresh(|| self.elapsed_ns())),
+            None => self.epoch.elapsed(),
+        };
+        (t, t)
+    }
+
+    /// Nanoseconds since the epoch from `Instant::now()` (fits in `u64` for 584 years).
+    #[inline]
+    fn elapsed_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX / 2)
     }
 
     /// The current tick, truncated to what nodes store.
@@ -288,7 +324,11 @@ impl Clock {
         if self.manual {
             self.word().load(Ordering::Acquire)
         } else {
-            let t = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let t = match &self.anchor {
+                // A new TSC anchor too, from the same readings (`tsc.rs`).
+                Some(a) => a.refresh(|| self.elapsed_ns()) / 1_000_000,
+                None => u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX),
+            };
             // K1: never backwards, whoever refreshes concurrently.
             self.word().fetch_max(t, Ordering::Relaxed).max(t)
         }

@@ -12,6 +12,7 @@
 pub(crate) mod clock;
 pub(crate) mod driver;
 pub(crate) mod ring;
+pub(crate) mod tsc;
 pub(crate) mod wheel;
 
 use std::time::Duration;
