@@ -274,6 +274,7 @@ impl Clock {
 
     /// The precise time since the epoch, as an upper bound (see [`Clock::precise_bracket`]).
     #[inline]
+    #[cfg_attr(loom, allow(dead_code))] // the driver thread's sleep, not built under loom
     pub(crate) fn precise(&self) -> Duration {
         self.precise_bracket().1
     }
