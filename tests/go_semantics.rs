@@ -278,6 +278,60 @@ fn blocking_callback_does_not_stall_the_driver() {
     release_tx.send(()).unwrap();
 }
 
+/// Callbacks that block do not hold up the ones behind them: eight callbacks fired by the
+/// driver block until the test releases them, and a ninth, fired after them, still runs (the
+/// runner starts a thread for a callback kept waiting). Then a burst of callbacks all run.
+#[test]
+fn blocked_callbacks_do_not_hold_up_later_ones() {
+    let pool = Pool::builder().build().unwrap();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let release = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let (mut keep, mut guards) = (Vec::new(), Vec::new());
+    for _ in 0..8 {
+        let ctx = pool.background().with_timeout(MS);
+        let (tx, release) = (started_tx.clone(), release.clone());
+        keep.push(ctx.after_func(move || {
+            tx.send(()).unwrap();
+            let (lock, cv) = &*release;
+            let mut go = lock.lock().unwrap();
+            while !*go {
+                go = cv.wait(go).unwrap();
+            }
+        }));
+        guards.push(ctx); // until the end of the test (the deadline fires meanwhile)
+    }
+    for _ in 0..8 {
+        started_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a blocking callback never ran");
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let late = pool.background().with_timeout(MS);
+    let _f = late.after_func(move || tx.send(()).unwrap());
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("a callback behind eight blocked ones never ran");
+    let (lock, cv) = &*release;
+    *lock.lock().unwrap() = true;
+    cv.notify_all();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let burst: Vec<_> = (0..500)
+        .map(|_| {
+            let ctx = pool.background().with_timeout(MS);
+            let r = ran.clone();
+            let f = ctx.after_func(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            });
+            (ctx, f)
+        })
+        .collect();
+    let until = Instant::now() + Duration::from_secs(30);
+    while ran.load(Ordering::SeqCst) < 500 && Instant::now() < until {
+        std::thread::sleep(MS);
+    }
+    assert_eq!(ran.load(Ordering::SeqCst), 500);
+    drop((burst, keep, guards));
+}
+
 /// A panicking callback ends only its own thread: later timers still fire.
 #[test]
 fn panicking_callback_does_not_stop_the_driver() {

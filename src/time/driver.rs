@@ -67,7 +67,9 @@
 //!
 //! **D6** the driver thread (and the tokio driver task) never runs an `after_func` callback:
 //! the cancel it records for a due timer hands each callback it would run to the
-//! runner (`tree::func::run_detached`), which runs each on a thread of its own, so a callback that blocks or panics delays
+//! runner (`tree::func::run_detached`): a pool of threads that grows whenever a callback has
+//! waited a tick behind blocking ones (so each in effect gets a thread of its own, as a
+//! goroutine in Go, without a thread per callback), so a callback that blocks or panics delays
 //! no timer, no clock refresh and no upkeep. [`Pool::turn`](crate::Pool::turn) called by the
 //! user runs the callbacks itself, before it returns (as any cancel on a user thread does).
 
@@ -606,6 +608,11 @@ impl PoolInner {
             // D6: user code runs elsewhere.
             #[cfg(not(loom))]
             crate::tree::func::run_detached(calls);
+        }
+        // D6: callbacks stuck behind blocking ones get threads of their own.
+        #[cfg(not(loom))]
+        if detach && crate::tree::func::spawn_if_stuck(Duration::from_millis(res)) {
+            taken += 1; // callbacks wait: keep ticking (D5)
         }
         // (e) periodic jobs, outside the lock.
         for p in jobs.iter_mut().filter(|p| p.next_ms <= now_ms) {

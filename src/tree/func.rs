@@ -149,27 +149,134 @@ pub(crate) fn defer(pool: &PoolInner, idx: u32) -> std::thread::Result<Call> {
     crate::tree::catch(|| drop(drop_ref(pool, idx))).map(|()| call)
 }
 
-/// Runs `calls` off the current thread (the driver), each on a thread of its own, as Go runs
-/// each `AfterFunc` in a goroutine of its own: a callback that blocks delays no other, and one
-/// that panics ends only its own thread (the panic hook prints it). If no thread can be
-/// started, the callback runs here (the only way not to lose it).
+/// Runs `calls` off the current thread (the driver), on the callback runner: a pool of threads
+/// that grows when every runner thread is busy, by one thread per batch handed over and, while
+/// callbacks wait a tick, by one per such callback at the next driver turn
+/// ([`spawn_if_stuck`]); a thread idle for a second ends. So a callback that blocks delays the others by about a tick at most (Go runs
+/// each in a goroutine of its own), one that panics ends nothing (the panic hook prints it),
+/// and a burst of thousands of deadlines firing at once does not start a thread each. If no
+/// thread can be started, the callbacks run here (the only way not to lose them).
 #[cfg(not(loom))]
 pub(crate) fn run_detached(calls: Vec<Call>) {
-    for call in calls {
-        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(call)));
-        let theirs = slot.clone();
-        let spawned = std::thread::Builder::new()
+    if calls.is_empty() {
+        return;
+    }
+    let r = runner();
+    let mut st = r.state.lock().unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    st.queue.extend(calls.into_iter().map(|c| (now, c)));
+    let spawn = st.idle == 0;
+    if spawn {
+        st.threads += 1;
+    }
+    drop(st);
+    if spawn {
+        r.spawn();
+    } else {
+        r.ready.notify_all();
+    }
+}
+
+/// Called by the driver every turn: while no runner thread is idle (they all run callbacks
+/// that block), starts one more for each callback that has waited a tick or more (at most 64
+/// a turn). Returns whether callbacks wait (the driver keeps ticking then).
+#[cfg(not(loom))]
+pub(crate) fn spawn_if_stuck(tick: std::time::Duration) -> bool {
+    let Some(r) = RUNNER.get() else {
+        return false;
+    };
+    let mut st = r.state.lock().unwrap_or_else(|e| e.into_inner());
+    let stuck = if st.idle == 0 {
+        st.queue
+            .iter()
+            .take(64)
+            .take_while(|(t, _)| t.elapsed() >= tick)
+            .count()
+    } else {
+        0
+    };
+    st.threads += stuck;
+    let waiting = !st.queue.is_empty();
+    drop(st);
+    for _ in 0..stuck {
+        r.spawn();
+    }
+    waiting
+}
+
+/// The callback runner's shared state (see [`run_detached`]).
+#[cfg(not(loom))]
+struct Runner {
+    state: std::sync::Mutex<RunnerState>,
+    ready: std::sync::Condvar,
+}
+
+#[cfg(not(loom))]
+struct RunnerState {
+    /// Callbacks waiting, with the time each was handed over.
+    queue: std::collections::VecDeque<(std::time::Instant, Call)>,
+    /// Runner threads waiting for work.
+    idle: usize,
+    /// Runner threads alive (or being started).
+    threads: usize,
+}
+
+#[cfg(not(loom))]
+static RUNNER: std::sync::OnceLock<Runner> = std::sync::OnceLock::new();
+
+#[cfg(not(loom))]
+fn runner() -> &'static Runner {
+    RUNNER.get_or_init(|| Runner {
+        state: std::sync::Mutex::new(RunnerState {
+            queue: std::collections::VecDeque::new(),
+            idle: 0,
+            threads: 0,
+        }),
+        ready: std::sync::Condvar::new(),
+    })
+}
+
+#[cfg(not(loom))]
+impl Runner {
+    /// Starts a runner thread (the caller counted it in `threads`); if none can be started,
+    /// runs what waits here.
+    fn spawn(&'static self) {
+        let started = std::thread::Builder::new()
             .name("ctxpool-callback".into())
-            .spawn(move || {
-                let call = theirs.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(call) = call {
-                    let _ = call.run();
-                }
-            });
-        if spawned.is_err() {
-            let call = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(call) = call {
+            .spawn(move || self.work());
+        if started.is_err() {
+            let waiting: Vec<Call> = {
+                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.threads -= 1;
+                st.queue.drain(..).map(|(_, c)| c).collect()
+            };
+            for call in waiting {
                 let _ = call.run();
+            }
+        }
+    }
+
+    /// A runner thread: runs callbacks until none has come for a second.
+    fn work(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some((_, call)) = st.queue.pop_front() {
+                drop(st);
+                // A panic is caught in `run` (the panic hook has printed it): the thread goes on.
+                let _ = call.run();
+                st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            st.idle += 1;
+            let (guard, timeout) = self
+                .ready
+                .wait_timeout(st, std::time::Duration::from_secs(1))
+                .unwrap_or_else(|e| e.into_inner());
+            st = guard;
+            st.idle -= 1;
+            if timeout.timed_out() && st.queue.is_empty() {
+                st.threads -= 1;
+                return;
             }
         }
     }
