@@ -6,8 +6,9 @@
 //!    ([`Propagator::extract_op`], with the route's operation label), and puts a
 //!    [`RequestContext`] into the request's extensions;
 //! 2. runs the inner service's future until it completes or the context is cancelled,
-//!    whichever is first. The context's deadline (incoming `grpc-timeout` or the default
-//!    timeout, clamped to `max_timeout`) is enforced here: past it the inner future is dropped
+//!    whichever is first. The context's deadline (the deadline policy: the incoming
+//!    `grpc-timeout` within the route's budget, [`ContextLayer::timeout_for`], else the
+//!    budget; more only for trusted peers, never above `max_timeout`) is enforced here: past it the inner future is dropped
 //!    and the response is `504 Gateway Timeout`, or, for a gRPC request (`content-type:
 //!    application/grpc…`), a trailers-only `200` with `grpc-status: 4` (DEADLINE_EXCEEDED).
 //!    A context cancelled at shutdown or born cancelled at pool exhaustion gets `503`
@@ -55,6 +56,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
 use ::http::header::{HeaderValue, CONTENT_TYPE};
 use ::http::{Method, Request, Response, StatusCode, Uri};
@@ -72,6 +74,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Chooses a request's operation label from its method and URI.
 pub type OpFor = Arc<dyn Fn(&Method, &Uri) -> &'static Op + Send + Sync>;
+
+/// Gives a request's route its deadline budget from its method and URI (`None`: the
+/// configured `default_timeout`).
+pub type TimeoutFor = Arc<dyn Fn(&Method, &Uri) -> Option<Duration> + Send + Sync>;
 
 /// Finds a request's peer address (e.g. from axum's `ConnectInfo`).
 pub type PeerOf = Arc<dyn Fn(&::http::Extensions) -> Option<IpAddr> + Send + Sync>;
@@ -102,6 +108,7 @@ pub type PeerOf = Arc<dyn Fn(&::http::Extensions) -> Option<IpAddr> + Send + Syn
 pub struct ContextLayer {
     propagator: Propagator,
     op_for: Option<OpFor>,
+    timeout_for: Option<TimeoutFor>,
     peer_of: Option<PeerOf>,
 }
 
@@ -120,6 +127,7 @@ impl ContextLayer {
         ContextLayer {
             propagator,
             op_for: None,
+            timeout_for: None,
             peer_of: None,
         }
     }
@@ -134,8 +142,35 @@ impl ContextLayer {
         self
     }
 
+    /// Gives each request's route a deadline budget, `f(method, uri)` (`None`: the
+    /// configured `default_timeout`, read per request so that a configuration update
+    /// applies). The request's deadline is its incoming `grpc-timeout` when that is within
+    /// the budget, else the budget; only a peer in `propagation.trusted_peers` (see
+    /// [`peer_from`](ContextLayer::peer_from)) gets more, up to `max_timeout`. This is the
+    /// deadline policy of [`Propagator::extract_route`]: a client can shorten a route's work,
+    /// never stretch it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxpool::http::{ContextLayer, Propagator};
+    ///
+    /// let pool = ctxpool::Pool::builder().build().unwrap();
+    /// let layer = ContextLayer::new(Propagator::new(&pool)).timeout_for(|_method, uri| {
+    ///     // A slow report gets a minute; everything else the default timeout.
+    ///     (uri.path() == "/report").then_some(Duration::from_secs(60))
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn timeout_for(
+        mut self,
+        f: impl Fn(&Method, &Uri) -> Option<Duration> + Send + Sync + 'static,
+    ) -> Self {
+        self.timeout_for = Some(Arc::new(f));
+        self
+    }
+
     /// Reads the peer address from the request's extensions with `f` (needed for
-    /// `x-user-id` from `trusted_peers`).
+    /// `x-user-id` from `trusted_peers`, and for their longer deadlines).
     pub fn peer_from(
         mut self,
         f: impl Fn(&::http::Extensions) -> Option<IpAddr> + Send + Sync + 'static,
@@ -190,12 +225,16 @@ where
             Some(f) => f(req.method(), req.uri()),
             None => layer.propagator.shared.op,
         };
+        let budget = layer
+            .timeout_for
+            .as_ref()
+            .and_then(|f| f(req.method(), req.uri()));
         let grpc = is_grpc(&req);
         // L2: the server sends no body for HEAD, and drops it unpolled.
         let head = req.method() == Method::HEAD;
         let (guard, meta) = layer
             .propagator
-            .extract_op(req.headers(), peer, op)
+            .extract_route(req.headers(), peer, op, budget)
             .into_shared();
         let request_id = HeaderValue::from_str(meta.request_id().as_str())
             .expect("a request id is visible ASCII");
