@@ -358,6 +358,25 @@ async fn invalid_config_put_is_rejected_whole() {
     assert!(keys.iter().any(|k| k.contains("trusted_peers")), "{keys:?}");
     let after = s.get("/debug/config", &[]).await;
     assert_eq!(before.body, after.body, "the old configuration stays");
+    // A document that does not even parse is a rejected update too, and counted.
+    let r = s.call(Method::PUT, "/debug/config", &[], "{").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = s
+        .call(
+            Method::PUT,
+            "/debug/config",
+            &[("content-type", "application/toml")],
+            "default_timeout = ",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(s.app.pool.metrics().config_updates, [0, 3]);
+    let m = s.get("/metrics", &[]).await;
+    let text = String::from_utf8(m.body.to_vec()).unwrap();
+    assert!(
+        text.contains("ctxpool_config_updates_total{result=\"rejected\"} 3\n"),
+        "every rejected PUT counted"
+    );
 
     // A valid one is taken, and applies to the next request.
     let mut cfg: serde_json::Value = serde_json::from_slice(&after.body).unwrap();
@@ -367,6 +386,7 @@ async fn invalid_config_put_is_rejected_whole() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(s.app.pool.config().default_timeout, Duration::from_secs(2));
+    assert_eq!(s.app.pool.metrics().config_updates, [1, 3]);
     let r = s.get("/work", &[]).await;
     let w: WorkReply = serde_json::from_slice(&r.body).unwrap();
     // Up to one 1 ms tick more than asked (deadlines round up, never early).

@@ -22,10 +22,11 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
+use ctxpool::config::ConfigFormat;
 use ctxpool::http::{
     ClientLayer, ClientService, ContextLayer, Propagated, Propagator, RequestContext, HTTP_REQUEST,
 };
-use ctxpool::{CancelGuard, Cause, Config, Context, Op, Pool};
+use ctxpool::{CancelGuard, Cause, Context, Op, Pool};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -490,21 +491,20 @@ async fn get_config(State(app): State<Arc<App>>) -> Response {
 /// `PUT /debug/config`: a whole configuration, JSON (or TOML with `content-type:
 /// application/toml`). Validated first: `400` with every problem, the old configuration in
 /// force; `200` with the new one otherwise.
+///
+/// Every rejected PUT (not UTF-8, not parsing, not valid) is counted in
+/// `ctxpool_config_updates_total{result="rejected"}`: `Pool::update_config_from` parses and
+/// validates in one step.
 async fn put_config(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let text = match std::str::from_utf8(&body) {
-        Ok(t) => t,
-        Err(_) => return problems_response(&[("".into(), "the body is not UTF-8".into())]),
-    };
     let toml = headers
         .get("content-type")
         .is_some_and(|v| v.as_bytes().starts_with(b"application/toml"));
-    let parsed = if toml {
-        Config::from_toml_str(text)
+    let format = if toml {
+        ConfigFormat::Toml
     } else {
-        Config::from_json_str(text)
+        ConfigFormat::Json
     };
-    let result = parsed.and_then(|cfg| app.pool.update_config(cfg));
-    match result {
+    match app.pool.update_config_from(&body, format) {
         Ok(()) => get_config(State(app)).await,
         Err(e) => {
             let problems: Vec<(String, String)> = e
