@@ -498,3 +498,24 @@ async fn load_20k_requests_at_concurrency_64() {
         "{text}"
     );
 }
+
+/// With the pool at capacity, a sub-operation is born cancelled with `PoolExhausted`: work
+/// not done is answered `503` naming the cause, never `200` with `parts_done: 0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_not_done_at_pool_exhaustion_is_never_200() {
+    let s = start(Config {
+        pool_capacity: 8,
+        ..Config::default()
+    })
+    .await;
+    // More parts than the pool has slots: some are born cancelled.
+    let r = s.get("/work?children=64", &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["error"], "pool_exhausted");
+    // A request the pool has room for is done and answered 200.
+    let r = s.get("/work?children=2", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let w: WorkReply = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(w.parts_done, 2);
+}

@@ -98,7 +98,8 @@ pub use client::{ClientError, ClientFuture, ClientLayer, ClientService};
 use identity::SharedMeta;
 #[cfg(feature = "tower")]
 pub use layer::{
-    BoxError, ContextBody, ContextLayer, ContextService, OpFor, PeerOf, ResponseFuture, TimeoutFor,
+    default_error_body, AfterCancel, BoxError, ContextBody, ContextLayer, ContextService,
+    ErrorBody, ErrorBodyFor, OpFor, PeerOf, ResponseFuture, TimeoutFor,
 };
 use value::{header_value, room, LARGEST};
 
@@ -126,7 +127,7 @@ pub const HANDLER_PANICKED: Reason = Reason::Message("handler panicked");
 /// The HTTP status for a request whose context was cancelled with `cause`: `504 Gateway
 /// Timeout` when a deadline passed (its own or an ancestor's), `503 Service Unavailable`
 /// otherwise (shutdown, pool exhaustion, an explicit cancel). The tower layer answers with
-/// it; a handler that notices the cancellation first can answer the same way.
+/// it; a handler whose sub-operation was cancelled answers with [`answer_cancelled`].
 ///
 /// ```
 /// use ctxpool::http::status_for;
@@ -142,6 +143,49 @@ pub fn status_for(cause: crate::Cause) -> ::http::StatusCode {
     } else {
         ::http::StatusCode::SERVICE_UNAVAILABLE
     }
+}
+
+/// Marks a handler's response as "not done: cancelled with this cause" (made by
+/// [`answer_cancelled`]). The tower layer answers in its place as it answers a request
+/// cancelled before its response was ready: the status for the cause ([`status_for`]), its
+/// configured error body, or gRPC's trailers-only form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnswerCancelled(pub crate::Cause);
+
+/// The answer of a handler whose work was cancelled: `status_for(cause)` with an empty body,
+/// marked [`AnswerCancelled`] so that the tower layer replaces it with its own answer for
+/// `cause` (its error body, or gRPC's trailers-only form).
+///
+/// The pattern for handlers: look at the cause of every sub-operation whose result the
+/// answer needs, not only at the request's context. A sub-operation can be cancelled while
+/// the request is not: born cancelled with `PoolExhausted` when the pool is at capacity, or
+/// cancelled by a shorter timeout of its own. Answering `200` then claims work that was not
+/// done.
+///
+/// ```
+/// use ctxpool::http::{answer_cancelled, AnswerCancelled};
+/// use ctxpool::{Cause, Context};
+///
+/// fn handler(request: &Context) -> http::Response<String> {
+///     let part = request.with_cancel(); // born cancelled at pool exhaustion
+///     if let Some(cause) = part.cause() {
+///         return answer_cancelled(cause);
+///     }
+///     // ... do the work under `part` ...
+///     http::Response::new("done".into())
+/// }
+///
+/// let request = Context::background().with_cancel();
+/// assert_eq!(handler(&request).status(), 200);
+/// let shed = answer_cancelled::<String>(Cause::PoolExhausted);
+/// assert_eq!(shed.status(), 503);
+/// assert_eq!(shed.extensions().get(), Some(&AnswerCancelled(Cause::PoolExhausted)));
+/// ```
+pub fn answer_cancelled<B: Default>(cause: crate::Cause) -> ::http::Response<B> {
+    let mut resp = ::http::Response::new(B::default());
+    *resp.status_mut() = status_for(cause);
+    resp.extensions_mut().insert(AnswerCancelled(cause));
+    resp
 }
 
 /// The operation label of request contexts made by a propagator without one of its own.
