@@ -1219,6 +1219,72 @@ impl Config {
     }
 }
 
+/// The text form of a configuration given to [`Pool::update_config_from`](crate::Pool::update_config_from).
+#[cfg(feature = "serde")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigFormat {
+    /// TOML ([`Config::from_toml_str`]).
+    Toml,
+    /// JSON ([`Config::from_json_str`]).
+    Json,
+}
+
+/// Runtime updates from text: a document that does not parse is a rejected update too, and
+/// counted as one (`ctxpool_config_updates_total{result="rejected"}`), as a configuration
+/// that parses but fails validation is by [`Pool::update_config`](crate::Pool::update_config).
+#[cfg(feature = "serde")]
+impl crate::Pool {
+    /// Parses `text` as `format` and, if it is a valid configuration, makes it current (see
+    /// [`Pool::update_config`](crate::Pool::update_config)). Text that is not UTF-8, does not
+    /// parse or does not validate changes nothing, is counted as a rejected update, and is
+    /// explained with every problem found.
+    ///
+    /// ```
+    /// use ctxpool::config::ConfigFormat;
+    /// use ctxpool::Pool;
+    ///
+    /// let pool = Pool::builder().build().unwrap();
+    /// assert!(pool.update_config_from("default_timeout = ", ConfigFormat::Toml).is_err());
+    /// assert!(pool.update_config_from(b"\xff", ConfigFormat::Json).is_err());
+    /// assert!(pool.update_config_from(r#"{"default_timeout": "10m"}"#, ConfigFormat::Json).is_err());
+    /// pool.update_config_from(r#"{"default_timeout": "2s"}"#, ConfigFormat::Json).unwrap();
+    /// assert_eq!(pool.metrics().config_updates, [1, 3]); // accepted, rejected
+    /// ```
+    pub fn update_config_from(
+        &self,
+        text: impl AsRef<[u8]>,
+        format: ConfigFormat,
+    ) -> Result<(), ConfigError> {
+        let parsed = std::str::from_utf8(text.as_ref())
+            .map_err(|e| ConfigError::whole(format!("the configuration is not UTF-8: {e}")))
+            .and_then(|text| match format {
+                ConfigFormat::Toml => Config::from_toml_str(text),
+                ConfigFormat::Json => Config::from_json_str(text),
+            });
+        self.update_parsed(parsed)
+    }
+
+    /// Loads a configuration file ([`Config::from_file`]: JSON if its extension is `.json`,
+    /// TOML otherwise) and, if it is valid, makes it current; a file that cannot be read,
+    /// parsed or validated changes nothing and is counted as a rejected update.
+    pub fn update_config_from_file(&self, path: impl AsRef<Path>) -> Result<(), ConfigError> {
+        self.update_parsed(Config::from_file(path))
+    }
+
+    /// Validates and applies a parsed configuration (counted either way by
+    /// `update_config`), or counts a parse failure as a rejected update.
+    fn update_parsed(&self, parsed: Result<Config, ConfigError>) -> Result<(), ConfigError> {
+        match parsed {
+            Ok(config) => self.update_config(config),
+            Err(e) => {
+                self.inner.get().config_updates[1]
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+}
+
 #[cfg(all(test, feature = "serde"))]
 mod tests {
     use std::time::Duration;

@@ -195,6 +195,7 @@ fn answering<B, F>(
 ) -> (Response<ContextBody<B>>, Context)
 where
     B: Body + Default + Send + 'static,
+    B::Data: From<Bytes>,
     F: Fn() -> B + Send + Sync + Clone + 'static,
 {
     responding(pool, seen, method, move || Response::new(body()))
@@ -209,6 +210,7 @@ fn responding<B, F>(
 ) -> (Response<ContextBody<B>>, Context)
 where
     B: Body + Default + Send + 'static,
+    B::Data: From<Bytes>,
     F: Fn() -> Response<B> + Send + Sync + Clone + 'static,
 {
     let s2 = seen.clone();

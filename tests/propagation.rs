@@ -261,12 +261,9 @@ fn table() -> Vec<Case> {
             &[(Header::GrpcTimeout, "duplicate", 1)],
         ),
         case(
-            "99999999H grpc-timeout is clamped, not rejected",
+            "99999999H grpc-timeout from an untrusted peer: the default budget",
             &[("grpc-timeout", b"99999999H")],
-            Expect {
-                default_deadline: false,
-                ..Expect::default()
-            },
+            fresh,
             &[],
         ),
         case(
@@ -371,6 +368,16 @@ fn table() -> Vec<Case> {
         &[("x-user-id", b"1"), ("x-user-id", b"2")],
         fresh,
         &[(Header::UserId, "duplicate", 1)],
+    );
+    c.peer = TRUSTED;
+    cases.push(c);
+    // A trusted peer may ask for more than the default budget: cut to max_timeout (the
+    // deadline policy; its whole table is `tests/deadline_policy.rs`).
+    let mut c = case(
+        "99999999H grpc-timeout from a trusted peer is clamped, not rejected",
+        &[("grpc-timeout", b"99999999H")],
+        Expect::default(),
+        &[],
     );
     c.peer = TRUSTED;
     cases.push(c);

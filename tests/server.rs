@@ -358,6 +358,25 @@ async fn invalid_config_put_is_rejected_whole() {
     assert!(keys.iter().any(|k| k.contains("trusted_peers")), "{keys:?}");
     let after = s.get("/debug/config", &[]).await;
     assert_eq!(before.body, after.body, "the old configuration stays");
+    // A document that does not even parse is a rejected update too, and counted.
+    let r = s.call(Method::PUT, "/debug/config", &[], "{").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = s
+        .call(
+            Method::PUT,
+            "/debug/config",
+            &[("content-type", "application/toml")],
+            "default_timeout = ",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(s.app.pool.metrics().config_updates, [0, 3]);
+    let m = s.get("/metrics", &[]).await;
+    let text = String::from_utf8(m.body.to_vec()).unwrap();
+    assert!(
+        text.contains("ctxpool_config_updates_total{result=\"rejected\"} 3\n"),
+        "every rejected PUT counted"
+    );
 
     // A valid one is taken, and applies to the next request.
     let mut cfg: serde_json::Value = serde_json::from_slice(&after.body).unwrap();
@@ -367,6 +386,7 @@ async fn invalid_config_put_is_rejected_whole() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(s.app.pool.config().default_timeout, Duration::from_secs(2));
+    assert_eq!(s.app.pool.metrics().config_updates, [1, 3]);
     let r = s.get("/work", &[]).await;
     let w: WorkReply = serde_json::from_slice(&r.body).unwrap();
     // Up to one 1 ms tick more than asked (deadlines round up, never early).
@@ -477,4 +497,25 @@ async fn load_20k_requests_at_concurrency_64() {
         text.contains("ctxpool_contexts_active{op=\"work\"} 0"),
         "{text}"
     );
+}
+
+/// With the pool at capacity, a sub-operation is born cancelled with `PoolExhausted`: work
+/// not done is answered `503` naming the cause, never `200` with `parts_done: 0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_not_done_at_pool_exhaustion_is_never_200() {
+    let s = start(Config {
+        pool_capacity: 8,
+        ..Config::default()
+    })
+    .await;
+    // More parts than the pool has slots: some are born cancelled.
+    let r = s.get("/work?children=64", &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["error"], "pool_exhausted");
+    // A request the pool has room for is done and answered 200.
+    let r = s.get("/work?children=2", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let w: WorkReply = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(w.parts_done, 2);
 }

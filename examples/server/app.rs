@@ -2,8 +2,11 @@
 //! run the same router over loopback.
 //!
 //! Every request gets a context from [`ContextLayer`]: the incoming trace continues, the
-//! incoming `grpc-timeout` (or the configured default) is the deadline, and the response
-//! carries `x-request-id`. Work is done by spawned tasks holding child contexts, so that what
+//! incoming `grpc-timeout` within the route's budget (the configured default) is the deadline
+//! (only trusted peers may ask for more), and the response carries `x-request-id`. Work that
+//! was not done is never answered `200`: a cancelled request gets the layer's `504`/`503`,
+//! and a handler whose sub-operation was cancelled (born cancelled with `PoolExhausted` when
+//! the pool is at capacity) answers `answer_cancelled(cause)`. Work is done by spawned tasks holding child contexts, so that what
 //! stops it is the context (deadline, client gone, shutdown), not a dropped future.
 //!
 //! With feature `opentelemetry`, `/work` and `/fanout` run in a server span whose
@@ -22,10 +25,12 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
+use ctxpool::config::ConfigFormat;
 use ctxpool::http::{
-    ClientLayer, ClientService, ContextLayer, Propagated, Propagator, RequestContext, HTTP_REQUEST,
+    answer_cancelled, ClientLayer, ClientService, ContextLayer, Propagated, Propagator,
+    RequestContext, HTTP_REQUEST,
 };
-use ctxpool::{CancelGuard, Cause, Config, Context, Op, Pool};
+use ctxpool::{CancelGuard, Cause, Context, Op, Pool, Reason};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -200,6 +205,11 @@ async fn stream(
     Query(q): Query<StreamQuery>,
 ) -> Response {
     let producer = rc.context().child().op(&STREAM_PRODUCER).with_cancel();
+    if let Some(cause) = producer.context().cause() {
+        // Born cancelled (the pool at capacity) or the request already cancelled: no line
+        // will be written, so no `200` either.
+        return answer_cancelled(cause);
+    }
     let request_id = rc.meta().request_id().as_str().to_owned();
     let lines = q.lines.clamp(1, 100_000);
     let ms = Duration::from_millis(q.ms.min(60_000));
@@ -305,25 +315,36 @@ async fn work_in(app: Arc<App>, rc: RequestContext, q: WorkQuery) -> Response {
         let app = app.clone();
         let request_id = request_id.clone();
         tasks.push(tokio::spawn(async move {
+            // A part born cancelled (`PoolExhausted` when the pool is at capacity) stops at
+            // once, like one cancelled later: its cause says which.
             let done = tokio::select! {
-                _ = tokio::time::sleep(ms) => true,
+                biased;
                 _ = part.cancelled() => false,
+                _ = tokio::time::sleep(ms) => true,
             };
-            if !done {
-                app.observe(&request_id, &part);
+            if done {
+                return Ok(());
             }
-            done
+            app.observe(&request_id, &part);
+            Err(part
+                .context()
+                .cause()
+                .unwrap_or(Cause::Cancelled(Reason::None)))
         }));
     }
     let mut parts_done = 0;
+    let mut not_done = None;
     for task in tasks {
-        parts_done += u32::from(task.await.unwrap_or(false));
+        match task.await {
+            Ok(Ok(())) => parts_done += 1,
+            Ok(Err(cause)) => not_done = not_done.or(Some(cause)),
+            Err(_) => not_done = not_done.or(Some(Cause::Cancelled(Reason::None))),
+        }
     }
-    if ctx.is_cancelled() {
-        // The race where the handler saw the cancel first: leave the answer to the layer,
-        // which sees it at its next poll and answers as the request needs (504/503, or
-        // gRPC's trailers-only form, which a `504` from here would not be).
-        std::future::pending::<()>().await;
+    if let Some(cause) = not_done {
+        // Work not done is never a `200`: the status for the cause. (When the request's own
+        // context is cancelled, the layer answers for its cause whatever this returns.)
+        return answer_cancelled(cause);
     }
     Json(WorkReply {
         request_id,
@@ -490,21 +511,20 @@ async fn get_config(State(app): State<Arc<App>>) -> Response {
 /// `PUT /debug/config`: a whole configuration, JSON (or TOML with `content-type:
 /// application/toml`). Validated first: `400` with every problem, the old configuration in
 /// force; `200` with the new one otherwise.
+///
+/// Every rejected PUT (not UTF-8, not parsing, not valid) is counted in
+/// `ctxpool_config_updates_total{result="rejected"}`: `Pool::update_config_from` parses and
+/// validates in one step.
 async fn put_config(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let text = match std::str::from_utf8(&body) {
-        Ok(t) => t,
-        Err(_) => return problems_response(&[("".into(), "the body is not UTF-8".into())]),
-    };
     let toml = headers
         .get("content-type")
         .is_some_and(|v| v.as_bytes().starts_with(b"application/toml"));
-    let parsed = if toml {
-        Config::from_toml_str(text)
+    let format = if toml {
+        ConfigFormat::Toml
     } else {
-        Config::from_json_str(text)
+        ConfigFormat::Json
     };
-    let result = parsed.and_then(|cfg| app.pool.update_config(cfg));
-    match result {
+    match app.pool.update_config_from(&body, format) {
         Ok(()) => get_config(State(app)).await,
         Err(e) => {
             let problems: Vec<(String, String)> = e

@@ -6,12 +6,17 @@
 //!    ([`Propagator::extract_op`], with the route's operation label), and puts a
 //!    [`RequestContext`] into the request's extensions;
 //! 2. runs the inner service's future until it completes or the context is cancelled,
-//!    whichever is first. The context's deadline (incoming `grpc-timeout` or the default
-//!    timeout, clamped to `max_timeout`) is enforced here: past it the inner future is dropped
+//!    whichever is first. The context's deadline (the deadline policy: the incoming
+//!    `grpc-timeout` within the route's budget, [`ContextLayer::timeout_for`], else the
+//!    budget; more only for trusted peers, never above `max_timeout`) is enforced here: past it the inner future is dropped
 //!    and the response is `504 Gateway Timeout`, or, for a gRPC request (`content-type:
 //!    application/grpc…`), a trailers-only `200` with `grpc-status: 4` (DEADLINE_EXCEEDED).
 //!    A context cancelled at shutdown or born cancelled at pool exhaustion gets `503`
-//!    (`grpc-status: 14` / `8`);
+//!    (`grpc-status: 14` UNAVAILABLE / `8` RESOURCE_EXHAUSTED; any other cancel `503` /
+//!    `1` CANCELLED). The same answer replaces whatever the handler returns once the context
+//!    is cancelled (L4), and a response the handler marks with
+//!    [`answer_cancelled`](super::answer_cancelled). HTTP answers carry an error body
+//!    ([`ContextLayer::error_body`], by default JSON naming the cause);
 //! 3. puts `x-request-id` on the response;
 //! 4. hands the request context to the response body ([`ContextBody`]), which holds it until
 //!    the body ends: a streamed body is produced under the request's context, its deadline
@@ -41,6 +46,13 @@
 //!   request and a `1xx`, `204` or `304` response, whose bodies are never sent. So does a response made when the context is already
 //!   cancelled: the handler answered knowing (say, an error page), and its body is sent
 //!   whole.
+//! - **L4** a request whose context is cancelled before the handler's response head is ready
+//!   gets the layer's answer for the cause, never the handler's: the inner future is
+//!   dropped when the cancel comes first, and a response the handler returns with its
+//!   context already cancelled (it noticed the cancel and answered anyway, say `200` with
+//!   nothing done) is dropped and replaced, unless [`AfterCancel::HandlerAnswers`]. A
+//!   response marked [`AnswerCancelled`] is replaced by the answer for its cause. The answer's
+//!   body is the error body alone, sent whole; the context ends with the head.
 //! - **L3** the body checks the context before each frame (one load) and, while the inner
 //!   body is pending, waits on it ([`Context::cancelled_owned`](crate::Context::cancelled_owned)),
 //!   so a cancel stops a body that streams without pause and one that is idle alike.
@@ -55,15 +67,19 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
 use ::http::header::{HeaderValue, CONTENT_TYPE};
 use ::http::{Method, Request, Response, StatusCode, Uri};
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Propagator, RequestContext, CLIENT_DISCONNECTED, HANDLER_PANICKED, X_REQUEST_ID};
+use super::{
+    AnswerCancelled, Propagator, RequestContext, CLIENT_DISCONNECTED, HANDLER_PANICKED,
+    X_REQUEST_ID,
+};
 use crate::{CancelGuard, CancelledOwned, Cause, ContextError, Op, Origin};
 
 /// The error type of [`ContextBody`]: the inner body's error, or the context's
@@ -72,6 +88,60 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Chooses a request's operation label from its method and URI.
 pub type OpFor = Arc<dyn Fn(&Method, &Uri) -> &'static Op + Send + Sync>;
+
+/// Gives a request's route its deadline budget from its method and URI (`None`: the
+/// configured `default_timeout`).
+pub type TimeoutFor = Arc<dyn Fn(&Method, &Uri) -> Option<Duration> + Send + Sync>;
+
+/// Makes the body of the layer's answer to a cancelled request from its cause and status
+/// (`None`: an empty body). See [`ContextLayer::error_body`].
+pub type ErrorBodyFor = Arc<dyn Fn(Cause, StatusCode) -> Option<ErrorBody> + Send + Sync>;
+
+/// The body of the layer's HTTP answer to a cancelled request, and its content-type (gRPC
+/// answers are trailers-only: no body).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// The `content-type` header.
+    pub content_type: HeaderValue,
+    /// The body.
+    pub bytes: Bytes,
+}
+
+/// The default error body: JSON naming the cause, `{"error":"<code>","message":"<text>"}`,
+/// where the code is `deadline_exceeded`, `shutdown`, `pool_exhausted` or `cancelled`
+/// (static text: nothing allocated).
+///
+/// ```
+/// use ctxpool::http::default_error_body;
+/// use ctxpool::Cause;
+///
+/// let body = default_error_body(Cause::Shutdown, http::StatusCode::SERVICE_UNAVAILABLE).unwrap();
+/// assert_eq!(body.content_type, "application/json");
+/// assert_eq!(&body.bytes[..], br#"{"error":"shutdown","message":"the server is shutting down"}"#);
+/// ```
+pub fn default_error_body(cause: Cause, _status: StatusCode) -> Option<ErrorBody> {
+    Some(ErrorBody {
+        content_type: HeaderValue::from_static("application/json"),
+        bytes: Bytes::from_static(Why::of(Some(cause)).json.as_bytes()),
+    })
+}
+
+/// What the layer does with a response the handler makes after the request's context was
+/// cancelled. See [`ContextLayer::after_cancel`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AfterCancel {
+    /// The layer answers for the cause (`504`, `503`, gRPC's trailers-only status) whatever
+    /// the handler returns: a handler that noticed the cancel and answered `200` anyway does
+    /// not get its `200` sent. The default.
+    #[default]
+    LayerAnswers,
+    /// A response the handler has ready is sent as it is, even after a cancel (the
+    /// behaviour before this option): for handlers that answer cancellations themselves. A
+    /// handler still pending when the context is cancelled is dropped and the layer answers,
+    /// as with `LayerAnswers`.
+    HandlerAnswers,
+}
 
 /// Finds a request's peer address (e.g. from axum's `ConnectInfo`).
 pub type PeerOf = Arc<dyn Fn(&::http::Extensions) -> Option<IpAddr> + Send + Sync>;
@@ -82,7 +152,10 @@ pub type PeerOf = Arc<dyn Fn(&::http::Extensions) -> Option<IpAddr> + Send + Syn
 /// ([`Propagator::extract_op`], labelled by [`op_for`](ContextLayer::op_for)) and puts a
 /// [`RequestContext`] into the request's extensions; runs the inner service until it answers
 /// or the context is cancelled: past the deadline `504 Gateway Timeout` (a trailers-only
-/// `grpc-status: 4` for gRPC), at shutdown or pool exhaustion `503`; echoes `x-request-id`;
+/// `grpc-status: 4` for gRPC), at shutdown or pool exhaustion `503`, with a JSON body naming
+/// the cause ([`error_body`](ContextLayer::error_body)); a response the handler makes once
+/// its context is cancelled is replaced by that answer ([`after_cancel`](ContextLayer::after_cancel));
+/// echoes `x-request-id`;
 /// and hands the context to the response body ([`ContextBody`]), which holds it until the
 /// body ends. Dropping the response future or the body before the end cancels the context
 /// with [`CLIENT_DISCONNECTED`].
@@ -102,13 +175,17 @@ pub type PeerOf = Arc<dyn Fn(&::http::Extensions) -> Option<IpAddr> + Send + Syn
 pub struct ContextLayer {
     propagator: Propagator,
     op_for: Option<OpFor>,
+    timeout_for: Option<TimeoutFor>,
     peer_of: Option<PeerOf>,
+    error_body: ErrorBodyFor,
+    after_cancel: AfterCancel,
 }
 
 impl std::fmt::Debug for ContextLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ContextLayer")
             .field("propagator", &self.propagator)
+            .field("after_cancel", &self.after_cancel)
             .finish_non_exhaustive()
     }
 }
@@ -120,7 +197,10 @@ impl ContextLayer {
         ContextLayer {
             propagator,
             op_for: None,
+            timeout_for: None,
             peer_of: None,
+            error_body: Arc::new(default_error_body),
+            after_cancel: AfterCancel::LayerAnswers,
         }
     }
 
@@ -134,8 +214,69 @@ impl ContextLayer {
         self
     }
 
+    /// Gives each request's route a deadline budget, `f(method, uri)` (`None`: the
+    /// configured `default_timeout`, read per request so that a configuration update
+    /// applies). The request's deadline is its incoming `grpc-timeout` when that is within
+    /// the budget, else the budget; only a peer in `propagation.trusted_peers` (see
+    /// [`peer_from`](ContextLayer::peer_from)) gets more, up to `max_timeout`. This is the
+    /// deadline policy of [`Propagator::extract_route`]: a client can shorten a route's work,
+    /// never stretch it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxpool::http::{ContextLayer, Propagator};
+    ///
+    /// let pool = ctxpool::Pool::builder().build().unwrap();
+    /// let layer = ContextLayer::new(Propagator::new(&pool)).timeout_for(|_method, uri| {
+    ///     // A slow report gets a minute; everything else the default timeout.
+    ///     (uri.path() == "/report").then_some(Duration::from_secs(60))
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn timeout_for(
+        mut self,
+        f: impl Fn(&Method, &Uri) -> Option<Duration> + Send + Sync + 'static,
+    ) -> Self {
+        self.timeout_for = Some(Arc::new(f));
+        self
+    }
+
+    /// What to do with a response the handler makes after the request's context was
+    /// cancelled (default [`AfterCancel::LayerAnswers`]: the layer's answer for the cause
+    /// replaces it).
+    pub fn after_cancel(mut self, what: AfterCancel) -> Self {
+        self.after_cancel = what;
+        self
+    }
+
+    /// The body of the layer's HTTP answer to a cancelled request, from its cause and status
+    /// (default [`default_error_body`], JSON naming the cause; `None`: an empty body). gRPC
+    /// answers are trailers-only and carry no body whatever this says.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use ctxpool::http::{ContextLayer, ErrorBody, Propagator};
+    /// use http::HeaderValue;
+    ///
+    /// let pool = ctxpool::Pool::builder().build().unwrap();
+    /// let layer = ContextLayer::new(Propagator::new(&pool)).error_body(|cause, status| {
+    ///     Some(ErrorBody {
+    ///         content_type: HeaderValue::from_static("text/plain"),
+    ///         bytes: Bytes::from(format!("{status}: {cause:?}\n")),
+    ///     })
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn error_body(
+        mut self,
+        f: impl Fn(Cause, StatusCode) -> Option<ErrorBody> + Send + Sync + 'static,
+    ) -> Self {
+        self.error_body = Arc::new(f);
+        self
+    }
+
     /// Reads the peer address from the request's extensions with `f` (needed for
-    /// `x-user-id` from `trusted_peers`).
+    /// `x-user-id` from `trusted_peers`, and for their longer deadlines).
     pub fn peer_from(
         mut self,
         f: impl Fn(&::http::Extensions) -> Option<IpAddr> + Send + Sync + 'static,
@@ -174,6 +315,7 @@ where
     S::Error: Send + 'static,
     ReqBody: Send + 'static,
     ResBody: Body + Default + Send + 'static,
+    ResBody::Data: From<Bytes>,
 {
     type Response = Response<ContextBody<ResBody>>;
     type Error = S::Error;
@@ -190,12 +332,16 @@ where
             Some(f) => f(req.method(), req.uri()),
             None => layer.propagator.shared.op,
         };
+        let budget = layer
+            .timeout_for
+            .as_ref()
+            .and_then(|f| f(req.method(), req.uri()));
         let grpc = is_grpc(&req);
         // L2: the server sends no body for HEAD, and drops it unpolled.
         let head = req.method() == Method::HEAD;
         let (guard, meta) = layer
             .propagator
-            .extract_op(req.headers(), peer, op)
+            .extract_route(req.headers(), peer, op, budget)
             .into_shared();
         let request_id = HeaderValue::from_str(meta.request_id().as_str())
             .expect("a request id is visible ASCII");
@@ -212,6 +358,8 @@ where
         // Moved into the future, so that dropping it even before its first poll counts as
         // the client going away.
         let owner = Owner(Some(guard));
+        let error_body = layer.error_body.clone();
+        let after_cancel = layer.after_cancel;
         Box::pin(async move {
             let mut owner = owner;
             let result = match fut {
@@ -223,17 +371,34 @@ where
             };
             // L1: the guard passes to the body, or the context ends here.
             let guard = owner.0.take().expect("owner taken once");
-            let mut resp = match result {
-                Some(Ok(resp)) if head || bodiless(resp.status()) => {
+            // L4: the layer answers for a cancelled context whatever the handler made (unless
+            // told otherwise), and for a response the handler marked `AnswerCancelled`.
+            let answer = match &result {
+                None => Some(ctx.cause()),
+                Some(Ok(resp)) => match ctx.cause() {
+                    Some(c) if after_cancel == AfterCancel::LayerAnswers => Some(Some(c)),
+                    _ => resp
+                        .extensions()
+                        .get::<AnswerCancelled>()
+                        .map(|a| Some(a.0)),
+                },
+                Some(Err(_)) => None,
+            };
+            let mut resp = match (result, answer) {
+                (Some(Err(e)), _) => return Err(e),
+                (_, Some(cause)) => {
+                    drop(guard);
+                    cancelled_response(cause, grpc, head, &error_body)
+                }
+                (None, None) => unreachable!("a cancelled context has a cause"),
+                (Some(Ok(resp)), None) if head || bodiless(resp.status()) => {
                     drop(guard);
                     resp.map(ContextBody::ended)
                 }
-                Some(Ok(resp)) => {
+                (Some(Ok(resp)), None) => {
                     let length = content_length(resp.headers());
                     resp.map(|body| ContextBody::new(body, guard, length))
                 }
-                Some(Err(e)) => return Err(e),
-                None => cancelled_response(ctx.cause(), grpc).map(ContextBody::ended),
             };
             resp.headers_mut().insert(X_REQUEST_ID, request_id);
             Ok(resp)
@@ -299,6 +464,8 @@ pin_project_lite::pin_project! {
         // `content-length`, else the inner body's exact `size_hint` (which is what is *left*
         // once frames go out, so it is read once, here).
         total: Option<u64>,
+        // The layer's error body, sent before anything else (L4).
+        error: Option<Bytes>,
     }
 }
 
@@ -318,6 +485,7 @@ impl<B: Body> ContextBody<B> {
             inner,
             sent: 0,
             total,
+            error: None,
         }
     }
 
@@ -329,6 +497,7 @@ impl<B: Body> ContextBody<B> {
             owner: Owner(None),
             sent: 0,
             total: None,
+            error: None,
         }
     }
 }
@@ -346,6 +515,7 @@ impl<B: std::fmt::Debug> std::fmt::Debug for ContextBody<B> {
 impl<B> Body for ContextBody<B>
 where
     B: Body,
+    B::Data: From<Bytes>,
     B::Error: Into<BoxError>,
 {
     type Data = B::Data;
@@ -356,6 +526,10 @@ where
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let mut this = self.project();
+        // L4: the layer's error body is the whole body (`inner` is an empty default).
+        if let Some(data) = this.error.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data.into()))));
+        }
         // Set exactly while the owner holds the guard.
         let Some(err) = this
             .cancelled
@@ -415,11 +589,14 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.error.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.error {
+            Some(data) => SizeHint::with_exact(data.len() as u64),
+            None => self.inner.size_hint(),
+        }
     }
 }
 
@@ -458,24 +635,71 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// The response for a request whose context was cancelled before the inner service answered.
-fn cancelled_response<B: Default>(cause: Option<Cause>, grpc: bool) -> Response<B> {
-    let (grpc_status, message) = match cause {
-        Some(c) if c.error() == ContextError::DeadlineExceeded => ("4", "deadline exceeded"),
-        Some(c) if c.origin() == Origin::Shutdown => ("14", "server shutting down"),
-        Some(c) if c.origin() == Origin::PoolExhausted => ("8", "request contexts exhausted"),
-        _ => ("1", "request cancelled"),
-    };
-    let status = cause.map_or(StatusCode::SERVICE_UNAVAILABLE, super::status_for);
-    let mut resp = Response::new(B::default());
+/// Why a request was cancelled, as the layer answers it.
+struct Why {
+    grpc_status: &'static str,
+    message: &'static str,
+    json: &'static str,
+}
+
+impl Why {
+    fn of(cause: Option<Cause>) -> Why {
+        match cause {
+            Some(c) if c.error() == ContextError::DeadlineExceeded => Why {
+                grpc_status: "4",
+                message: "deadline exceeded",
+                json: r#"{"error":"deadline_exceeded","message":"the request's deadline passed before its response was ready"}"#,
+            },
+            Some(c) if c.origin() == Origin::Shutdown => Why {
+                grpc_status: "14",
+                message: "server shutting down",
+                json: r#"{"error":"shutdown","message":"the server is shutting down"}"#,
+            },
+            Some(c) if c.origin() == Origin::PoolExhausted => Why {
+                grpc_status: "8",
+                message: "request contexts exhausted",
+                json: r#"{"error":"pool_exhausted","message":"the server is overloaded: request contexts exhausted"}"#,
+            },
+            _ => Why {
+                grpc_status: "1",
+                message: "request cancelled",
+                json: r#"{"error":"cancelled","message":"the request was cancelled"}"#,
+            },
+        }
+    }
+}
+
+/// The layer's answer for a request cancelled with `cause` before its response was ready
+/// (or marked [`AnswerCancelled`] by its handler), L4: `504`/`503` with the configured error
+/// body (none for `HEAD`), or for gRPC a trailers-only response (HTTP `200`, the status in
+/// the headers).
+fn cancelled_response<B: Body + Default>(
+    cause: Option<Cause>,
+    grpc: bool,
+    head: bool,
+    error_body: &ErrorBodyFor,
+) -> Response<ContextBody<B>> {
+    let why = Why::of(cause);
+    let mut resp = Response::new(ContextBody::ended(B::default()));
     if grpc {
-        // A trailers-only gRPC response: HTTP 200, the status in the headers.
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        h.insert("grpc-status", HeaderValue::from_static(grpc_status));
-        h.insert("grpc-message", HeaderValue::from_static(message));
-    } else {
-        *resp.status_mut() = status;
+        h.insert("grpc-status", HeaderValue::from_static(why.grpc_status));
+        h.insert("grpc-message", HeaderValue::from_static(why.message));
+        return resp;
+    }
+    let status = cause.map_or(StatusCode::SERVICE_UNAVAILABLE, super::status_for);
+    *resp.status_mut() = status;
+    let body = cause.and_then(|c| error_body(c, status));
+    if let Some(body) = body {
+        resp.headers_mut().insert(CONTENT_TYPE, body.content_type);
+        resp.headers_mut().insert(
+            ::http::header::CONTENT_LENGTH,
+            HeaderValue::from(body.bytes.len()),
+        );
+        if !head && !body.bytes.is_empty() {
+            resp.body_mut().error = Some(body.bytes);
+        }
     }
     resp
 }

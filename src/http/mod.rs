@@ -11,8 +11,24 @@
 //! | `tracestate` | all lines combined; a repeated key → that member dropped (the first kept, counted as `duplicate_key`); invalid or over 32 members → dropped whole | passed on unchanged |
 //! | `baggage` | all lines combined; invalid members dropped, over the limits → dropped whole | passed on |
 //! | `x-request-id` | kept when well-formed (1–128 visible ASCII bytes, one line); generated otherwise | passed on; echoed on the response by the layer |
-//! | `grpc-timeout` | the request's deadline, clamped to `max_timeout`; invalid → `default_timeout` | the remaining time minus `outbound_deadline_margin`; an expired budget is not sent, the call fails fast |
+//! | `grpc-timeout` | the request's deadline under the **deadline policy** below; invalid → the route's budget | the remaining time minus `outbound_deadline_margin`; an expired budget is not sent, the call fails fast |
 //! | `x-user-id` | honoured only from a peer in `propagation.trusted_peers` | sent only to a trusted destination, unless [`PropagatorBuilder::forward_user_id`] |
+//!
+//! **The deadline policy** (the safe default; H6). Each request has a *route budget*: what
+//! [`ContextLayer::timeout_for`] (or the `budget` of [`Propagator::extract_route`]) gives
+//! its route, else the configured `default_timeout`. The request's deadline is the incoming
+//! `grpc-timeout` when it is within the budget, else the budget: a peer may shorten the
+//! server's work, never stretch it. Only a peer in `propagation.trusted_peers` may ask for
+//! more than the budget, and it still gets at most `max_timeout`. Every cut is counted by
+//! reason ([`DeadlineCut`], `ctxpool_propagation_deadline_cuts_total{reason}`) and noted on
+//! the request ([`Propagated::deadline_cut`]).
+//!
+//! | peer | incoming `grpc-timeout` | deadline | counted as |
+//! |---|---|---|---|
+//! | any | none or invalid | the budget (cut to `max_timeout`) | `max_timeout` when the budget is above it |
+//! | any | ≤ the budget | the incoming one | — |
+//! | untrusted (or unknown) | > the budget | the budget | `route_budget` |
+//! | trusted | > the budget | the incoming one, cut to `max_timeout` | `max_timeout` when cut |
 //!
 //! Every header that is ignored, dropped or replaced is counted by header and reason
 //! ([`Propagator::stats`], rendered by [`Propagator::write_prometheus`] as
@@ -23,9 +39,8 @@
 //! Invariants:
 //!
 //! - H1. `extract` always returns a request context: a child of the propagator's parent (or a
-//!   request root of the pool) with a deadline (the incoming `grpc-timeout`, else the
-//!   configured `default_timeout`; either way clamped to `max_timeout` by the pool, which
-//!   counts the clamp). At pool exhaustion it is born cancelled with `PoolExhausted`.
+//!   request root of the pool) with a deadline (the deadline policy's, H6; clamped to
+//!   `max_timeout` by the pool, which counts the clamp). At pool exhaustion it is born cancelled with `PoolExhausted`.
 //! - H2. Extracting a request allocates nothing when its propagation headers are a valid
 //!   `traceparent`, `x-request-id` and `grpc-timeout`, and `tracestate` and `baggage` each
 //!   on one line in normal form, as every implementation we know sends them
@@ -50,6 +65,10 @@
 //!   Anything else (several lines, whitespace, members to drop) is parsed at once, and sent
 //!   on from the parsed text. Either way the same members reach `inject` (property tests in
 //!   `propagation::{tracestate, baggage}`: `is_normalised_line_agrees_with_parse`).
+//! - H6. The deadline `extract` gives is at most max(route budget, trusted peer's
+//!   `grpc-timeout`) and never above `max_timeout`; an untrusted peer's `grpc-timeout` can only
+//!   shorten it (`tests/deadline_policy.rs`). The trusted peers are looked up only when an
+//!   incoming `grpc-timeout` is above the budget, the limits from the pool's packed word (H4).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,7 +97,10 @@ mod value;
 pub use client::{ClientError, ClientFuture, ClientLayer, ClientService};
 use identity::SharedMeta;
 #[cfg(feature = "tower")]
-pub use layer::{BoxError, ContextBody, ContextLayer, ContextService, ResponseFuture};
+pub use layer::{
+    default_error_body, AfterCancel, BoxError, ContextBody, ContextLayer, ContextService,
+    ErrorBody, ErrorBodyFor, OpFor, PeerOf, ResponseFuture, TimeoutFor,
+};
 use value::{header_value, room, LARGEST};
 
 /// `traceparent` (W3C Trace Context).
@@ -105,7 +127,7 @@ pub const HANDLER_PANICKED: Reason = Reason::Message("handler panicked");
 /// The HTTP status for a request whose context was cancelled with `cause`: `504 Gateway
 /// Timeout` when a deadline passed (its own or an ancestor's), `503 Service Unavailable`
 /// otherwise (shutdown, pool exhaustion, an explicit cancel). The tower layer answers with
-/// it; a handler that notices the cancellation first can answer the same way.
+/// it; a handler whose sub-operation was cancelled answers with [`answer_cancelled`].
 ///
 /// ```
 /// use ctxpool::http::status_for;
@@ -121,6 +143,49 @@ pub fn status_for(cause: crate::Cause) -> ::http::StatusCode {
     } else {
         ::http::StatusCode::SERVICE_UNAVAILABLE
     }
+}
+
+/// Marks a handler's response as "not done: cancelled with this cause" (made by
+/// [`answer_cancelled`]). The tower layer answers in its place as it answers a request
+/// cancelled before its response was ready: the status for the cause ([`status_for`]), its
+/// configured error body, or gRPC's trailers-only form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnswerCancelled(pub crate::Cause);
+
+/// The answer of a handler whose work was cancelled: `status_for(cause)` with an empty body,
+/// marked [`AnswerCancelled`] so that the tower layer replaces it with its own answer for
+/// `cause` (its error body, or gRPC's trailers-only form).
+///
+/// The pattern for handlers: look at the cause of every sub-operation whose result the
+/// answer needs, not only at the request's context. A sub-operation can be cancelled while
+/// the request is not: born cancelled with `PoolExhausted` when the pool is at capacity, or
+/// cancelled by a shorter timeout of its own. Answering `200` then claims work that was not
+/// done.
+///
+/// ```
+/// use ctxpool::http::{answer_cancelled, AnswerCancelled};
+/// use ctxpool::{Cause, Context};
+///
+/// fn handler(request: &Context) -> http::Response<String> {
+///     let part = request.with_cancel(); // born cancelled at pool exhaustion
+///     if let Some(cause) = part.cause() {
+///         return answer_cancelled(cause);
+///     }
+///     // ... do the work under `part` ...
+///     http::Response::new("done".into())
+/// }
+///
+/// let request = Context::background().with_cancel();
+/// assert_eq!(handler(&request).status(), 200);
+/// let shed = answer_cancelled::<String>(Cause::PoolExhausted);
+/// assert_eq!(shed.status(), 503);
+/// assert_eq!(shed.extensions().get(), Some(&AnswerCancelled(Cause::PoolExhausted)));
+/// ```
+pub fn answer_cancelled<B: Default>(cause: crate::Cause) -> ::http::Response<B> {
+    let mut resp = ::http::Response::new(B::default());
+    *resp.status_mut() = status_for(cause);
+    resp.extensions_mut().insert(AnswerCancelled(cause));
+    resp
 }
 
 /// The operation label of request contexts made by a propagator without one of its own.
@@ -273,6 +338,7 @@ pub struct Propagated {
     request_id: Option<XRequestId>,
     user_id: Option<UserId>,
     timeout: Option<Duration>,
+    deadline_cut: Option<DeadlineCut>,
     /// The incoming header values, kept when they are exactly what `inject` would send, so
     /// that an outgoing call clones them (a reference count) instead of copying the text,
     /// and `extract` need not parse them into a copy (H5).
@@ -294,6 +360,7 @@ static NO_META: Propagated = Propagated {
     request_id: None,
     user_id: None,
     timeout: None,
+    deadline_cut: None,
     raw: Raw {
         tracestate: None,
         baggage: None,
@@ -355,6 +422,12 @@ impl Propagated {
     /// The timeout the request arrived with (`grpc-timeout`, before clamping), if any.
     pub fn incoming_timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    /// Why the request's deadline is shorter than the timeout it asked for (or than its
+    /// route's budget), if it is: the deadline policy's cut (H6).
+    pub fn deadline_cut(&self) -> Option<DeadlineCut> {
+        self.deadline_cut
     }
 }
 
@@ -582,6 +655,47 @@ impl Propagator {
         peer: Option<IpAddr>,
         op: &'static Op,
     ) -> Incoming {
+        self.extract_route(headers, peer, op, None)
+    }
+
+    /// Like [`extract_op`](Propagator::extract_op), with the route's deadline `budget`
+    /// (`None`: the configured `default_timeout`): the deadline is the incoming
+    /// `grpc-timeout` when it is within the budget, else the budget; only a peer in
+    /// `propagation.trusted_peers` gets more, up to `max_timeout` (the deadline policy in the
+    /// module docs, H6). Cuts are counted ([`Stats::deadline_cuts`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxpool::http::{DeadlineCut, Propagator, HTTP_REQUEST};
+    /// use ctxpool::{Config, Pool};
+    ///
+    /// let mut config = Config::default();
+    /// config.propagation.trusted_peers = vec!["10.0.0.0/8".parse().unwrap()];
+    /// let pool = Pool::builder().config(&config).build().unwrap();
+    /// let p = Propagator::new(&pool);
+    /// let mut headers = http::HeaderMap::new();
+    /// headers.insert("grpc-timeout", "1H".parse().unwrap());
+    /// let budget = Some(Duration::from_secs(2));
+    ///
+    /// // An untrusted peer asking for an hour gets the route's 2 s.
+    /// let untrusted = p.extract_route(&headers, Some([192, 0, 2, 1].into()), &HTTP_REQUEST, budget);
+    /// assert!(untrusted.context().remaining().unwrap() <= Duration::from_millis(2_001));
+    /// assert_eq!(untrusted.meta().deadline_cut(), Some(DeadlineCut::RouteBudget));
+    ///
+    /// // A trusted one gets more, cut to max_timeout (5 minutes).
+    /// let trusted = p.extract_route(&headers, Some([10, 0, 0, 1].into()), &HTTP_REQUEST, budget);
+    /// assert!(trusted.context().remaining().unwrap() > Duration::from_secs(200));
+    /// assert_eq!(trusted.meta().deadline_cut(), Some(DeadlineCut::MaxTimeout));
+    /// assert_eq!(p.stats().deadline_cuts(DeadlineCut::RouteBudget), 1);
+    /// ```
+    #[track_caller]
+    pub fn extract_route(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+        op: &'static Op,
+        budget: Option<Duration>,
+    ) -> Incoming {
         let stats = &self.shared.stats;
         stats.requests.inc();
         let mut meta = Propagated::default();
@@ -684,6 +798,27 @@ impl Propagator {
             })
             .map(|(d, _)| d);
 
+        // H6: the deadline policy.
+        let (default_ms, max_ms) = self.shared.pool.inner.get().limits();
+        let max = Duration::from_millis(u64::from(max_ms));
+        let route = budget;
+        let budget = route.unwrap_or(Duration::from_millis(u64::from(default_ms)));
+        let want = match meta.timeout {
+            Some(asked) if asked <= budget => Some(asked),
+            Some(asked) if self.trusted(peer) => Some(asked),
+            Some(_) => {
+                stats.cut(DeadlineCut::RouteBudget);
+                meta.deadline_cut = Some(DeadlineCut::RouteBudget);
+                route
+            }
+            None => route,
+        };
+        // `None`: the default timeout, read by the pool from the same limits word.
+        if want.unwrap_or(budget) > max {
+            stats.cut(DeadlineCut::MaxTimeout);
+            meta.deadline_cut = Some(DeadlineCut::MaxTimeout);
+        }
+
         meta.user_id = match found.user_id {
             Lines::None => None,
             _ if !self.trusted(peer) => {
@@ -703,7 +838,6 @@ impl Propagator {
         };
         // Identity N1, N2: the metadata, shared with the context node (a recycled `Arc`).
         let user_id = meta.user_id;
-        let timeout = meta.timeout;
         let meta = SharedMeta::new(meta);
         let mut builder = builder
             .op(op)
@@ -713,9 +847,9 @@ impl Propagator {
         if let Some(user) = user_id {
             builder = builder.user_id(user);
         }
-        // The deadline: the incoming one, else the default; the pool clamps it to
-        // max_timeout and counts the clamp (H1).
-        let guard = match timeout {
+        // The deadline chosen above (H6); the pool clamps it to max_timeout and counts the
+        // clamp (H1).
+        let guard = match want {
             Some(d) => builder.with_timeout(d),
             None => builder.default_timeout().with_cancel(),
         };
@@ -1085,6 +1219,37 @@ impl Header {
     }
 }
 
+/// Why the deadline policy cut a request's deadline (the `reason` label of
+/// `ctxpool_propagation_deadline_cuts_total`; see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeadlineCut {
+    /// A peer outside `trusted_peers` asked for more than the route's budget: it got the
+    /// budget.
+    RouteBudget,
+    /// The deadline asked for (a trusted peer's `grpc-timeout`, or a route's budget) was
+    /// above `max_timeout`: it got `max_timeout`.
+    MaxTimeout,
+}
+
+impl DeadlineCut {
+    /// Every reason, in label order.
+    pub const ALL: [DeadlineCut; 2] = [DeadlineCut::RouteBudget, DeadlineCut::MaxTimeout];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DeadlineCut::RouteBudget => "route_budget",
+            DeadlineCut::MaxTimeout => "max_timeout",
+        }
+    }
+}
+
+/// The family of deadline cuts.
+const CUTS: &str = "ctxpool_propagation_deadline_cuts_total";
+const CUTS_HELP: &str =
+    "Incoming deadlines cut by the server's deadline policy, by reason (route_budget: an untrusted peer asked for more than the route's budget; max_timeout).";
+
 /// Several lines of a header that must appear once.
 const DUPLICATE: &str = "duplicate";
 /// `tracestate` without a valid `traceparent` (ignored, W3C trace-context §4.3).
@@ -1177,6 +1342,9 @@ impl crate::metrics::Publish for Stats {
                     .absolute(self.rejected(h, r));
             }
         }
+        for c in DeadlineCut::ALL {
+            counter!(CUTS, "reason" => c.label()).absolute(self.deadline_cuts(c));
+        }
     }
 }
 
@@ -1193,6 +1361,8 @@ pub struct Stats {
     user_id_withheld: AtomicU64,
     /// One counter per (header, reason), in `Header::ALL` × `Header::reasons` order.
     rejected: Box<[AtomicU64]>,
+    /// One counter per `DeadlineCut`, in `DeadlineCut::ALL` order (touched only on a cut).
+    cuts: [AtomicU64; 2],
 }
 
 impl Stats {
@@ -1206,6 +1376,7 @@ impl Stats {
             failed_fast: AtomicU64::new(0),
             user_id_withheld: AtomicU64::new(0),
             rejected: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            cuts: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 
@@ -1246,6 +1417,10 @@ impl Stats {
                 }
             },
         }
+    }
+
+    fn cut(&self, why: DeadlineCut) {
+        self.cuts[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     fn reject(&self, header: Header, reason: &'static str) {
@@ -1294,6 +1469,11 @@ impl Stats {
     /// Incoming headers rejected for `reason` (one of `header.reasons()`).
     pub fn rejected(&self, header: Header, reason: &str) -> u64 {
         Stats::index(header, reason).map_or(0, |i| self.rejected[i].load(Ordering::Relaxed))
+    }
+
+    /// Incoming deadlines cut by the deadline policy for `why` (module docs, H6).
+    pub fn deadline_cuts(&self, why: DeadlineCut) -> u64 {
+        self.cuts[why as usize].load(Ordering::Relaxed)
     }
 
     /// Incoming `header`s rejected for any reason.
@@ -1360,6 +1540,16 @@ impl Stats {
                     self.rejected(h, r)
                 );
             }
+        }
+        let _ = writeln!(out, "# HELP {CUTS} {CUTS_HELP}");
+        let _ = writeln!(out, "# TYPE {CUTS} counter");
+        for c in DeadlineCut::ALL {
+            let _ = writeln!(
+                out,
+                "{CUTS}{{reason=\"{}\"}} {}",
+                c.label(),
+                self.deadline_cuts(c)
+            );
         }
     }
 }
