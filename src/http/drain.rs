@@ -33,7 +33,7 @@ use crate::{CancelGuard, Context, Op, Origin, Pool};
 pub const POLL: Duration = Duration::from_millis(10);
 
 /// The operation label of a [`Drain`]'s root context.
-pub static SERVER_ROOT: Op = Op::new("server");
+pub static SERVER_ROOT: Op = Op::new("server_root");
 
 /// A server's root context and its requests in flight, for a graceful shutdown: see the
 /// [module docs](self). Cheap to clone (one `Arc`).
