@@ -18,9 +18,10 @@
 //!   cache line shared with other threads) and nothing else; the count is read only while
 //!   draining, by the drainer, every [`POLL`] (no handshake on the request's path: a request
 //!   ending as the drain starts is seen at the next read).
-//! - G2. The root is cancelled exactly once, by `shutdown` (or by dropping the last `Drain`),
-//!   never before the grace period ends unless nothing is in flight; requests made after
-//!   that are born cancelled and answered `503` at once.
+//! - G2. `shutdown` cancels the root with `Shutdown` (the first cause wins: `cancel_now`
+//!   before it, or dropping the last `Drain`, which ends the root as any owner does), never
+//!   before the grace period ends unless nothing is in flight; requests made after that are
+//!   born cancelled and answered `503` at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
