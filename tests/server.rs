@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use app::{App, FanoutReply, WorkReply};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
-use ctxpool::{Config, Origin, Pool};
+use ctxpool::{Config, Pool};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -393,24 +393,50 @@ async fn invalid_config_put_is_rejected_whole() {
     assert!(w.remaining_ms.unwrap() <= 2001.0);
 }
 
+/// Graceful shutdown with a drain window: a request that finishes within the grace period
+/// gets its answer; one still running at its end is cancelled with `Shutdown` (`503`); later
+/// requests are refused. (The grace period is far longer than the short request needs, and
+/// far shorter than the long one asks: only the order of events is asserted.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_cancels_requests_in_flight() {
+async fn shutdown_drains_then_cancels_requests_in_flight() {
     let s = start(Config::default()).await;
     let s = Arc::new(s);
-    let s2 = s.clone();
-    let req = tokio::spawn(async move {
-        s2.get("/work?ms=10000", &[("x-request-id", "in-flight-1")])
+    let (s2, s3) = (s.clone(), s.clone());
+    let long = tokio::spawn(async move {
+        s2.get("/work?ms=60000", &[("x-request-id", "in-flight-1")])
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    s.app.root.cancel_with(Origin::Shutdown);
-    let r = req.await.unwrap();
+    let short = tokio::spawn(async move {
+        s3.get("/work?ms=100", &[("x-request-id", "in-flight-2")])
+            .await
+    });
+    // Both in flight (the layer counts them from its call).
+    let start = Instant::now();
+    while s.app.drain.in_flight() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "requests never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let report = s.app.drain.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.in_flight_at_start, 2);
+    assert_eq!(
+        report.cancelled, 1,
+        "the long request outlived the grace period"
+    );
+    let r = short.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "finished within the grace period");
+    let r = long.await.unwrap();
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["error"], "shutdown");
     let cause = s.observed("in-flight-1").await;
     assert!(cause.contains("Shutdown"), "{cause}");
     // New requests are refused the same way.
     let r = s.get("/work", &[]).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(s.app.drain.in_flight(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

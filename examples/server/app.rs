@@ -27,10 +27,10 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use ctxpool::config::ConfigFormat;
 use ctxpool::http::{
-    answer_cancelled, ClientLayer, ClientService, ContextLayer, Propagated, Propagator,
+    answer_cancelled, ClientLayer, ClientService, ContextLayer, Drain, Propagated, Propagator,
     RequestContext, HTTP_REQUEST,
 };
-use ctxpool::{CancelGuard, Cause, Context, Op, Pool, Reason};
+use ctxpool::{Cause, Context, Op, Pool, Reason};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -75,8 +75,10 @@ pub struct App {
     pub pool: Pool,
     /// The propagator of the layer (and of outgoing calls).
     pub propagator: Propagator,
-    /// The server's root: cancelling it with `Origin::Shutdown` cancels every request.
-    pub root: CancelGuard,
+    /// The server's root and its requests in flight: `drain.shutdown(grace)` lets them
+    /// finish for up to `grace`, then cancels the rest with `Origin::Shutdown` (they answer
+    /// `503`), and so refuses later requests.
+    pub drain: Drain,
     /// The address the server listens on (for `/fanout`'s calls to itself).
     pub addr: SocketAddr,
     /// Cancellations observed by work, newest last.
@@ -105,14 +107,15 @@ impl App {
     /// State for a server on `addr` with `pool`.
     pub fn new(pool: Pool, addr: SocketAddr) -> Arc<App> {
         let root = pool.background().child().op(&SERVER).with_cancel();
-        let propagator = Propagator::builder(&pool).parent(root.context()).build();
+        let drain = Drain::with_root(&pool, root);
+        let propagator = Propagator::builder(&pool).parent(drain.context()).build();
         let hyper = Client::builder(TokioExecutor::new()).build_http();
         let client = ClientLayer::new(propagator.clone())
             .layer(MapRequest::new(hyper, note_span as NoteSpan));
         Arc::new(App {
             pool,
             propagator,
-            root,
+            drain,
             addr,
             observed: Mutex::new(VecDeque::new()),
             client,
@@ -152,7 +155,8 @@ pub fn router(app: Arc<App>) -> Router {
             "/stream" => &STREAM,
             _ => &HTTP_REQUEST,
         })
-        .peer_from(|ext| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()));
+        .peer_from(|ext| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
+        .drain(&app.drain);
     Router::new()
         .route("/work", get(work))
         .route("/fanout", get(fanout))

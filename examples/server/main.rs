@@ -3,7 +3,7 @@
 //! as a deadline, carried to outgoing calls, and cancelled when the client goes away.
 //!
 //! ```text
-//! cargo run --release --example server -- --addr 127.0.0.1:8080 [--config FILE]
+//! cargo run --release --example server -- --addr 127.0.0.1:8080 [--config FILE] [--grace SECS]
 //! ```
 //!
 //! Endpoints:
@@ -20,8 +20,10 @@
 //! - `GET /debug/cancelled`: cancellations observed by work (cause per request id);
 //! - `GET /healthz`.
 //!
-//! SIGINT or SIGTERM: the server stops accepting, cancels every request in flight with cause
-//! `Shutdown` (they answer `503`), waits for their connections to finish and exits 0.
+//! SIGINT or SIGTERM: the server stops accepting and lets the requests in flight finish for
+//! up to the grace period (`--grace SECS`, default 5), then cancels the rest with cause
+//! `Shutdown` (they answer `503`; `ctxpool::http::Drain`), waits for their connections to
+//! finish and exits 0.
 
 #[allow(dead_code)] // shared with tests/server.rs, which uses other parts of it
 mod app;
@@ -29,16 +31,18 @@ mod app;
 use std::net::SocketAddr;
 use std::process::exit;
 
-use ctxpool::{Config, Origin, Pool};
+use ctxpool::{Config, Pool};
+use std::time::Duration;
 
 fn usage() -> ! {
-    eprintln!("usage: server [--addr HOST:PORT] [--config FILE]");
+    eprintln!("usage: server [--addr HOST:PORT] [--config FILE] [--grace SECS]");
     exit(2);
 }
 
 fn main() {
     let mut addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
     let mut config = Config::default();
+    let mut grace = Duration::from_secs(5);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -60,6 +64,13 @@ fn main() {
                         exit(2);
                     }
                 };
+            }
+            "--grace" => {
+                grace = args
+                    .next()
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                    .unwrap_or_else(|| usage())
             }
             "-h" | "--help" => usage(),
             _ => usage(),
@@ -84,12 +95,27 @@ fn main() {
         let app = app::App::new(pool, addr);
         let router = app::router(app.clone());
         eprintln!("listening on http://{addr}");
+        // The drain task, awaited once the server stops (its contexts then gone too).
+        let drained = std::sync::Arc::new(std::sync::Mutex::new(None));
         let shutdown = {
             let app = app.clone();
+            let drained = drained.clone();
             async move {
                 signal().await;
-                eprintln!("shutting down: cancelling the requests in flight");
-                app.root.cancel_with(Origin::Shutdown);
+                // Axum stops accepting once this returns; the drain runs beside its wait for
+                // the connections, which ends with the last answer.
+                eprintln!(
+                    "shutting down: {} requests in flight, {grace:?} to finish",
+                    app.drain.in_flight()
+                );
+                let task = tokio::spawn(async move {
+                    let report = app.drain.shutdown(grace).await;
+                    eprintln!(
+                        "drain: {} in flight at the start, {} cancelled at the end of the grace period",
+                        report.in_flight_at_start, report.cancelled
+                    );
+                });
+                *drained.lock().unwrap() = Some(task);
             }
         };
         axum::serve(
@@ -99,6 +125,10 @@ fn main() {
         .with_graceful_shutdown(shutdown)
         .await
         .expect("the server");
+        let task = drained.lock().unwrap().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
         let m = app.pool.metrics();
         let active: u64 = m.ops.iter().map(|(_, c)| c.active()).sum();
         eprintln!("stopped; contexts still active: {active} (the server root is one)");

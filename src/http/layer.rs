@@ -77,7 +77,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    AnswerCancelled, Propagator, RequestContext, CLIENT_DISCONNECTED, HANDLER_PANICKED,
+    AnswerCancelled, Drain, Propagator, RequestContext, CLIENT_DISCONNECTED, HANDLER_PANICKED,
     X_REQUEST_ID,
 };
 use crate::{CancelGuard, CancelledOwned, Cause, ContextError, Op, Origin};
@@ -177,15 +177,25 @@ pub struct ContextLayer {
     op_for: Option<OpFor>,
     timeout_for: Option<TimeoutFor>,
     peer_of: Option<PeerOf>,
+    /// What each request's future and body keep (one `Arc` clone per request).
+    settings: Arc<Settings>,
+}
+
+/// The layer's settings a request needs after its handler: one `Arc`, held by the response
+/// future and then by the body as the request's in-flight token (G1 in `drain.rs`).
+#[derive(Clone)]
+struct Settings {
     error_body: ErrorBodyFor,
     after_cancel: AfterCancel,
+    drain: Option<Drain>,
 }
 
 impl std::fmt::Debug for ContextLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ContextLayer")
             .field("propagator", &self.propagator)
-            .field("after_cancel", &self.after_cancel)
+            .field("after_cancel", &self.settings.after_cancel)
+            .field("drain", &self.settings.drain)
             .finish_non_exhaustive()
     }
 }
@@ -199,8 +209,11 @@ impl ContextLayer {
             op_for: None,
             timeout_for: None,
             peer_of: None,
-            error_body: Arc::new(default_error_body),
-            after_cancel: AfterCancel::LayerAnswers,
+            settings: Arc::new(Settings {
+                error_body: Arc::new(default_error_body),
+                after_cancel: AfterCancel::LayerAnswers,
+                drain: None,
+            }),
         }
     }
 
@@ -245,7 +258,16 @@ impl ContextLayer {
     /// cancelled (default [`AfterCancel::LayerAnswers`]: the layer's answer for the cause
     /// replaces it).
     pub fn after_cancel(mut self, what: AfterCancel) -> Self {
-        self.after_cancel = what;
+        Arc::make_mut(&mut self.settings).after_cancel = what;
+        self
+    }
+
+    /// Counts the requests in flight into `drain`, for a graceful shutdown
+    /// ([`Drain::shutdown`]): each from the call until its context ends (its response body's
+    /// end). Make `drain`'s root the parent of the request contexts
+    /// ([`Drain::context`] as the propagator's parent), so that the shutdown cancels them.
+    pub fn drain(mut self, drain: &Drain) -> Self {
+        Arc::make_mut(&mut self.settings).drain = Some(drain.clone());
         self
     }
 
@@ -271,7 +293,7 @@ impl ContextLayer {
         mut self,
         f: impl Fn(Cause, StatusCode) -> Option<ErrorBody> + Send + Sync + 'static,
     ) -> Self {
-        self.error_body = Arc::new(f);
+        Arc::make_mut(&mut self.settings).error_body = Arc::new(f);
         self
     }
 
@@ -357,9 +379,7 @@ where
         let fut = (!ctx.is_cancelled()).then(|| inner.call(req));
         // Moved into the future, so that dropping it even before its first poll counts as
         // the client going away.
-        let owner = Owner(Some(guard));
-        let error_body = layer.error_body.clone();
-        let after_cancel = layer.after_cancel;
+        let owner = Owner(Some(guard), Some(InFlight::enter(&layer.settings)));
         Box::pin(async move {
             let mut owner = owner;
             let result = match fut {
@@ -371,12 +391,14 @@ where
             };
             // L1: the guard passes to the body, or the context ends here.
             let guard = owner.0.take().expect("owner taken once");
+            let flight = owner.1.take().expect("owner taken once");
+            let settings = &*flight.0;
             // L4: the layer answers for a cancelled context whatever the handler made (unless
             // told otherwise), and for a response the handler marked `AnswerCancelled`.
             let answer = match &result {
                 None => Some(ctx.cause()),
                 Some(Ok(resp)) => match ctx.cause() {
-                    Some(c) if after_cancel == AfterCancel::LayerAnswers => Some(Some(c)),
+                    Some(c) if settings.after_cancel == AfterCancel::LayerAnswers => Some(Some(c)),
                     _ => resp
                         .extensions()
                         .get::<AnswerCancelled>()
@@ -385,10 +407,13 @@ where
                 Some(Err(_)) => None,
             };
             let mut resp = match (result, answer) {
-                (Some(Err(e)), _) => return Err(e),
+                (Some(Err(e)), _) => {
+                    drop(guard);
+                    return Err(e);
+                }
                 (_, Some(cause)) => {
                     drop(guard);
-                    cancelled_response(cause, grpc, head, &error_body)
+                    cancelled_response(cause, grpc, head, &settings.error_body)
                 }
                 (None, None) => unreachable!("a cancelled context has a cause"),
                 (Some(Ok(resp)), None) if head || bodiless(resp.status()) => {
@@ -397,7 +422,7 @@ where
                 }
                 (Some(Ok(resp)), None) => {
                     let length = content_length(resp.headers());
-                    resp.map(|body| ContextBody::new(body, guard, length))
+                    resp.map(|body| ContextBody::new(body, guard, flight, length))
                 }
             };
             resp.headers_mut().insert(X_REQUEST_ID, request_id);
@@ -425,12 +450,35 @@ fn content_length(headers: &::http::HeaderMap) -> Option<u64> {
 
 /// Owns the request's `CancelGuard` while the response future or body is alive; dropped
 /// before the end, the client went away (L1), or the handler panicked.
-struct Owner(Option<CancelGuard>);
+struct Owner(Option<CancelGuard>, Option<InFlight>);
 
 impl Owner {
-    /// The response is complete: the context ends normally (L1).
+    /// The response is complete: the context ends normally (L1), and the request leaves
+    /// the drain's count after it.
     fn finish(&mut self) {
         drop(self.0.take());
+        drop(self.1.take());
+    }
+}
+
+/// A request in flight: the layer's settings, and a place in their drain's count (if any)
+/// until dropped (after the request's context ends: `Owner` drops its fields in order).
+struct InFlight(Arc<Settings>);
+
+impl InFlight {
+    fn enter(settings: &Arc<Settings>) -> Self {
+        if let Some(d) = &settings.drain {
+            d.enter();
+        }
+        InFlight(settings.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0.drain {
+            d.leave();
+        }
     }
 }
 
@@ -472,16 +520,19 @@ pin_project_lite::pin_project! {
 impl<B: Body> ContextBody<B> {
     /// `inner`, holding `guard` until it ends (L1, L2); `content_length` is the response's
     /// header, if any.
-    fn new(inner: B, guard: CancelGuard, content_length: Option<u64>) -> Self {
+    fn new(inner: B, guard: CancelGuard, flight: InFlight, content_length: Option<u64>) -> Self {
         let total = content_length.or_else(|| inner.size_hint().exact());
         if inner.is_end_stream() || total == Some(0) || guard.context().is_cancelled() {
             // L2: nothing will be polled, or the handler answered knowing the context was
-            // cancelled (an error page): the context ends with the response head.
+            // cancelled (an error page): the context ends with the response head, then the
+            // request leaves the drain's count.
+            drop(guard);
+            drop(flight);
             return ContextBody::ended(inner);
         }
         ContextBody {
             cancelled: Some(guard.context().cancelled_owned()),
-            owner: Owner(Some(guard)),
+            owner: Owner(Some(guard), Some(flight)),
             inner,
             sent: 0,
             total,
@@ -494,7 +545,7 @@ impl<B: Body> ContextBody<B> {
         ContextBody {
             inner,
             cancelled: None,
-            owner: Owner(None),
+            owner: Owner(None, None),
             sent: 0,
             total: None,
             error: None,

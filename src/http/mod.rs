@@ -89,12 +89,16 @@ use crate::{CancelGuard, Context, ContextError, Op, Pool, Reason, TraceContext, 
 
 #[cfg(feature = "tower")]
 pub mod client;
+#[cfg(feature = "tower")]
+pub mod drain;
 mod identity;
 #[cfg(feature = "tower")]
 mod layer;
 mod value;
 #[cfg(feature = "tower")]
 pub use client::{ClientError, ClientFuture, ClientLayer, ClientService};
+#[cfg(feature = "tower")]
+pub use drain::{Drain, DrainReport};
 use identity::SharedMeta;
 #[cfg(feature = "tower")]
 pub use layer::{
