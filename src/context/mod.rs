@@ -242,12 +242,7 @@ impl Context {
         timeout: Duration,
         cause: E,
     ) -> CancelGuard {
-        let carrier = self
-            .child()
-            .with_value(crate::tree::dyncause::DeadlineCause(std::sync::Arc::new(
-                cause,
-            )));
-        carrier.with_timeout(timeout)
+        self.cause_carrier(cause).with_timeout(timeout)
     }
 
     /// Like [`with_deadline`](Context::with_deadline), with a cause that the deadline reports
@@ -259,12 +254,17 @@ impl Context {
         at: Instant,
         cause: E,
     ) -> CancelGuard {
-        let carrier = self
-            .child()
+        self.cause_carrier(cause).with_deadline(at)
+    }
+
+    /// The value node above a deadline with a cause: it carries the cause, which the deadline
+    /// reports when it fires (tree I13).
+    #[track_caller]
+    fn cause_carrier<E: std::error::Error + Send + Sync + 'static>(&self, cause: E) -> Context {
+        self.child()
             .with_value(crate::tree::dyncause::DeadlineCause(std::sync::Arc::new(
                 cause,
-            )));
-        carrier.with_deadline(at)
+            )))
     }
 
     /// The dynamic cause of this context (Go's `context.Cause(ctx)` for a run-time error):
