@@ -347,6 +347,7 @@ fn one_million_armed_timers_memory() {
     assert_eq!(pool.turn(), N);
     assert_eq!(pool.timer_stats().pending, 0);
     drop(guards);
+    pool.testing_quiesce();
     assert_eq!(pool.stats().in_use, 0);
 }
 

@@ -143,6 +143,7 @@ fn max_timeout_clamps_and_counts() {
 #[test]
 fn request_roots_get_the_default_timeout_in_the_same_node() {
     let (clock, pool) = manual();
+    pool.testing_quiesce();
     let before = pool.stats().in_use;
     let req = pool.request().with_cancel();
     assert_eq!(req.remaining(), Some(Duration::from_secs(2)));
@@ -167,6 +168,7 @@ fn request_roots_get_the_default_timeout_in_the_same_node() {
     );
     assert!(!long.is_cancelled());
     drop((req, short, long));
+    pool.testing_quiesce();
     assert_eq!(pool.stats().in_use, before);
 }
 
@@ -222,6 +224,7 @@ fn an_explicit_cancel_before_the_deadline_wins() {
 #[test]
 fn release_before_expiry_disarms_and_leaks_nothing() {
     let (clock, pool) = manual();
+    pool.testing_quiesce();
     let start = pool.stats().in_use;
     let runs = Arc::new(AtomicUsize::new(0));
     for _ in 0..1000 {
@@ -249,6 +252,7 @@ fn release_before_expiry_disarms_and_leaks_nothing() {
     let st = pool.timer_stats();
     assert_eq!(st.fired, 0);
     assert_eq!(st.pending, 0, "every stale entry was dropped: {st:?}");
+    pool.testing_quiesce();
     assert_eq!(pool.stats().in_use, start);
     assert_eq!(st.armed, 2000);
     assert_eq!(st.stale, 2000, "every timer left as stale: {st:?}");

@@ -81,6 +81,7 @@ fn weak_context_never_reaches_a_later_occupant() {
         assert!(weak.is_cancelled());
         drop(new);
     }
+    pool.testing_quiesce();
     let stats = pool.stats();
     assert_eq!(stats.spent_slots, 1, "{stats:?}");
     assert_eq!(stats.in_use, 0);
@@ -107,6 +108,7 @@ fn stale_after_func_never_stops_another_context() {
     owner.cancel(Reason::None);
     assert_eq!(ran.load(Ordering::SeqCst), 1);
     drop(owner);
+    pool.testing_quiesce();
     assert_eq!(pool.stats().in_use, 0);
     age_all(&pool);
 
@@ -134,6 +136,7 @@ fn stale_after_func_never_stops_another_context() {
         drop(c);
     }
     assert_eq!(ran.load(Ordering::SeqCst), 1);
+    pool.testing_quiesce();
     let stats = pool.stats();
     assert_eq!(stats.spent_slots, 2, "{stats:?}");
     assert_eq!((stats.in_use, stats.created - stats.released), (0, 0));

@@ -457,6 +457,7 @@ fn dynamic_error_is_freed_with_the_context_and_a_losing_one_at_once() {
     assert_eq!(drops.load(Ordering::SeqCst), 1, "a reader's Arc keeps it");
     drop(held);
     assert_eq!(drops.load(Ordering::SeqCst), 2);
+    pool.testing_quiesce();
     assert_eq!(pool.stats().in_use, 0);
 }
 

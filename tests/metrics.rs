@@ -44,6 +44,7 @@ fn stress_counts_add_up() {
         .manual_clock(&clock)
         .build()
         .unwrap();
+    pool.testing_quiesce();
     let start = pool.stats().in_use;
     let expected: [Arc<AtomicU64>; 5] = Default::default();
     let made = Arc::new(AtomicU64::new(0));
@@ -123,6 +124,7 @@ fn stress_counts_add_up() {
         [0, 1, 2, 4].iter().all(|&r| want[r] > 0),
         "every reason but exhausted occurs: {want:?}"
     );
+    pool.testing_quiesce();
     assert_eq!(pool.stats().in_use, start);
     let life = counts(&pool, "stress").lifetime;
     assert_eq!(life.count(), counts(&pool, "stress").released);

@@ -10,7 +10,8 @@
 //!   seeds `fuzz/corpus/tree_ops/seed-<name>`; `CTXPOOL_BLESS_CORPUS=1` rewrites them after a
 //!   change of the scenarios or of the encoding.
 //! - `replay_hex`: `TREE_OPS_HEX=<hex> cargo test --test model replay_hex -- --nocapture`
-//!   replays one input (for instance the canonical encoding a failure prints).
+//!   replays one input (for instance the canonical encoding a failure prints);
+//!   `TREE_OPS_REPEAT=N` replays it N times in one thread.
 
 #[path = "support/tree_ops.rs"]
 mod tree_ops;
@@ -176,6 +177,7 @@ fn after_func_below_a_dropped_handle_runs_on_ancestor_cancel_api() {
     drop(plain);
     drop(owner);
     assert_eq!(ran.load(Ordering::SeqCst), 1, "the after_func never ran");
+    pool.testing_quiesce();
     assert_eq!(pool.stats().in_use, 0);
 }
 
@@ -223,5 +225,14 @@ fn replay_hex() {
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("TREE_OPS_HEX: hex digits"))
         .collect();
     println!("{:#?}", decode(&bytes));
-    run(&bytes);
+    // `TREE_OPS_REPEAT=N` replays it N times in one thread, as a fuzzer process does: some
+    // differences need the state (thread shards, caches, the driver's timing) that earlier runs
+    // leave behind.
+    let repeat = std::env::var("TREE_OPS_REPEAT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1usize);
+    for _ in 0..repeat {
+        run(&bytes);
+    }
 }

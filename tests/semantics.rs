@@ -21,6 +21,7 @@ fn background_is_never_cancelled_and_takes_no_slot() {
     assert_eq!(bg.err(), None);
     assert_eq!(bg.cause(), None);
     assert!(bg.is_never_cancelled());
+    p.testing_quiesce();
     assert_eq!(p.stats().in_use, 0);
     // after_func on a never-cancellable context takes no slot and never runs.
     let ran = Arc::new(AtomicUsize::new(0));
@@ -28,6 +29,7 @@ fn background_is_never_cancelled_and_takes_no_slot() {
     let h = bg.after_func(move || {
         r.fetch_add(1, Ordering::SeqCst);
     });
+    p.testing_quiesce();
     assert_eq!(p.stats().in_use, 0);
     assert!(
         h.stop(),
@@ -140,6 +142,7 @@ fn cancel_returns_after_every_descendant_observes_it() {
     drop(guards);
     drop(leaves);
     drop(root);
+    p.testing_quiesce();
     assert_eq!(p.stats().in_use, 0);
 }
 
@@ -219,6 +222,7 @@ fn async_waiters_complete_on_cancel() {
         );
     }
     drop(root);
+    p.testing_quiesce();
     assert_eq!(p.stats().in_use, 0);
 }
 
@@ -293,6 +297,7 @@ fn after_func_runs_once_and_stop_tells_the_truth() {
     assert_eq!(ran.load(Ordering::SeqCst), 11);
     assert!(!late.stop());
     drop(owner);
+    p.testing_quiesce();
     assert_eq!(p.stats().in_use, 0);
 }
 
@@ -314,6 +319,7 @@ fn large_closures_and_values_are_supported() {
     drop(v);
     drop(owner);
     assert_eq!(seen.load(Ordering::SeqCst), 7 * 32);
+    p.testing_quiesce();
     assert_eq!(p.stats().in_use, 0);
 }
 
@@ -375,6 +381,7 @@ fn exhaustion_sheds_work_without_allocating_more() {
         "runs at once: born cancelled"
     );
     assert!(a.try_after_func(|| {}).is_err());
+    p.testing_quiesce();
     let stats = p.stats();
     assert_eq!(stats.in_use, 2);
     assert!(stats.exhausted >= 3);
@@ -390,9 +397,11 @@ fn contexts_can_be_dropped_on_other_threads() {
         let batch: Vec<_> = (0..50).map(|_| root.with_cancel()).collect();
         thread::spawn(move || drop(batch)).join().unwrap();
     }
+    p.testing_quiesce();
     assert_eq!(p.stats().in_use, 1);
     assert!(p.stats().high_water <= 256);
     drop(root);
+    p.testing_quiesce();
     assert_eq!(p.stats().in_use, 0);
 }
 
@@ -411,6 +420,7 @@ fn memory_stays_proportional_to_live_children_under_a_long_lived_root() {
             assert!(fut.as_mut().poll(&mut cx).is_pending());
         }
     }
+    p.testing_quiesce();
     let stats = p.stats();
     assert_eq!(stats.in_use, 1);
     assert!(stats.high_water <= 64, "high water {}", stats.high_water);
@@ -445,6 +455,7 @@ fn every_drop_order_is_safe() {
                 slots[i] = None;
             }
         }
+        p.testing_quiesce();
         assert_eq!(p.stats().in_use, 0, "order {perm:?} leaked");
         count += 1;
         // next permutation
@@ -528,9 +539,11 @@ fn parents_released_before_their_children_stay_readable_until_the_last_child_goe
     assert!(leaf.is_cancelled());
     assert_eq!(leaf.cause(), Some(Cause::Parent(Origin::OwnerDropped)));
     assert_eq!(leaf.value::<u64>(), Some(&5));
+    p.testing_quiesce();
     assert_eq!(p.stats().in_use, 3);
     // The last child tears the chain down, here from another thread.
     thread::spawn(move || drop(leaf)).join().unwrap();
+    p.testing_quiesce();
     assert_eq!(p.stats().in_use, 0);
 }
 
@@ -559,6 +572,7 @@ fn lease_collisions_fall_back_to_references() {
             assert!(parents.iter().all(|c| !c.is_cancelled()));
             drop(parents);
         }
+        p.testing_quiesce();
         assert_eq!(p.stats().in_use, 0, "round {round}");
     }
 }
@@ -588,11 +602,13 @@ fn children_made_on_many_threads_of_one_parent_are_counted() {
     drop(root);
     drop(handle);
     // The root is now a zombie kept by 40 children made (and counted) on four threads.
+    p.testing_quiesce();
     assert_eq!(p.stats().in_use, 41);
     assert!(kept
         .iter()
         .all(|c| c.cause() == Some(Cause::Parent(Origin::OwnerDropped))));
     drop(kept);
+    p.testing_quiesce();
     assert_eq!(p.stats().in_use, 0);
 }
 
@@ -614,6 +630,7 @@ fn a_waiter_below_a_released_parent_is_woken_by_the_grandparent() {
     assert_eq!(leaf.cause(), Some(Cause::Parent(Origin::Shutdown)));
     drop(leaf);
     drop(grand);
+    p.testing_quiesce();
     assert_eq!(p.stats().in_use, 0);
 }
 

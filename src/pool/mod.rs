@@ -111,6 +111,9 @@ pub(crate) struct PoolInner {
     /// Whether a driver turns this pool on its own (a thread or a tokio task), so that a
     /// zombie's check can be left to its next turn (tree I10, time D7).
     defer_zombies: core::sync::atomic::AtomicBool,
+    /// Deferred zombie checks running now (`check_zombies`): a zombie they claim is torn down
+    /// on the driver's thread, so until this is back at zero a slot may be about to be freed.
+    zombie_checks: AtomicUsize,
     /// Next never-used spare index, minus `SPARE` (P5).
     spare: AtomicU32,
     shards: Box<[AtomicPtr<CachePadded<Shard>>]>,
@@ -199,6 +202,7 @@ impl PoolInner {
             spent: AtomicU32::new(0),
             heavy_fences: AtomicU64::new(0),
             defer_zombies: core::sync::atomic::AtomicBool::new(b.defer_zombies),
+            zombie_checks: AtomicUsize::new(0),
             spare: AtomicU32::new(0),
             shards: (0..tid::MAX_THREADS)
                 .map(|_| AtomicPtr::new(core::ptr::null_mut()))
@@ -275,6 +279,16 @@ impl PoolInner {
         if zombies.is_empty() {
             return;
         }
+        // Counted before any claim, uncounted after the last teardown (also on a panic from
+        // a value's `Drop`): `testing_quiesce` waits for it.
+        struct Running<'a>(&'a AtomicUsize);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.zombie_checks.fetch_add(1, Ordering::SeqCst);
+        let _running = Running(&self.zombie_checks);
         self.heavy_fence();
         for (idx, gen) in zombies.drain(..) {
             // SAFETY: `idx` came from a handle of this pool (P3); only atomics are read
@@ -1465,6 +1479,20 @@ impl Pool {
         ))
     }
 
+    /// Testing only: waits until no deferred zombie check (time D7) is running on the driver.
+    /// A zombie's last leased child and the driver's check race to claim it; when the driver
+    /// wins, the slot is freed (and the values dropped) on the driver's thread just after the
+    /// child's drop returned. A test that compares `stats().in_use` or value drops with a model
+    /// right after a drop calls this first. Waits by yielding; the check it waits for runs no
+    /// user code but values' `Drop`.
+    #[doc(hidden)]
+    pub fn testing_quiesce(&self) {
+        let inner = self.inner.get();
+        while inner.zombie_checks.load(Ordering::SeqCst) != 0 {
+            std::thread::yield_now();
+        }
+    }
+
     /// Testing only: moves free slot `slot` forward to generation `gen`, as if that many lives
     /// had passed on it, so a test can reach the end of a slot's generations in a few steps.
     /// Refused (`false`) unless the slot was handed out, is free (no reference, not waiting
@@ -1798,7 +1826,10 @@ impl std::error::Error for BuildError {}
 pub struct PoolStats {
     /// The most contexts alive at once.
     pub capacity: u32,
-    /// Contexts alive now (created − released).
+    /// Contexts alive now (created − released). A parent released while a child made on
+    /// another thread may still read it is torn down by whichever comes last: that child, or
+    /// the driver's batched check (time D7) — so for a moment after the last drop returns,
+    /// the driver may still be freeing it on its own thread.
     pub in_use: u64,
     /// Slots ever taken from fresh memory: the most contexts that were alive at once, plus
     /// free slots that were cached on threads at the time. Never decreases.

@@ -59,11 +59,13 @@ fn live_worker_cache_is_reclaimed() {
         done_rx.recv().unwrap(); // alive and idle while the main thread drains the pool
     });
     ready_rx.recv().unwrap();
+    pool.testing_quiesce();
     assert_eq!(pool.stats().in_use, 0);
     let held = drain(&pool, 4);
     drop(held);
     done_tx.send(()).unwrap();
     worker.join().unwrap();
+    pool.testing_quiesce();
     assert_eq!(pool.stats().in_use, 0);
 }
 
@@ -89,6 +91,7 @@ fn idle_threads_never_hide_free_slots() {
             })
             .collect();
         made.wait();
+        pool.testing_quiesce();
         assert_eq!(pool.stats().in_use, 0, "{threads} threads");
         let held = drain(&pool, 1024);
         drop(held);
@@ -96,6 +99,7 @@ fn idle_threads_never_hide_free_slots() {
         for w in workers {
             w.join().unwrap();
         }
+        pool.testing_quiesce();
         assert_eq!(pool.stats().in_use, 0);
     }
 }
@@ -135,11 +139,13 @@ fn adopted_chain_is_cut_to_the_thread_cache() {
     });
     ready_rx.recv().unwrap();
     dropper.join().unwrap();
+    pool.testing_quiesce();
     assert_eq!(pool.stats().in_use, 1);
     let held = drain(&pool, 1023);
     drop(held);
     hold_tx.send(()).unwrap();
     acceptor.join().unwrap();
+    pool.testing_quiesce();
     assert_eq!(pool.stats().in_use, 0);
 }
 

@@ -1427,6 +1427,9 @@ impl Harness {
     /// Compares everything; cancellation (which the library records on read) only when
     /// `perturb`.
     fn check(&self, perturb: bool) {
+        // The driver may be tearing down a zombie that it claimed before the last leased
+        // child's drop could (time D7): wait for that before comparing slots and drops.
+        self.pool.testing_quiesce();
         // Counters first: a read of a cancellation may itself run pending `after_func`s (by
         // adopting an ancestor's cancellation), which would hide one that a cancel missed.
         self.check_pass(false);
