@@ -8,7 +8,7 @@ use super::{CancelGuard, Context, EXHAUSTED};
 use crate::pool::slot::generation;
 use crate::pool::{Local, PoolInner, PoolRef};
 use crate::sync::Ordering;
-use crate::time::clock::{ceil_ms, floor_ms, widen};
+use crate::time::clock::{nanos, widen, NS_PER_MS};
 use crate::tree::cause::PoolExhausted;
 use crate::tree::node::{
     Custom, Func, Meta, Node, Payload, Values, D_DEADLINE, D_TIMER, F_DETACHED, F_FUNC, F_NEVER,
@@ -554,6 +554,12 @@ fn create(
     Ok(Context::from_node(parent.pool, idx, gen))
 }
 
+/// Nanoseconds `ns` in whole ticks (milliseconds), rounded up.
+#[inline(always)]
+fn ceil_ticks(ns: u64) -> u64 {
+    ns / NS_PER_MS + u64::from(ns % NS_PER_MS != 0)
+}
+
 /// What a requested deadline gives a child.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Own {
@@ -581,25 +587,28 @@ fn own_deadline(
     let (default_ms, max_ms) = pool.limits();
     // Deadlines from the upper bound of the precise time (never early), "already past" and
     // the cut from the lower one (never before its instant, never beyond the maximum), K2.
+    // All in nanoseconds since the clock's epoch (`u64`: 584 years), rounded to ticks last.
     let (lower, upper) = clock.precise_bracket();
-    let max = Duration::from_millis(u64::from(max_ms));
+    let max = u64::from(max_ms) * NS_PER_MS;
     // The cut: never later than `now + max_timeout` (rounded down, so `remaining()` never
     // exceeds the maximum); counted only when the request itself was longer.
     let cut = lower.saturating_add(max);
     let (mut dl, expired, over) = match want {
-        Want::After(d) => (ceil_ms(upper.saturating_add(d)), d.is_zero(), d > max),
-        Want::At(at) => (
-            clock.tick_of(at),
-            clock.is_past(at, lower),
-            !clock.is_past(at, cut),
-        ),
+        Want::After(d) => {
+            let d = nanos(d);
+            (ceil_ticks(upper.saturating_add(d)), d == 0, d > max)
+        }
+        Want::At(at) => {
+            let at = clock.ns_of(at);
+            (ceil_ticks(at), at <= lower, at > cut)
+        }
         Want::Default => (
-            ceil_ms(upper.saturating_add(Duration::from_millis(u64::from(default_ms)))),
+            ceil_ticks(upper.saturating_add(u64::from(default_ms) * NS_PER_MS)),
             false,
             default_ms > max_ms,
         ),
     };
-    let cap = floor_ms(cut);
+    let cap = cut / NS_PER_MS;
     if dl > cap {
         dl = cap;
         if over {

@@ -276,23 +276,27 @@ impl Clock {
     #[inline]
     #[cfg_attr(loom, allow(dead_code))] // the driver thread's sleep, not built under loom
     pub(crate) fn precise(&self) -> Duration {
-        self.precise_bracket().1
+        Duration::from_nanos(self.precise_bracket().1)
     }
 
-    /// The precise time since the epoch, bracketed: `(lower, upper)` with lower ≤ the time of
-    /// the call ≤ upper. What deadlines are counted from (K2): a deadline counted from
-    /// `upper` is never early, and "already past" is decided against `lower`. On the real
-    /// clock the TSC anchor gives a bracket a few microseconds wide without calling
-    /// `Instant::now()` (`tsc.rs`, T1); otherwise (no usable TSC, an anchor too old) it is one
-    /// `Instant::now()` reading, which also re-anchors. The manual clock's time is exact.
+    /// The precise time since the epoch in nanoseconds, bracketed: `(lower, upper)` with
+    /// lower ≤ the time of the call ≤ upper. What deadlines are counted from (K2): a deadline
+    /// counted from `upper` is never early, and "already past" is decided against `lower`.
+    /// On the real clock the TSC anchor gives a bracket a few microseconds wide without
+    /// calling `Instant::now()` (`tsc.rs`, T1); otherwise (no usable TSC, an anchor too old)
+    /// it is one `Instant::now()` reading, which also re-anchors. The manual clock's time is
+    /// exact. In integers, not `Duration`s: this is on the path of every timed context made.
     #[inline]
-    pub(crate) fn precise_bracket(&self) -> (Duration, Duration) {
+    pub(crate) fn precise_bracket(&self) -> (u64, u64) {
         if self.manual {
-            let t = Duration::from_millis(self.word().load(Ordering::Acquire));
+            let t = self
+                .word()
+                .load(Ordering::Acquire)
+                .saturating_mul(NS_PER_MS);
             return (t, t);
         }
         if let Some(b) = self.anchor.as_ref().and_then(super::tsc::Anchor::read) {
-            return (Duration::from_nanos(b.lower), Duration::from_nanos(b.upper));
+            return (b.lower, b.upper);
         }
         self.precise_slow()
     }
@@ -300,10 +304,10 @@ impl Clock {
     /// [`precise_bracket`](Clock::precise_bracket) from `Instant::now()`.
     #[cold]
     #[inline(never)]
-    fn precise_slow(&self) -> (Duration, Duration) {
+    fn precise_slow(&self) -> (u64, u64) {
         let t = match &self.anchor {
-            Some(a) => Duration::from_nanos(a.refresh(|| self.elapsed_ns())),
-            None => self.epoch.elapsed(),
+            Some(a) => a.refresh(|| self.elapsed_ns()),
+            None => self.elapsed_ns(),
         };
         (t, t)
     }
@@ -376,10 +380,10 @@ impl Clock {
         u64::try_from(ms).unwrap_or(u64::MAX / 2)
     }
 
-    /// Whether `at` is not after the precise time `base` (since the epoch).
+    /// `at` in nanoseconds since the epoch (0 if before it), saturating.
     #[inline]
-    pub(crate) fn is_past(&self, at: Instant, base: Duration) -> bool {
-        at.saturating_duration_since(self.epoch) <= base
+    pub(crate) fn ns_of(&self, at: Instant) -> u64 {
+        nanos(at.saturating_duration_since(self.epoch))
     }
 
     /// What is left until full tick `t`: precise for the real clock.
@@ -405,13 +409,15 @@ pub(crate) fn expired(now: u32, deadline: u32) -> bool {
     now.wrapping_sub(deadline) as i32 >= 0
 }
 
-/// `d` in whole milliseconds, rounded down, saturating like [`ceil_ms`].
+/// Nanoseconds in a millisecond.
+pub(crate) const NS_PER_MS: u64 = 1_000_000;
+
+/// `d` in nanoseconds, saturating (no 128-bit arithmetic: this is on the hot path).
 #[inline]
-pub(crate) fn floor_ms(d: Duration) -> u64 {
+pub(crate) fn nanos(d: Duration) -> u64 {
     d.as_secs()
-        .saturating_mul(1000)
-        .saturating_add(u64::from(d.subsec_millis()))
-        .min(u64::MAX / 2)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 /// `d` in whole milliseconds, rounded up, saturating.
