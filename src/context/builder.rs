@@ -142,6 +142,32 @@ impl<'a> ChildBuilder<'a> {
         self
     }
 
+    /// Sets every field of a request context at once, in place: what `http`'s `extract` does
+    /// with the builder's setters, without moving the builder from one setter to the next.
+    /// `carried` is stored in the child itself, whatever its kind (a cancellable request
+    /// context included), found by [`Context::value`] on it and its descendants: what
+    /// `with_value` does, without a node of its own. For values of one word or less (no box:
+    /// no allocation): the request's identity.
+    #[cfg(feature = "http")]
+    pub(crate) fn set_request<T: Send + Sync + 'static>(
+        &mut self,
+        op: &'static Op,
+        trace: TraceContext,
+        request_id: RequestId,
+        user_id: Option<UserId>,
+        carried: T,
+    ) {
+        debug_assert!(core::mem::size_of::<T>() <= values::INLINE_VALUE_BYTES);
+        self.op = Some(op);
+        self.trace = Some(trace);
+        self.request_id = Some(request_id);
+        self.user_id = user_id;
+        self.carried = Carried(Some(Custom {
+            vt: values::vtable::<T>(),
+            data: values::store_value(carried),
+        }));
+    }
+
     /// Sets the operation label.
     pub fn op(mut self, op: &'static Op) -> Self {
         self.op = Some(op);
@@ -163,20 +189,6 @@ impl<'a> ChildBuilder<'a> {
     /// Sets the user id.
     pub fn user_id(mut self, id: UserId) -> Self {
         self.user_id = Some(id);
-        self
-    }
-
-    /// Stores `value` in the child itself, whatever its kind (a cancellable request context
-    /// included), found by [`Context::value`] on it and its descendants: what `with_value`
-    /// does, without a node of its own. For values of one word or less (no box: no
-    /// allocation). Used by `http` for the request's identity.
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) fn carry<T: Send + Sync + 'static>(mut self, value: T) -> Self {
-        debug_assert!(core::mem::size_of::<T>() <= values::INLINE_VALUE_BYTES);
-        self.carried = Carried(Some(Custom {
-            vt: values::vtable::<T>(),
-            data: values::store_value(value),
-        }));
         self
     }
 

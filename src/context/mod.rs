@@ -294,7 +294,8 @@ impl Context {
     }
 
     /// Time left until the deadline, zero once it passed; `None` without a deadline. Read
-    /// from `Instant::now()` (not the coarse tick) on the real clock.
+    /// from the precise time (not the coarse tick) on the real clock, rounded so that it is
+    /// never more than what is truly left.
     pub fn remaining(&self) -> Option<Duration> {
         let dl = self.stored_deadline()?;
         let clock = &self.inner().timers.clock;

@@ -32,19 +32,35 @@ pub(crate) struct SharedMeta(Option<Arc<Propagated>>);
 
 impl SharedMeta {
     /// `meta`, shared: in a value from this thread's free list when there is one.
+    #[cfg(test)]
     pub(crate) fn new(meta: Propagated) -> SharedMeta {
+        let mut shared = SharedMeta::blank();
+        *shared.fill() = meta;
+        shared
+    }
+
+    /// A cleared value (N1: every field at its default), from this thread's free list when
+    /// there is one, for [`fill`](SharedMeta::fill) to write in place: `Propagated` is a few
+    /// hundred bytes, so `extract` writes it where it will live rather than moving it there.
+    #[inline]
+    pub(crate) fn blank() -> SharedMeta {
         let reused = FREE.try_with(|free| free.borrow_mut().pop()).ok().flatten();
-        match reused {
-            Some(mut arc) => {
-                match Arc::get_mut(&mut arc) {
-                    Some(slot) => *slot = meta,
-                    // Not reachable (only unique values are kept, N1); stay correct anyway.
-                    None => arc = Arc::new(meta),
-                }
-                SharedMeta(Some(arc))
-            }
-            None => SharedMeta(Some(Arc::new(meta))),
+        SharedMeta(Some(reused.unwrap_or_default()))
+    }
+
+    /// The value, to write, while this is its only holder (as [`blank`](SharedMeta::blank)
+    /// returns it). Were it shared (not reachable: only unique values are kept, N1), a fresh
+    /// cleared value replaces it here, so a writer never reaches another holder's value.
+    #[inline]
+    pub(crate) fn fill(&mut self) -> &mut Propagated {
+        let slot = self.0.get_or_insert_with(Arc::default);
+        // Plain loads first, so that the one `get_mut` (a compare-and-swap) is the last word.
+        if Arc::strong_count(slot) != 1 || Arc::weak_count(slot) != 0 {
+            *slot = Arc::default();
         }
+        // Unique by the check above: this `SharedMeta` is its only holder, and `&mut self`
+        // keeps it from being cloned meanwhile.
+        Arc::get_mut(slot).expect("a unique Arc")
     }
 
     /// Wraps an `Arc` made elsewhere (it is recycled too when this is its last holder).

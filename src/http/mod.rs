@@ -702,7 +702,9 @@ impl Propagator {
     ) -> Incoming {
         let stats = &self.shared.stats;
         stats.requests.inc();
-        let mut meta = Propagated::default();
+        // Identity N1: written in place, in a cleared value this thread recycled.
+        let mut shared = SharedMeta::blank();
+        let meta = shared.fill();
 
         // traceparent, then tracestate only with a valid traceparent (W3C trace-context §4.3).
         let found = Found::new(headers);
@@ -836,21 +838,14 @@ impl Propagator {
                 .map(|(id, _)| id),
         };
 
-        let builder = match &self.shared.parent {
+        let mut builder = match &self.shared.parent {
             Some(p) => p.child(),
             None => self.shared.pool.request(),
         };
         // Identity N1, N2: the metadata, shared with the context node (a recycled `Arc`).
         let user_id = meta.user_id;
-        let meta = SharedMeta::new(meta);
-        let mut builder = builder
-            .op(op)
-            .trace(trace)
-            .request_id(request_id.id())
-            .carry(meta.clone());
-        if let Some(user) = user_id {
-            builder = builder.user_id(user);
-        }
+        let meta = shared;
+        builder.set_request(op, trace, request_id.id(), user_id, meta.clone());
         // The deadline chosen above (H6); the pool clamps it to max_timeout and counts the
         // clamp (H1).
         let guard = match want {

@@ -391,7 +391,13 @@ impl Clock {
         if self.manual {
             Duration::from_millis(t.saturating_sub(self.now64()))
         } else {
-            self.instant(t).saturating_duration_since(Instant::now())
+            // From the upper bound of the precise time: never more than is truly left (what
+            // an outgoing `grpc-timeout` is made from), at most the bracket's few
+            // microseconds less.
+            Duration::from_nanos(
+                t.saturating_mul(NS_PER_MS)
+                    .saturating_sub(self.precise_bracket().1),
+            )
         }
     }
 }
