@@ -326,9 +326,106 @@ pub struct ContextService<S> {
     layer: ContextLayer,
 }
 
-/// The response future of [`ContextService`] (boxed: it owns the request context and waits
-/// on it beside the inner future).
-pub type ResponseFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+pin_project_lite::pin_project! {
+    /// The response future of [`ContextService`]: the inner service's future, raced against
+    /// the request context, which it owns until the response head is ready (then the body
+    /// holds it, L1). Not boxed: it is the inner future plus a few words, with no
+    /// allocation of its own.
+    ///
+    /// Dropped before it completes, the client went away (or the handler panicked): the
+    /// context is cancelled with [`CLIENT_DISCONNECTED`] (or [`HANDLER_PANICKED`]).
+    pub struct ResponseFuture<F> {
+        // The handler's future; `None` if the context was cancelled before the call, and
+        // once it completed or was cut off (dropped at once: the handler's work stops).
+        #[pin]
+        inner: Option<F>,
+        #[pin]
+        cancelled: CancelledOwned,
+        // What the response is made with; taken when it is.
+        rest: Option<Rest>,
+    }
+}
+
+/// What [`ResponseFuture`] keeps for the response.
+struct Rest {
+    owner: Owner,
+    ctx: crate::Context,
+    grpc: bool,
+    head: bool,
+    request_id: HeaderValue,
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Body + Default,
+    ResBody::Data: From<Bytes>,
+{
+    type Output = Result<Response<ContextBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        // The inner future first, so a response that is ready wins over a deadline that
+        // passed at the same time.
+        let result = match this.inner.as_mut().as_pin_mut() {
+            Some(fut) => match fut.poll(cx) {
+                Poll::Ready(out) => Some(out),
+                Poll::Pending if this.cancelled.poll(cx).is_ready() => None,
+                Poll::Pending => return Poll::Pending,
+            },
+            None => None,
+        };
+        this.inner.set(None);
+        let Rest {
+            mut owner,
+            ctx,
+            grpc,
+            head,
+            request_id,
+        } = this
+            .rest
+            .take()
+            .expect("ResponseFuture polled after it completed");
+        // L1: the guard passes to the body, or the context ends here.
+        let guard = owner.0.take().expect("owner taken once");
+        let flight = owner.1.take().expect("owner taken once");
+        let settings = &*flight.0;
+        // L4: the layer answers for a cancelled context whatever the handler made (unless
+        // told otherwise), and for a response the handler marked `AnswerCancelled`.
+        let answer = match &result {
+            None => Some(ctx.cause()),
+            Some(Ok(resp)) => match ctx.cause() {
+                Some(c) if settings.after_cancel == AfterCancel::LayerAnswers => Some(Some(c)),
+                _ => resp
+                    .extensions()
+                    .get::<AnswerCancelled>()
+                    .map(|a| Some(a.0)),
+            },
+            Some(Err(_)) => None,
+        };
+        let mut resp = match (result, answer) {
+            (Some(Err(e)), _) => {
+                drop(guard);
+                return Poll::Ready(Err(e));
+            }
+            (_, Some(cause)) => {
+                drop(guard);
+                cancelled_response(cause, grpc, head, &settings.error_body)
+            }
+            (None, None) => unreachable!("a cancelled context has a cause"),
+            (Some(Ok(resp)), None) if head || bodiless(resp.status()) => {
+                drop(guard);
+                resp.map(ContextBody::ended)
+            }
+            (Some(Ok(resp)), None) => {
+                let length = content_length(resp.headers());
+                resp.map(|body| ContextBody::new(body, guard, flight, length))
+            }
+        };
+        resp.headers_mut().insert(X_REQUEST_ID, request_id);
+        Poll::Ready(Ok(resp))
+    }
+}
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ContextService<S>
 where
@@ -341,7 +438,7 @@ where
 {
     type Response = Response<ContextBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<Response<ContextBody<ResBody>>, S::Error>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -365,8 +462,12 @@ where
             .propagator
             .extract_route(req.headers(), peer, op, budget)
             .into_shared();
-        let request_id = HeaderValue::from_str(meta.request_id().as_str())
-            .expect("a request id is visible ASCII");
+        // The incoming value when there was one (a reference to its bytes), else cut from
+        // this thread's chunk (`value.rs` V3): no allocation of its own.
+        let request_id = meta
+            .raw_request_id()
+            .cloned()
+            .unwrap_or_else(|| super::value::header_value(meta.request_id().as_str()));
         let ctx = guard.context();
         req.extensions_mut().insert(RequestContext::from_shared(
             ctx.clone(),
@@ -380,54 +481,17 @@ where
         // Moved into the future, so that dropping it even before its first poll counts as
         // the client going away.
         let owner = Owner(Some(guard), Some(InFlight::enter(&layer.settings)));
-        Box::pin(async move {
-            let mut owner = owner;
-            let result = match fut {
-                Some(fut) => {
-                    let fut = std::pin::pin!(fut);
-                    race(fut, &ctx).await
-                }
-                None => None,
-            };
-            // L1: the guard passes to the body, or the context ends here.
-            let guard = owner.0.take().expect("owner taken once");
-            let flight = owner.1.take().expect("owner taken once");
-            let settings = &*flight.0;
-            // L4: the layer answers for a cancelled context whatever the handler made (unless
-            // told otherwise), and for a response the handler marked `AnswerCancelled`.
-            let answer = match &result {
-                None => Some(ctx.cause()),
-                Some(Ok(resp)) => match ctx.cause() {
-                    Some(c) if settings.after_cancel == AfterCancel::LayerAnswers => Some(Some(c)),
-                    _ => resp
-                        .extensions()
-                        .get::<AnswerCancelled>()
-                        .map(|a| Some(a.0)),
-                },
-                Some(Err(_)) => None,
-            };
-            let mut resp = match (result, answer) {
-                (Some(Err(e)), _) => {
-                    drop(guard);
-                    return Err(e);
-                }
-                (_, Some(cause)) => {
-                    drop(guard);
-                    cancelled_response(cause, grpc, head, &settings.error_body)
-                }
-                (None, None) => unreachable!("a cancelled context has a cause"),
-                (Some(Ok(resp)), None) if head || bodiless(resp.status()) => {
-                    drop(guard);
-                    resp.map(ContextBody::ended)
-                }
-                (Some(Ok(resp)), None) => {
-                    let length = content_length(resp.headers());
-                    resp.map(|body| ContextBody::new(body, guard, flight, length))
-                }
-            };
-            resp.headers_mut().insert(X_REQUEST_ID, request_id);
-            Ok(resp)
-        })
+        ResponseFuture {
+            inner: fut,
+            cancelled: ctx.cancelled_owned(),
+            rest: Some(Rest {
+                owner,
+                ctx,
+                grpc,
+                head,
+                request_id,
+            }),
+        }
     }
 }
 
@@ -662,22 +726,6 @@ impl Drop for Owner {
             guard.cancel(reason);
         }
     }
-}
-
-/// Polls `fut` until it completes (`Some`) or `ctx` is cancelled (`None`), the inner future
-/// first, so a response that is ready wins over a deadline that passed at the same time.
-async fn race<F: Future>(mut fut: Pin<&mut F>, ctx: &crate::Context) -> Option<F::Output> {
-    let mut cancelled = std::pin::pin!(ctx.cancelled());
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
-        }
-        if cancelled.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {

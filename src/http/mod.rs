@@ -373,6 +373,11 @@ static NO_META: Propagated = Propagated {
 };
 
 impl Propagated {
+    /// The incoming `x-request-id` value, when the request carried a valid one.
+    pub(crate) fn raw_request_id(&self) -> Option<&HeaderValue> {
+        self.raw.request_id.as_ref()
+    }
+
     /// The caller's span id (the `parent-id` of a valid incoming `traceparent`); `None` when
     /// this request started a new trace.
     pub fn parent_span(&self) -> Option<u64> {
