@@ -654,3 +654,69 @@ fn http_inject_names_the_current_otel_span() {
     });
     assert_eq!(n, 0);
 }
+
+/// `ContextLayer`'s own work per request (the request context from the headers, the
+/// response future raced against it, the `x-request-id` answer, the body holding the
+/// context) allocates once: the `RequestContext` boxed into the request's extensions (the
+/// `http` crate boxes every extension). The request already carries an extension, as a
+/// router's does, so the extension map itself exists; the same round without the layer is
+/// subtracted.
+#[test]
+fn layer_round_allocates_only_the_extension() {
+    use ctxpool::http::{ContextLayer, Propagator, TRACEPARENT};
+    use tower::{Layer, Service};
+    let pool = turned_pool();
+    pool.with_config(|_| ());
+    // A handler's response has headers of its own (so the layer's `x-request-id` finds the
+    // map made, as it does behind a real router).
+    let inner = tower::service_fn(|_req: http::Request<()>| {
+        let mut resp = http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        std::future::ready(Ok::<_, std::convert::Infallible>(resp))
+    });
+    let mut bare = inner;
+    let mut svc = ContextLayer::new(Propagator::new(&pool)).layer(inner);
+    let request = || {
+        let mut req = http::Request::new(());
+        req.headers_mut().insert(
+            TRACEPARENT,
+            http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        );
+        req.headers_mut()
+            .insert("grpc-timeout", http::HeaderValue::from_static("100S"));
+        req.extensions_mut().insert(7u8);
+        req
+    };
+    let mut cx = TaskContext::from_waker(Waker::noop());
+    let mut i = 0u32;
+    let round = allocations_in(20_000, || {
+        let fut = svc.call(request());
+        let resp = match pin!(fut).poll(&mut cx) {
+            std::task::Poll::Ready(r) => r.unwrap(),
+            std::task::Poll::Pending => panic!("the inner service is ready at once"),
+        };
+        assert!(resp.headers().contains_key("x-request-id"));
+        drop(resp);
+        i += 1;
+        if i % 1024 == 0 {
+            pool.turn();
+        }
+    });
+    let alone = allocations_in(20_000, || {
+        let fut = bare.call(request());
+        match pin!(fut).poll(&mut cx) {
+            std::task::Poll::Ready(r) => drop(r.unwrap()),
+            std::task::Poll::Pending => panic!("the inner service is ready at once"),
+        }
+    });
+    assert_eq!(
+        round - alone,
+        20_000,
+        "{round} with the layer, {alone} without"
+    );
+}
