@@ -19,8 +19,12 @@
 //!     [`NaiveTimers`]): arm = `Instant::now()` + lock + push; drop = lock + mark cancelled +
 //!     purge what is cancelled at the top.
 //!
-//!   All four read the time once per timer (ctxpool its coarse tick, the others `Instant::now`),
-//!   and all can fire the timer if it is not dropped, so they do the same job.
+//!   All four read the time once per timer (ctxpool the CPU's time-stamp counter through its
+//!   TSC anchor, so that no deadline is early; the others `Instant::now`), and all can fire
+//!   the timer if it is not dropped, so they do the same job.
+//!
+//! - `clock_read`: the time sources themselves, the floor under a timed creation that is
+//!   never early: `rdtsc` (one `_rdtsc()`, x86_64 only) and `instant_now` (`Instant::now()`).
 //!
 //! - `fire_100k` (throughput: 100,000 timers per iteration): arm 100,000 timers due 1..=10 ms
 //!   after each is armed (`i % 10 + 1` ms, so the due times are spread uniformly over the 10 ms),
@@ -451,9 +455,26 @@ fn fire_100k(c: &mut Criterion) {
     g.finish();
 }
 
+// ---------------------------------------------------------------------------------------------
+// clock_read
+
+fn clock_read(c: &mut Criterion) {
+    let mut g = c.benchmark_group("clock_read");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    #[cfg(target_arch = "x86_64")]
+    g.bench_function("rdtsc", |b| {
+        // SAFETY: `_rdtsc` has no preconditions on x86_64.
+        b.iter(|| black_box(unsafe { core::arch::x86_64::_rdtsc() }))
+    });
+    g.bench_function("instant_now", |b| b.iter(|| black_box(Instant::now())));
+    g.finish();
+}
+
 // Written out instead of `criterion_group!`/`criterion_main!`, like benches/context.rs.
 fn main() {
     let mut c = Criterion::default().configure_from_args();
+    clock_read(&mut c);
     timeout_create_drop(&mut c);
     fire_100k(&mut c);
     c.final_summary();
