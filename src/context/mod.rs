@@ -94,6 +94,46 @@ pub(crate) const V_LIVE: u32 = 4;
 /// assert_eq!(handle.err(), Some(ContextError::Canceled));
 /// assert!(matches!(handle.cause(), Some(Cause::Parent(_))));
 /// ```
+///
+/// # At pool exhaustion
+///
+/// When no slot is free, the plain constructors (`with_cancel`, `with_timeout`,
+/// `with_deadline`, `build`, `with_value`) still return a context: one born cancelled that
+/// keeps its parent's view. Exactly what exhaustion changes:
+///
+/// - it takes no slot: it is a view of the parent's node, holding a counted reference on it
+///   (the parent stays alive while it does, as for a child);
+/// - it is cancelled from birth: [`err`](Context::err) is `Canceled`,
+///   [`cause`](Context::cause) is [`Cause::PoolExhausted`] (`Parent(PoolExhausted)` for its
+///   children), [`cancelled`](Context::cancelled) and [`wait`](Context::wait) complete at
+///   once, and the cause never changes, whatever later happens to the parent;
+/// - what was set on it at creation is dropped, having no slot to live in: a builder's
+///   operation, trace, ids and custom value, and its own deadline;
+/// - [`location`](Context::location) is `None` and its [`id`](Context::id) reads `exhausted`.
+///
+/// What it keeps: the parent's values ([`value`](Context::value)), [`op`](Context::op),
+/// [`trace`](Context::trace), [`request_id`](Context::request_id),
+/// [`user_id`](Context::user_id) and [`deadline`](Context::deadline), read through to the
+/// parent's node. A child of it is born cancelled too (Go: a child of a done context is done),
+/// takes no slot even when one is free, and reads the same values.
+/// [`without_cancel`](Context::without_cancel) at exhaustion is never cancelled, reads the
+/// parent's values and has no deadline. [`after_func`](Context::after_func) with no slot free
+/// for the registration still does not run its callback while the context is live. The `try_*`
+/// constructors return [`PoolExhausted`] instead.
+///
+/// ```
+/// use ctxpool::{Cause, Pool, RequestId};
+///
+/// let pool = Pool::builder().capacity(1).build().unwrap();
+/// let req = pool.background().child().request_id(RequestId(7)).with_cancel(); // the only slot
+/// let sub = req.with_cancel(); // no slot left
+/// assert_eq!(sub.cause(), Some(Cause::PoolExhausted));
+/// assert_eq!(sub.request_id(), Some(RequestId(7)));
+/// let detached = req.without_cancel();
+/// assert!(!detached.is_cancelled());
+/// assert_eq!(detached.request_id(), Some(RequestId(7)));
+/// assert!(req.try_with_cancel().is_err());
+/// ```
 pub struct Context {
     pool: NonNull<PoolInner>,
     idx: u32,
@@ -271,8 +311,9 @@ impl Context {
 
     /// A cancellable child and its owner (Go's `WithCancel`). Dropping the returned
     /// [`CancelGuard`] cancels the child (cause [`Cause::OwnerDropped`]). At pool exhaustion
-    /// the child is born cancelled with [`Cause::PoolExhausted`]; see
-    /// [`try_with_cancel`](Context::try_with_cancel).
+    /// the child is born cancelled with [`Cause::PoolExhausted`] and reads this context's
+    /// values (see [exhaustion](Context#at-pool-exhaustion) and
+    /// [`try_with_cancel`](Context::try_with_cancel)).
     #[track_caller]
     #[inline]
     pub fn with_cancel(&self) -> CancelGuard {
