@@ -551,7 +551,7 @@ mod parent_view {
     /// (Go: it is done), and on a `without_cancel()` view never runs.
     #[test]
     fn after_func_on_exhausted_contexts() {
-        let (_clock, pool, _tenant, req) = full();
+        let (_clock, _pool, _tenant, req) = full();
         let born = req.with_cancel();
         let (runs, f) = counter();
         let af = born.after_func(f);
