@@ -28,8 +28,11 @@
 //!   links waiters or registrations on it, and its `CancelGuard` owns nothing.
 //! - **V2** the view kind is fixed at birth: `V_LIVE` clear means born cancelled with
 //!   `PoolExhausted` (`Parent(PoolExhausted)` with `V_INHERITED`), whatever later happens to
-//!   `n`; `V_LIVE` (always with `V_DETACHED`) is a `without_cancel` made at exhaustion, never
-//!   cancelled; `V_DETACHED` hides `n`'s deadline (Go's `WithoutCancel` has none).
+//!   `n`; or, with `V_PARENT`, born under a parent already cancelled (`n` or a view of it), with
+//!   `Parent(origin)` of `n`'s recorded cause, which never changes once recorded (tree I3), as
+//!   for a child born with a slot under a cancelled parent. `V_LIVE` (always with
+//!   `V_DETACHED`) is a `without_cancel` made at exhaustion, never cancelled; `V_DETACHED`
+//!   hides `n`'s deadline (Go's `WithoutCancel` has none).
 //! - **V3** `n` is a context node of this pool with `n < EXHAUSTED & !VIEW`, so `VIEW | n` is
 //!   neither `NIL` nor `EXHAUSTED`. Slot indices stay below `2^31` (pool pages), and the two
 //!   highest are in the spare region, reached only after `2^30 - 2` slots are spent; a view of
@@ -74,6 +77,10 @@ pub(crate) const V_DETACHED: u32 = 2;
 /// View kind: never cancelled (a `without_cancel` made at exhaustion); always with
 /// `V_DETACHED`.
 pub(crate) const V_LIVE: u32 = 4;
+/// View kind: born under a node that was already cancelled: the cause reads
+/// `Parent(origin)` of that node's recorded cause (fixed, tree I3), as a child made with a
+/// slot would.
+pub(crate) const V_PARENT: u32 = 8;
 
 /// A request context: cancellation, values, operation label and creation site.
 ///
@@ -106,7 +113,9 @@ pub(crate) const V_LIVE: u32 = 4;
 /// - it is cancelled from birth: [`err`](Context::err) is `Canceled`,
 ///   [`cause`](Context::cause) is [`Cause::PoolExhausted`] (`Parent(PoolExhausted)` for its
 ///   children), [`cancelled`](Context::cancelled) and [`wait`](Context::wait) complete at
-///   once, and the cause never changes, whatever later happens to the parent;
+///   once, and the cause never changes, whatever later happens to the parent. Under a parent
+///   that was already cancelled it reads `Parent(..)` of the parent's cause instead, as a
+///   child made with a slot would;
 /// - what was set on it at creation is dropped, having no slot to live in: a builder's
 ///   operation, trace, ids and custom value, and its own deadline;
 /// - [`location`](Context::location) is `None` and its [`id`](Context::id) reads `exhausted`.
@@ -224,9 +233,14 @@ impl Context {
         match self.idx {
             NIL => Context::exhausted(self.pool_ref(), false),
             EXHAUSTED => Context::exhausted(self.pool_ref(), true),
+            // A parent already cancelled gives its cause (V2), as with a slot.
+            idx if idx < VIEW && tree::is_cancelled(self.inner(), idx) => self.view(idx, V_PARENT),
             idx if idx < VIEW => self.view(idx, 0),
             idx if self.gen & V_LIVE != 0 => self.view(idx & !VIEW, self.gen & V_DETACHED),
-            idx => self.view(idx & !VIEW, (self.gen & V_DETACHED) | V_INHERITED),
+            idx => self.view(
+                idx & !VIEW,
+                (self.gen & (V_DETACHED | V_PARENT)) | V_INHERITED,
+            ),
         }
     }
 
@@ -246,7 +260,8 @@ impl Context {
     #[cold]
     pub(crate) fn inherited_child(&self) -> Option<Context> {
         let n = self.viewed()?;
-        (self.gen & V_LIVE == 0).then(|| self.view(n, (self.gen & V_DETACHED) | V_INHERITED))
+        (self.gen & V_LIVE == 0)
+            .then(|| self.view(n, (self.gen & (V_DETACHED | V_PARENT)) | V_INHERITED))
     }
 
     /// A plain handle on the node a view reads, for making a live child under it.
@@ -638,6 +653,9 @@ impl Context {
         }
         if self.idx == NIL || self.gen & V_LIVE != 0 {
             None
+        } else if let Some(n) = self.viewed().filter(|_| self.gen & V_PARENT != 0) {
+            // V2: `n` was cancelled when this view was made, so its cause is recorded and fixed.
+            tree::cause(self.inner(), n).map(|c| Cause::Parent(c.origin()))
         } else if self.gen & V_INHERITED != 0 {
             Some(Cause::Parent(Origin::PoolExhausted))
         } else {

@@ -321,6 +321,23 @@ mod parent_view {
         );
     }
 
+    /// Under a parent already cancelled, a child made at exhaustion reads the parent's cause
+    /// (`Parent(..)`), as one made with a slot does (rule 1: a child born under a cancelled
+    /// parent), and so do its children; it still reads the values.
+    #[test]
+    fn exhausted_child_of_a_cancelled_parent_reads_its_cause() {
+        let (_clock, _pool, _tenant, req) = full();
+        req.cancel(Reason::Code(3));
+        let parent_cause = Some(Cause::Parent(Origin::Cancelled(Reason::Code(3))));
+        let c = req.with_cancel();
+        assert_eq!(c.cause(), parent_cause);
+        assert_eq!(c.err(), Some(ContextError::Canceled));
+        assert_eq!(c.request_id(), Some(RequestId(42)));
+        let under = c.with_cancel();
+        assert_eq!(under.cause(), parent_cause);
+        assert_eq!(under.value::<Tenant>(), Some(&Tenant(7)));
+    }
+
     /// The parent's node lives as long as an exhausted child does (the view holds a counted
     /// reference on it), and not longer.
     #[test]

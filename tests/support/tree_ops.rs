@@ -588,6 +588,23 @@ impl MNode {
         MNode::view(of, MKind::Exhausted, Some(cause), book)
     }
 
+    /// A child of `parent` born cancelled at exhaustion: `PoolExhausted`, or under a parent
+    /// already cancelled (a plain node, or a view born cancelled) `Parent` of its cause, as
+    /// with a slot; a view of the node `parent` reads.
+    fn exhausted_under(parent: &Arc<MNode>, book: &Arc<Book>) -> Arc<MNode> {
+        match (parent.kind, parent.cause()) {
+            (MKind::LiveView | MKind::Background, _) | (_, None) => {
+                MNode::exhausted(parent.viewed(), false, book)
+            }
+            (_, Some(c)) => MNode::view(
+                parent.viewed(),
+                MKind::Exhausted,
+                Some(Cause::Parent(c.origin())),
+                book,
+            ),
+        }
+    }
+
     /// A view (no slot, no own value) of `of`: reads its values; not one of its children (a
     /// cancel of `of` does not reach it).
     fn view(
@@ -1336,16 +1353,16 @@ impl Harness {
             )
         };
         // What a child is when no slot is free for it.
-        let full = |viewed: Option<Arc<MNode>>| -> Result<Arc<MNode>, ()> {
+        let full = |parent: &Arc<MNode>| -> Result<Arc<MNode>, ()> {
             if kind == MKind::Detached {
-                Ok(match viewed {
+                Ok(match parent.viewed() {
                     Some(n) => MNode::view(Some(n), MKind::LiveView, None, &book),
                     None => background(),
                 })
             } else if try_ {
                 Err(())
             } else {
-                Ok(MNode::exhausted(viewed, false, &book))
+                Ok(MNode::exhausted_under(parent, &book))
             }
         };
         let model: Result<Arc<MNode>, ()> = if pmodel.is_view() && pmodel.parent.is_none() {
@@ -1360,19 +1377,25 @@ impl Harness {
             // A child of a context born cancelled is born cancelled, even from `try_*`, with
             // no slot; its value is dropped at once.
             drop_model_value(own);
-            Ok(MNode::exhausted(pmodel.parent.clone(), true, &self.book))
+            let cause = pmodel.cause().map(|c| Cause::Parent(c.origin()));
+            Ok(MNode::view(
+                pmodel.parent.clone(),
+                MKind::Exhausted,
+                cause,
+                &self.book,
+            ))
         } else if pmodel.kind == MKind::LiveView && kind != MKind::Detached {
             // Under a live view: a detached node made for the view, then the child under it.
             let n = pmodel.parent.clone().expect("a view of a node");
             if !self.book.alloc() {
                 drop_model_value(own);
-                full(Some(n))
+                full(&pmodel)
             } else {
                 let detached = made(&n, MKind::Detached, Vals::default(), None);
                 if !self.book.alloc() {
                     drop_model_value(own);
                     drop(detached);
-                    full(Some(n))
+                    full(&pmodel)
                 } else {
                     Ok(made(&detached, kind, vals, own))
                 }
@@ -1386,7 +1409,7 @@ impl Harness {
             };
             if !self.book.alloc() {
                 drop_model_value(own);
-                full(pmodel.viewed())
+                full(&pmodel)
             } else {
                 Ok(made(&base, kind, vals, own))
             }
