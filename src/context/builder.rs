@@ -4,7 +4,7 @@ use core::mem::MaybeUninit;
 use core::panic::Location;
 use std::time::{Duration, Instant};
 
-use super::{CancelGuard, Context, EXHAUSTED};
+use super::{CancelGuard, Context, EXHAUSTED, VIEW};
 use crate::pool::slot::generation;
 use crate::pool::{Local, PoolInner, PoolRef};
 use crate::sync::Ordering;
@@ -203,7 +203,7 @@ impl<'a> ChildBuilder<'a> {
     }
 
     /// A cancellable child and its owner, or an error if the pool is exhausted.
-    pub fn try_with_cancel(self) -> Result<CancelGuard, PoolExhausted> {
+    pub fn try_with_cancel(mut self) -> Result<CancelGuard, PoolExhausted> {
         let want = self.request.then_some(Want::Default);
         self.create(Kind::Cancel, want).map(CancelGuard::new)
     }
@@ -216,7 +216,7 @@ impl<'a> ChildBuilder<'a> {
     }
 
     /// Like [`with_timeout`](ChildBuilder::with_timeout), but fails if the pool is exhausted.
-    pub fn try_with_timeout(self, timeout: Duration) -> Result<CancelGuard, PoolExhausted> {
+    pub fn try_with_timeout(mut self, timeout: Duration) -> Result<CancelGuard, PoolExhausted> {
         self.create(Kind::Cancel, Some(Want::After(timeout)))
             .map(CancelGuard::new)
     }
@@ -228,17 +228,16 @@ impl<'a> ChildBuilder<'a> {
     }
 
     /// Like [`with_deadline`](ChildBuilder::with_deadline), but fails if the pool is exhausted.
-    pub fn try_with_deadline(self, at: Instant) -> Result<CancelGuard, PoolExhausted> {
+    pub fn try_with_deadline(mut self, at: Instant) -> Result<CancelGuard, PoolExhausted> {
         self.create(Kind::Cancel, Some(Want::At(at)))
             .map(CancelGuard::new)
     }
 
-    /// A guarded child, born cancelled at exhaustion.
-    fn guarded(self, want: Option<Want>) -> CancelGuard {
-        let pool = self.parent().pool_ref();
+    /// A guarded child, born cancelled at exhaustion (a view of the parent's node).
+    fn guarded(mut self, want: Option<Want>) -> CancelGuard {
         match self.create(Kind::Cancel, want) {
             Ok(c) => CancelGuard::new(c),
-            Err(_) => CancelGuard::new(Context::exhausted(pool, false)),
+            Err(_) => CancelGuard::new(self.parent().exhausted_child()),
         }
     }
 
@@ -246,35 +245,30 @@ impl<'a> ChildBuilder<'a> {
     ///
     /// It has no deadline of its own (it has no owner to cancel it), but inherits its
     /// parent's.
-    pub fn build(self) -> Context {
-        let pool = self.parent().pool_ref();
+    pub fn build(mut self) -> Context {
         self.create(Kind::Plain, None)
-            .unwrap_or_else(|_| Context::exhausted(pool, false))
+            .unwrap_or_else(|_| self.parent().exhausted_child())
     }
 
     /// Like [`build`](ChildBuilder::build), but fails if the pool is exhausted.
-    pub fn try_build(self) -> Result<Context, PoolExhausted> {
+    pub fn try_build(mut self) -> Result<Context, PoolExhausted> {
         self.create(Kind::Plain, None)
     }
 
     /// A child with these values that is never cancelled (Go's `WithoutCancel`). Like Go's,
-    /// it has no deadline. At pool exhaustion (no slot for it, or none for its parent) it is
-    /// the pool's background instead: never cancelled all the same (Go's `WithoutCancel`
-    /// never is), but without the values, which no slot holds.
-    pub fn without_cancel(self) -> Context {
-        let pool = self.parent().pool_ref();
-        match self.create(Kind::Detached, None) {
-            Ok(ctx) if ctx.idx != EXHAUSTED => ctx,
-            _ => Context::background_of(pool),
-        }
+    /// it has no deadline. At pool exhaustion it takes no slot: it reads its parent's values
+    /// (not the ones set on this builder, which no slot holds), and is never cancelled all the
+    /// same (Go's `WithoutCancel` never is); see [exhaustion](Context#at-pool-exhaustion).
+    pub fn without_cancel(mut self) -> Context {
+        self.create(Kind::Detached, None)
+            .unwrap_or_else(|_| self.parent().detached_child())
     }
 
     /// A child carrying `value` (see [`Context::with_value`]). At pool exhaustion it is born
-    /// cancelled.
-    pub fn with_value<T: Send + Sync + 'static>(self, value: T) -> Context {
-        let pool = self.parent().pool_ref();
-        self.try_with_value(value)
-            .unwrap_or_else(|_| Context::exhausted(pool, false))
+    /// cancelled, reads its parent's values, and `value` (which no slot holds) is dropped.
+    pub fn with_value<T: Send + Sync + 'static>(mut self, value: T) -> Context {
+        self.value_child(value)
+            .unwrap_or_else(|_| self.parent().exhausted_child())
     }
 
     /// Like [`with_value`](ChildBuilder::with_value), but fails if the pool is exhausted.
@@ -282,28 +276,32 @@ impl<'a> ChildBuilder<'a> {
         mut self,
         value: T,
     ) -> Result<Context, PoolExhausted> {
+        self.value_child(value)
+    }
+
+    /// `try_with_value`, leaving the builder (its parent) to the caller.
+    fn value_child<T: Send + Sync + 'static>(
+        &mut self,
+        value: T,
+    ) -> Result<Context, PoolExhausted> {
         // A node holds one custom value: a carried one gives way to this one.
         drop(core::mem::take(&mut self.carried));
-        if self.parent().idx == EXHAUSTED {
-            // Born cancelled, no slot: the value has nowhere to live.
-            drop(value);
-            return Ok(Context::exhausted(self.parent().pool_ref(), true));
-        }
         let custom = Custom {
             vt: values::vtable::<T>(),
             data: values::store_value(value),
         };
         let r = self.create(Kind::Value(custom), None);
-        if r.is_err() {
+        if r.as_ref().map_or(true, |c| c.node_idx().is_none()) {
             let mut data = custom.data;
-            // SAFETY: the node was never made, so the value stored above is still ours, and
-            // this is its one drop.
+            // SAFETY: no node was made for it (an error, or a view born cancelled: a made
+            // node is a plain handle and always takes its value), so the value stored above is
+            // still ours, and this is its one drop.
             unsafe { (custom.vt.drop)(&mut data) };
         }
         r
     }
 
-    fn create(mut self, kind: Kind, deadline: Option<Want>) -> Result<Context, PoolExhausted> {
+    fn create(&mut self, kind: Kind, deadline: Option<Want>) -> Result<Context, PoolExhausted> {
         let carried = self.carried.0.take();
         let spec = Spec {
             op: self.op,
@@ -314,7 +312,7 @@ impl<'a> ChildBuilder<'a> {
             custom: carried,
         };
         let r = create(self.parent(), self.location, &spec, kind);
-        if carried.is_some() && r.as_ref().map_or(true, |c| c.idx == EXHAUSTED) {
+        if carried.is_some() && r.as_ref().map_or(true, |c| c.node_idx().is_none()) {
             // No node took the value: dropped here, once.
             drop(Carried(carried));
         }
@@ -388,9 +386,10 @@ fn create_cancel_made(parent: &Context, location: &'static Location<'static>) ->
 /// which the CPU cannot forward from its store buffer: a stall on every context made.
 ///
 /// A made node's reference travels inside (the handle is rebuilt from the parent's pool
-/// pointer, which is the new node's pool). A context born cancelled is `EXHAUSTED` with
-/// generation 1 (its parent was exhausted: a context) or 0 (this creation failed: an error),
-/// as in `Context::exhausted`.
+/// pointer, which is the new node's pool), and so does a view's reference on the node it
+/// reads (a child of a view born cancelled, V1). A bare `EXHAUSTED` context (a child of one)
+/// is `EXHAUSTED` with a non-zero generation; `EXHAUSTED` with 0 is the error (this creation
+/// failed).
 #[must_use = "a Made carries a reference on the node it names"]
 struct Made(u64);
 
@@ -437,9 +436,9 @@ fn create(
     spec: &Spec,
     kind: Kind,
 ) -> Result<Context, PoolExhausted> {
-    if parent.idx == EXHAUSTED {
-        // A child of a context born cancelled is born cancelled too (no slot to link to).
-        return Ok(Context::exhausted(parent.pool_ref(), true));
+    if parent.idx >= VIEW && parent.idx != NIL {
+        // A view or the bare exhausted form (context module docs): no node of its own.
+        return create_from_view(parent, location, spec, kind);
     }
     let pool = parent.inner();
     let me = pool.local();
@@ -570,6 +569,45 @@ fn create(
 #[inline(always)]
 fn ceil_ticks(ns: u64) -> u64 {
     ns / NS_PER_MS + u64::from(ns % NS_PER_MS != 0)
+}
+
+/// Makes a child of a view or of the bare exhausted form (context V1..V3):
+///
+/// - a `without_cancel` child is made under the viewed node (it ignores that node's
+///   cancellation and deadline anyway), or is the background when there is no node;
+/// - any other child of a view born cancelled is born cancelled too, with
+///   `Parent(PoolExhausted)`: an inherited view of the same node, taking no slot even when one
+///   is free (Go: a child of a done context is done);
+/// - any other child of a live view (a `without_cancel` made at exhaustion) is made under a
+///   detached node made for the view, so that it does not see the viewed node's cancellation
+///   or deadline (two slots; the detached node lives as long as the child).
+///
+/// `Err` when a slot was needed and none was free; the caller then makes
+/// `parent.exhausted_child()` (or `detached_child()`).
+#[cold]
+#[inline(never)]
+fn create_from_view(
+    parent: &Context,
+    location: &'static Location<'static>,
+    spec: &Spec,
+    kind: Kind,
+) -> Result<Context, PoolExhausted> {
+    let Some(base) = parent.viewed_node() else {
+        // The bare exhausted form: no node to make anything under.
+        return Ok(match kind {
+            Kind::Detached => Context::background_of(parent.pool_ref()),
+            _ => Context::exhausted(parent.pool_ref(), true),
+        });
+    };
+    if let Kind::Detached = kind {
+        return create(&base, location, spec, kind);
+    }
+    if let Some(done) = parent.inherited_child() {
+        return Ok(done);
+    }
+    let detached = create(&base, location, &Spec::NONE, Kind::Detached)?;
+    drop(base);
+    create(&detached, location, spec, kind)
 }
 
 /// What a requested deadline gives a child.

@@ -4,7 +4,7 @@ use core::fmt;
 use core::mem::ManuallyDrop;
 use core::ops::Deref;
 
-use super::{Context, EXHAUSTED};
+use super::{Context, EXHAUSTED, VIEW};
 use crate::pool::PoolRef;
 use crate::sync::Ordering;
 use crate::tree::cause::{Cause, Origin, Reason};
@@ -219,13 +219,33 @@ impl fmt::Display for ContextId {
 /// run), and never reaches the context that reuses its slot (slot L2).
 pub struct WeakContext {
     pool: PoolRef,
+    /// The handle's slot field (a view's is `VIEW | n`, context module docs).
     idx: u32,
+    /// The generation of the node (for a view, of the node it reads).
     gen: u32,
+    /// A view's kind (context V2); 0 otherwise.
+    view: u32,
 }
 
 impl WeakContext {
     pub(crate) fn new(pool: PoolRef, idx: u32, gen: u32) -> Self {
-        WeakContext { pool, idx, gen }
+        WeakContext {
+            pool,
+            idx,
+            gen,
+            view: 0,
+        }
+    }
+
+    /// A weak id of a view of kind `view` of node `idx & !VIEW`, generation `gen`: it upgrades
+    /// while that node is live, to the same view.
+    pub(crate) fn view(pool: PoolRef, idx: u32, gen: u32, view: u32) -> Self {
+        WeakContext {
+            pool,
+            idx,
+            gen,
+            view,
+        }
     }
 
     /// The context, if it is still live.
@@ -233,6 +253,17 @@ impl WeakContext {
         match self.idx {
             NIL => Some(Context::background_of(self.pool.clone())),
             EXHAUSTED => Some(Context::exhausted(self.pool.clone(), self.gen != 0)),
+            idx if idx & VIEW != 0 => {
+                let n = idx & !VIEW;
+                // As below: `n` was handed out by this pool (P3) and `upgrade` checks the
+                // generation before taking the reference the view holds (context V1).
+                let up = crate::tree::upgrade(self.pool.get(), n, self.gen, Kind::Context)
+                    .then(|| Context::from_node(self.pool.ptr(), idx, self.view));
+                if up.is_none() {
+                    self.pool.get().stale_handles.inc();
+                }
+                up
+            }
             idx => {
                 // `idx` was handed out by this pool (P3); `upgrade` checks the generation
                 // before taking a reference (L1, L2), and that the slot holds a context.
@@ -251,11 +282,21 @@ impl WeakContext {
         self.upgrade().is_none_or(|c| c.is_cancelled())
     }
 
-    /// The context's identity.
+    /// The context's identity (as [`Context::id`]).
     pub fn id(&self) -> ContextId {
-        ContextId {
-            slot: self.idx,
-            generation: self.gen,
+        match self.idx {
+            NIL | EXHAUSTED => ContextId {
+                slot: self.idx,
+                generation: self.gen,
+            },
+            idx if idx & VIEW != 0 => ContextId {
+                slot: EXHAUSTED,
+                generation: self.view,
+            },
+            idx => ContextId {
+                slot: idx,
+                generation: self.gen,
+            },
         }
     }
 }

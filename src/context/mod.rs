@@ -4,6 +4,40 @@
 //! on its node (slot L1), so while it exists the node, its values and all its ancestors stay
 //! live (tree I1) and it can never observe a different context that reuses the slot. Only
 //! [`WeakContext`] can outlive its node; it then reads as cancelled, never as another context.
+//!
+//! # Handle forms
+//!
+//! The slot field `idx` of a handle says which of four forms it has; the hot path (a plain
+//! node handle) is told apart from the other three by one comparison, `idx < VIEW`:
+//!
+//! | `idx`                  | `gen`             | form                                               |
+//! |------------------------|-------------------|----------------------------------------------------|
+//! | `< VIEW` (bit 31 clear)| the generation    | a plain handle: one reference on node `idx`        |
+//! | `NIL` (`u32::MAX`)     | 0                 | the pool's background: a pool reference (pool P4)  |
+//! | `EXHAUSTED`            | `V_INHERITED` or 0| born cancelled with no node to view (its parent is the background): a pool reference |
+//! | `VIEW \| n`            | view kind `V_*`   | a *view* of node `n`: one reference on `n`         |
+//!
+//! A view is what a context made when no slot is free becomes (issue 13 item 6): it has no
+//! node of its own, so it reads its parent's node. Invariants:
+//!
+//! - **V1** a view holds one counted reference on node `n` (taken with `clone_ref` through a
+//!   handle that already referenced `n`, slot L1), released by its `Drop`, exactly like a plain
+//!   handle. So `n`, its payload and its ancestors stay live while the view exists (tree I1),
+//!   and every read through a view (values, operation, trace, ids, deadline, custom values)
+//!   reads `n` as a plain handle would. A view never writes `n`: it never cancels it, never
+//!   links waiters or registrations on it, and its `CancelGuard` owns nothing.
+//! - **V2** the view kind is fixed at birth: `V_LIVE` clear means born cancelled with
+//!   `PoolExhausted` (`Parent(PoolExhausted)` with `V_INHERITED`), whatever later happens to
+//!   `n`; or, with `V_PARENT`, born under a parent already cancelled (`n` or a view of it), with
+//!   `Parent(origin)` of `n`'s recorded cause, which never changes once recorded (tree I3), as
+//!   for a child born with a slot under a cancelled parent. `V_LIVE` (always with
+//!   `V_DETACHED`) is a `without_cancel` made at exhaustion, never cancelled; `V_DETACHED`
+//!   hides `n`'s deadline (Go's `WithoutCancel` has none).
+//! - **V3** `n` is a context node of this pool with `n < EXHAUSTED & !VIEW`, so `VIEW | n` is
+//!   neither `NIL` nor `EXHAUSTED`. Slot indices stay below `2^31` (pool pages), and the two
+//!   highest are in the spare region, reached only after `2^30 - 2` slots are spent; a view of
+//!   one of them would be ambiguous, so it is made as the bare `EXHAUSTED` form instead (born
+//!   cancelled without the values) or the background (a `without_cancel`).
 
 mod builder;
 mod guard;
@@ -27,9 +61,26 @@ use crate::tree::node::{Values, D_DEADLINE, F_NEVER, F_REQ, F_TRACE, F_USER, F_V
 use crate::tree::{self as tree, Peek};
 use crate::values::{Op, RequestId, TraceContext, UserId};
 
-/// Slot value of a context that was born cancelled because its pool was exhausted; its
-/// generation field says whether the exhaustion was its own (0) or an ancestor's (1).
+/// Slot value of a context that was born cancelled because its pool was exhausted and has no
+/// node to view (its parent was a background); its generation field says whether the
+/// exhaustion was its own (0) or an ancestor's (`V_INHERITED`).
 pub(crate) const EXHAUSTED: u32 = u32::MAX - 1;
+
+/// Bit 31 of a handle's slot field: the handle is not a plain node handle (module docs).
+pub(crate) const VIEW: u32 = 1 << 31;
+
+/// View kind (in `gen` of a view or `EXHAUSTED` handle): the exhaustion was an ancestor's, the
+/// cause reads `Parent(PoolExhausted)`.
+pub(crate) const V_INHERITED: u32 = 1;
+/// View kind: the viewed node's deadline is hidden (a `without_cancel` is in the chain).
+pub(crate) const V_DETACHED: u32 = 2;
+/// View kind: never cancelled (a `without_cancel` made at exhaustion); always with
+/// `V_DETACHED`.
+pub(crate) const V_LIVE: u32 = 4;
+/// View kind: born under a node that was already cancelled: the cause reads
+/// `Parent(origin)` of that node's recorded cause (fixed, tree I3), as a child made with a
+/// slot would.
+pub(crate) const V_PARENT: u32 = 8;
 
 /// A request context: cancellation, values, operation label and creation site.
 ///
@@ -49,6 +100,48 @@ pub(crate) const EXHAUSTED: u32 = u32::MAX - 1;
 /// assert!(handle.is_cancelled());
 /// assert_eq!(handle.err(), Some(ContextError::Canceled));
 /// assert!(matches!(handle.cause(), Some(Cause::Parent(_))));
+/// ```
+///
+/// # At pool exhaustion
+///
+/// When no slot is free, the plain constructors (`with_cancel`, `with_timeout`,
+/// `with_deadline`, `build`, `with_value`) still return a context: one born cancelled that
+/// keeps its parent's view. Exactly what exhaustion changes:
+///
+/// - it takes no slot: it is a view of the parent's node, holding a counted reference on it
+///   (the parent stays alive while it does, as for a child);
+/// - it is cancelled from birth: [`err`](Context::err) is `Canceled`,
+///   [`cause`](Context::cause) is [`Cause::PoolExhausted`] (`Parent(PoolExhausted)` for its
+///   children), [`cancelled`](Context::cancelled) and [`wait`](Context::wait) complete at
+///   once, and the cause never changes, whatever later happens to the parent. Under a parent
+///   that was already cancelled it reads `Parent(..)` of the parent's cause instead, as a
+///   child made with a slot would;
+/// - what was set on it at creation is dropped, having no slot to live in: a builder's
+///   operation, trace, ids and custom value, and its own deadline;
+/// - [`location`](Context::location) is `None` and its [`id`](Context::id) reads `exhausted`.
+///
+/// What it keeps: the parent's values ([`value`](Context::value)), [`op`](Context::op),
+/// [`trace`](Context::trace), [`request_id`](Context::request_id),
+/// [`user_id`](Context::user_id) and [`deadline`](Context::deadline), read through to the
+/// parent's node. A child of it is born cancelled too (Go: a child of a done context is done),
+/// takes no slot even when one is free, and reads the same values.
+/// [`without_cancel`](Context::without_cancel) at exhaustion is never cancelled, reads the
+/// parent's values and has no deadline. [`after_func`](Context::after_func) with no slot free
+/// for the registration still does not run its callback while the context is live. The `try_*`
+/// constructors return [`PoolExhausted`] instead.
+///
+/// ```
+/// use ctxpool::{Cause, Pool, RequestId};
+///
+/// let pool = Pool::builder().capacity(1).build().unwrap();
+/// let req = pool.background().child().request_id(RequestId(7)).with_cancel(); // the only slot
+/// let sub = req.with_cancel(); // no slot left
+/// assert_eq!(sub.cause(), Some(Cause::PoolExhausted));
+/// assert_eq!(sub.request_id(), Some(RequestId(7)));
+/// let detached = req.without_cancel();
+/// assert!(!detached.is_cancelled());
+/// assert_eq!(detached.request_id(), Some(RequestId(7)));
+/// assert!(req.try_with_cancel().is_err());
 /// ```
 pub struct Context {
     pool: NonNull<PoolInner>,
@@ -90,9 +183,101 @@ impl Context {
         }
     }
 
-    /// Wraps a reference the caller took on node `(idx, gen)`.
+    /// Wraps a reference the caller took on node `(idx, gen)` (or, with `idx = VIEW | n` and
+    /// a view kind as `gen`, on node `n`: a view).
     pub(crate) fn from_node(pool: NonNull<PoolInner>, idx: u32, gen: u32) -> Context {
         Context { pool, idx, gen }
+    }
+
+    /// A view of kind `kind` of node `n`, on which this handle holds a reference (directly or
+    /// as a view, V1); takes a reference of its own. At the two highest slot indices (V3) the
+    /// bare form instead.
+    #[cold]
+    fn view(&self, n: u32, kind: u32) -> Context {
+        if n >= (EXHAUSTED & !VIEW) {
+            return if kind & V_LIVE != 0 {
+                Context::background_of(self.pool_ref())
+            } else {
+                Context::exhausted(self.pool_ref(), kind & V_INHERITED != 0)
+            };
+        }
+        // SAFETY: this handle references `n` (V1, slot L1), so cloning a reference is allowed.
+        unsafe { self.inner().node(n) }.life.clone_ref();
+        Context {
+            pool: self.pool,
+            idx: VIEW | n,
+            gen: kind,
+        }
+    }
+
+    /// The node a view reads (V1), `None` for every other form.
+    #[inline]
+    fn viewed(&self) -> Option<u32> {
+        (self.idx & VIEW != 0 && self.idx < EXHAUSTED).then_some(self.idx & !VIEW)
+    }
+
+    /// The node this handle holds a reference on and reads: its own, or the viewed one.
+    #[inline]
+    fn ref_idx(&self) -> Option<u32> {
+        if self.idx < VIEW {
+            Some(self.idx)
+        } else {
+            self.viewed()
+        }
+    }
+
+    /// What a child of this context is when no slot is free for it (or for a node it needs):
+    /// born cancelled with `PoolExhausted`, a view of this context's node (V1, V2).
+    #[cold]
+    pub(crate) fn exhausted_child(&self) -> Context {
+        match self.idx {
+            NIL => Context::exhausted(self.pool_ref(), false),
+            EXHAUSTED => Context::exhausted(self.pool_ref(), true),
+            // A parent already cancelled gives its cause (V2), as with a slot.
+            idx if idx < VIEW && tree::is_cancelled(self.inner(), idx) => self.view(idx, V_PARENT),
+            idx if idx < VIEW => self.view(idx, 0),
+            idx if self.gen & V_LIVE != 0 => self.view(idx & !VIEW, self.gen & V_DETACHED),
+            idx => self.view(
+                idx & !VIEW,
+                (self.gen & (V_DETACHED | V_PARENT)) | V_INHERITED,
+            ),
+        }
+    }
+
+    /// What a `without_cancel` of this context is when no slot is free for it: never
+    /// cancelled, a view of this context's node without its deadline (V2), or the background
+    /// when there is no node.
+    #[cold]
+    pub(crate) fn detached_child(&self) -> Context {
+        match self.ref_idx() {
+            Some(n) => self.view(n, V_LIVE | V_DETACHED),
+            None => Context::background_of(self.pool_ref()),
+        }
+    }
+
+    /// A child of a view born cancelled (V2): an inherited view of the same node, with no
+    /// slot, whether or not one is free (Go: a child of a done context is done).
+    #[cold]
+    pub(crate) fn inherited_child(&self) -> Option<Context> {
+        let n = self.viewed()?;
+        (self.gen & V_LIVE == 0)
+            .then(|| self.view(n, (self.gen & (V_DETACHED | V_PARENT)) | V_INHERITED))
+    }
+
+    /// A plain handle on the node a view reads, for making a live child under it.
+    #[cold]
+    pub(crate) fn viewed_node(&self) -> Option<Context> {
+        let n = self.viewed()?;
+        // SAFETY: this view references `n` (V1), so cloning a reference is allowed, and its
+        // generation is current (slot L2).
+        let node = unsafe { self.inner().node(n) };
+        node.life.clone_ref();
+        let gen = crate::pool::slot::generation(node.life.load(crate::sync::Ordering::Relaxed));
+        Some(Context {
+            pool: self.pool,
+            idx: n,
+            gen,
+        })
     }
 
     #[inline]
@@ -101,9 +286,11 @@ impl Context {
         unsafe { self.pool.as_ref() }
     }
 
+    /// The node of a plain handle: its own, which it may cancel, wait on and register on.
+    /// `None` for the background, views and the bare exhausted form.
     #[inline]
     pub(crate) fn node_idx(&self) -> Option<u32> {
-        (self.idx < EXHAUSTED).then_some(self.idx)
+        (self.idx < VIEW).then_some(self.idx)
     }
 
     #[inline]
@@ -139,14 +326,15 @@ impl Context {
 
     /// A cancellable child and its owner (Go's `WithCancel`). Dropping the returned
     /// [`CancelGuard`] cancels the child (cause [`Cause::OwnerDropped`]). At pool exhaustion
-    /// the child is born cancelled with [`Cause::PoolExhausted`]; see
-    /// [`try_with_cancel`](Context::try_with_cancel).
+    /// the child is born cancelled with [`Cause::PoolExhausted`] and reads this context's
+    /// values (see [exhaustion](Context#at-pool-exhaustion) and
+    /// [`try_with_cancel`](Context::try_with_cancel)).
     #[track_caller]
     #[inline]
     pub fn with_cancel(&self) -> CancelGuard {
         match builder::create_cancel(self, Location::caller()) {
             Ok(ctx) => CancelGuard::new(ctx),
-            Err(_) => CancelGuard::new(Context::exhausted(self.pool_ref(), false)),
+            Err(_) => CancelGuard::new(self.exhausted_child()),
         }
     }
 
@@ -186,7 +374,7 @@ impl Context {
     pub fn with_timeout(&self, timeout: Duration) -> CancelGuard {
         match builder::create_timed(self, Location::caller(), builder::Want::After(timeout)) {
             Ok(ctx) => CancelGuard::new(ctx),
-            Err(_) => CancelGuard::new(Context::exhausted(self.pool_ref(), false)),
+            Err(_) => CancelGuard::new(self.exhausted_child()),
         }
     }
 
@@ -204,7 +392,7 @@ impl Context {
     pub fn with_deadline(&self, at: Instant) -> CancelGuard {
         match builder::create_timed(self, Location::caller(), builder::Want::At(at)) {
             Ok(ctx) => CancelGuard::new(ctx),
-            Err(_) => CancelGuard::new(Context::exhausted(self.pool_ref(), false)),
+            Err(_) => CancelGuard::new(self.exhausted_child()),
         }
     }
 
@@ -303,9 +491,12 @@ impl Context {
     }
 
     fn stored_deadline(&self) -> Option<u32> {
-        let idx = self.node_idx()?;
-        // SAFETY: this handle keeps the node live (I1); the deadline bits and the payload are
-        // immutable while it is (P2).
+        let idx = self.ref_idx()?;
+        if self.idx >= VIEW && self.gen & V_DETACHED != 0 {
+            return None; // V2: hidden
+        }
+        // SAFETY: this handle (or view, V1) keeps the node live (I1); the deadline bits and the
+        // payload are immutable while it is (P2).
         unsafe {
             let node = self.inner().node(idx);
             (node.shard_flags().0 & D_DEADLINE != 0)
@@ -321,9 +512,9 @@ impl Context {
     }
 
     /// A child that keeps this context's values but is never cancelled (Go's
-    /// `WithoutCancel`), nor are its children through it. At pool exhaustion it is the
-    /// pool's background: never cancelled either, but without the values (no slot holds
-    /// them).
+    /// `WithoutCancel`), nor are its children through it, and has no deadline. At pool
+    /// exhaustion it takes no slot and reads this context's values all the same (see
+    /// [exhaustion](Context#at-pool-exhaustion)); never cancelled either.
     #[track_caller]
     pub fn without_cancel(&self) -> Context {
         self.child().without_cancel()
@@ -354,9 +545,9 @@ impl Context {
     /// The nearest value of type `T` set on this context or an ancestor.
     pub fn value<T: 'static>(&self) -> Option<&T> {
         let pool = self.inner();
-        let mut cur = self.node_idx()?;
+        let mut cur = self.ref_idx()?;
         while cur != NIL {
-            // SAFETY: this handle keeps the node and its ancestors live (I1).
+            // SAFETY: this handle (or view, V1) keeps the node and its ancestors live (I1).
             let node = unsafe { pool.node(cur) };
             // SAFETY: live (I1).
             let (meta, flags) = unsafe { (node.meta(), node.flags()) };
@@ -384,8 +575,8 @@ impl Context {
     }
 
     fn values(&self) -> Option<(Values, u16)> {
-        let idx = self.node_idx()?;
-        // SAFETY: this handle keeps the node live (I1).
+        let idx = self.ref_idx()?;
+        // SAFETY: this handle (or view, V1) keeps the node live (I1).
         let node = unsafe { self.inner().node(idx) };
         // SAFETY: live; the payload of a context node is its `Values`, immutable (P2).
         Some(unsafe { (node.payload.with(|p| (*p).values), node.flags()) })
@@ -425,10 +616,15 @@ impl Context {
         Some(unsafe { self.inner().node(idx).meta() }.location)
     }
 
-    /// This context's identity: its slot and generation.
+    /// This context's identity: its slot and generation. A context made at pool exhaustion
+    /// has no slot: its id is `exhausted` (slot `u32::MAX - 1`).
     pub fn id(&self) -> ContextId {
         ContextId {
-            slot: self.idx,
+            slot: if self.idx == NIL || self.idx < VIEW {
+                self.idx
+            } else {
+                EXHAUSTED
+            },
             generation: self.gen,
         }
     }
@@ -438,10 +634,11 @@ impl Context {
     /// observed, so every later read agrees.
     #[inline]
     pub fn is_cancelled(&self) -> bool {
-        match self.idx {
-            NIL => false,
-            EXHAUSTED => true,
-            idx => tree::is_cancelled(self.inner(), idx),
+        if self.idx < VIEW {
+            tree::is_cancelled(self.inner(), self.idx)
+        } else {
+            // The background never; exhausted forms unless `V_LIVE` (V2).
+            self.idx != NIL && self.gen & V_LIVE == 0
         }
     }
 
@@ -452,22 +649,29 @@ impl Context {
 
     /// Go's `context.Cause(ctx)`: the first cause recorded, `None` while active.
     pub fn cause(&self) -> Option<Cause> {
-        match self.idx {
-            NIL => None,
-            EXHAUSTED if self.gen == 0 => Some(Cause::PoolExhausted),
-            EXHAUSTED => Some(Cause::Parent(Origin::PoolExhausted)),
-            idx => tree::cause(self.inner(), idx),
+        if self.idx < VIEW {
+            return tree::cause(self.inner(), self.idx);
+        }
+        if self.idx == NIL || self.gen & V_LIVE != 0 {
+            None
+        } else if let Some(n) = self.viewed().filter(|_| self.gen & V_PARENT != 0) {
+            // V2: `n` was cancelled when this view was made, so its cause is recorded and fixed.
+            tree::cause(self.inner(), n).map(|c| Cause::Parent(c.origin()))
+        } else if self.gen & V_INHERITED != 0 {
+            Some(Cause::Parent(Origin::PoolExhausted))
+        } else {
+            Some(Cause::PoolExhausted)
         }
     }
 
     /// Whether this context can never be cancelled (the background, a `without_cancel`
     /// context, or a value child of either). Go's `ctx.Done() == nil`.
     pub fn is_never_cancelled(&self) -> bool {
-        match self.idx {
-            NIL => true,
-            EXHAUSTED => false,
+        if self.idx < VIEW {
             // SAFETY: live (I1).
-            idx => (unsafe { self.inner().node(idx).flags() } & F_NEVER) != 0,
+            (unsafe { self.inner().node(self.idx).flags() } & F_NEVER) != 0
+        } else {
+            self.idx == NIL || self.gen & V_LIVE != 0
         }
     }
 
@@ -525,10 +729,13 @@ impl Context {
     /// thread, before its `cancel` returns; or, when the cancel is a deadline fired by the
     /// pool's driver thread (or tokio driver task), on a thread of its own, so that `f` may
     /// block or panic without delaying any timer. Runs it at once if the context is already
-    /// cancelled, and never if it can never be cancelled. The registration takes one pool slot; closures up to 48 bytes are
-    /// stored in it, larger ones boxed. If the pool is exhausted `f` runs at once, as if the
-    /// context had been cancelled by the overload (see
-    /// [`try_after_func`](Context::try_after_func)).
+    /// cancelled, and never if it can never be cancelled. The registration takes one pool
+    /// slot; closures up to 48 bytes are stored in it, larger ones boxed. If the pool is
+    /// exhausted the registration goes on a fallback list on the context's node instead (the
+    /// cold path: one heap allocation), with the same semantics: `f` does not run while the
+    /// context is live, runs once when it is cancelled, and [`AfterFunc::stop`] returns `true`
+    /// exactly when it prevented the run (see
+    /// [`try_after_func`](Context::try_after_func) to fail instead).
     ///
     /// ```
     /// use std::sync::atomic::{AtomicBool, Ordering};
@@ -544,15 +751,12 @@ impl Context {
     pub fn after_func<F: FnOnce() + Send + 'static>(&self, f: F) -> AfterFunc {
         match self.try_after_func(f) {
             Ok(handle) => handle,
-            Err((_, f)) => {
-                f();
-                AfterFunc::ran()
-            }
+            Err((_, f)) => crate::tree::fallback::register(self, f),
         }
     }
 
     /// Like [`after_func`](Context::after_func), but hands `f` back when the pool is
-    /// exhausted.
+    /// exhausted (no slot for the registration; the context is live).
     #[track_caller]
     pub fn try_after_func<F: FnOnce() + Send + 'static>(
         &self,
@@ -592,15 +796,29 @@ impl Context {
     /// A weak id of this context: it does not keep the node alive, and once the node is
     /// released it reads as cancelled and never as the context that reuses the slot.
     pub fn downgrade(&self) -> WeakContext {
-        WeakContext::new(self.pool_ref(), self.idx, self.gen)
+        match self.viewed() {
+            Some(n) => {
+                // SAFETY: this view references `n` (V1): its generation is current (slot L2).
+                let word = unsafe { self.inner().node(n) }
+                    .life
+                    .load(crate::sync::Ordering::Relaxed);
+                WeakContext::view(
+                    self.pool_ref(),
+                    self.idx,
+                    crate::pool::slot::generation(word),
+                    self.gen,
+                )
+            }
+            None => WeakContext::new(self.pool_ref(), self.idx, self.gen),
+        }
     }
 }
 
 impl Clone for Context {
     #[inline]
     fn clone(&self) -> Self {
-        match self.node_idx() {
-            // SAFETY: this handle holds a reference (L1).
+        match self.ref_idx() {
+            // SAFETY: this handle (or view, V1) holds a reference (L1).
             Some(idx) => unsafe { self.inner().node(idx) }.life.clone_ref(),
             // Background and exhausted handles hold a pool reference (P4).
             None => core::mem::forget(self.pool_ref()),
@@ -616,7 +834,8 @@ impl Clone for Context {
 impl Drop for Context {
     #[inline]
     fn drop(&mut self) {
-        match self.node_idx() {
+        match self.ref_idx() {
+            // A plain handle's reference, or a view's (V1).
             Some(idx) => {
                 let deferred = tree::drop_ref(self.inner(), idx);
                 // Dropped after the call that borrowed the pool returned (P4).
@@ -637,7 +856,12 @@ impl fmt::Debug for Context {
         let Some(idx) = self.node_idx() else {
             return match self.idx {
                 NIL => d.field("state", &"background").finish(),
+                _ if self.is_never_cancelled() => d
+                    .field("op", &self.op().map(Op::name))
+                    .field("state", &"never cancelled")
+                    .finish(),
                 _ => d
+                    .field("op", &self.op().map(Op::name))
                     .field("state", &"cancelled")
                     .field("cause", &self.cause())
                     .finish(),

@@ -117,8 +117,12 @@ pub(crate) struct Call {
 unsafe impl Send for Call {}
 
 impl Call {
+    /// A callback packed by [`pack`], owned by the new `Call`.
+    pub(crate) fn new(f: Func) -> Self {
+        Call { f: Some(f) }
+    }
+
     /// Runs the callback; a panic is caught (the panic hook has printed it) and returned.
-    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn run(mut self) -> std::thread::Result<()> {
         let Some(f) = self.f.take() else {
             return Ok(());
@@ -290,6 +294,8 @@ enum Target {
     Ran,
     /// A func node.
     Node(PoolRef, u32, u32),
+    /// A registration without a slot (`fallback.rs`) on context node `(idx, gen)`.
+    Fallback(PoolRef, u32, u32, std::sync::Arc<crate::tree::wait::Waiter>),
 }
 
 /// The registration handle of [`Context::after_func`](crate::Context::after_func).
@@ -318,6 +324,17 @@ impl AfterFunc {
         }
     }
 
+    pub(crate) fn fallback(
+        pool: PoolRef,
+        idx: u32,
+        gen: u32,
+        waiter: std::sync::Arc<crate::tree::wait::Waiter>,
+    ) -> Self {
+        AfterFunc {
+            target: Target::Fallback(pool, idx, gen, waiter),
+        }
+    }
+
     /// Unregisters the callback. Returns `true` if this call stopped it from running, and
     /// `false` if it already ran (or is running) or was already stopped. As in Go, stopping the
     /// callback of a context that can never be cancelled returns `true` the first time.
@@ -335,6 +352,9 @@ impl AfterFunc {
             Target::Never(stopped) => return !stopped.swap(true, Ordering::Relaxed),
             Target::Ran => return false,
             Target::Node(pool, idx, gen) => (pool.get(), *idx, *gen),
+            Target::Fallback(pool, idx, gen, waiter) => {
+                return crate::tree::fallback::stop(pool.get(), *idx, *gen, waiter)
+            }
         };
         // `idx` came from this pool (P3); `upgrade` checks the generation (L2) and that the
         // slot holds a func node, whose payload is the closure `take` reads.
@@ -373,6 +393,12 @@ impl core::fmt::Debug for AfterFunc {
         match &self.target {
             Target::Never(_) => f.write_str("AfterFunc(never)"),
             Target::Ran => f.write_str("AfterFunc(ran)"),
+            Target::Fallback(_, idx, gen, waiter) => f
+                .debug_struct("AfterFunc")
+                .field("id", &format_args!("{idx}v{gen}"))
+                .field("fallback", &true)
+                .field("pending", &!waiter.is_notified())
+                .finish(),
             Target::Node(pool, idx, gen) => {
                 // SAFETY: `idx` came from this pool (P3); we only read the lifecycle word.
                 let word = unsafe { pool.get().node(*idx) }

@@ -114,6 +114,7 @@
 
 pub(crate) mod cause;
 pub(crate) mod dyncause;
+pub(crate) mod fallback;
 pub(crate) mod func;
 pub(crate) mod node;
 pub(crate) mod state;
@@ -299,13 +300,21 @@ fn settle(
             panic.get_or_insert(p);
         }
     } else if won == Won::Locked {
-        drain(pool, node, work, panic);
+        drain(pool, node, work, panic, defer);
     }
 }
 
 /// With `node`'s LOCK held and `CANCELLED` set: wakes its waiters in batches, moves its live
 /// registered children onto `work` (each with a reference taken), and releases LOCK (I5, I6).
-fn drain(pool: &PoolInner, node: &Node, work: &mut u32, panic: &mut Option<Panic>) {
+/// A waiter that is an `after_func` without a slot (fallback F3) runs its callback here, or
+/// hands it to `defer` when given (the driver, time D6).
+fn drain(
+    pool: &PoolInner,
+    node: &Node,
+    work: &mut u32,
+    panic: &mut Option<Panic>,
+    defer: &mut Option<&mut Vec<func::Call>>,
+) {
     // Registered children, all at once: no user code runs under the lock.
     let mut c = node.children.load(Ordering::Relaxed);
     node.children.store(NIL, Ordering::Relaxed);
@@ -331,7 +340,15 @@ fn drain(pool: &PoolInner, node: &Node, work: &mut u32, panic: &mut Option<Panic
         let (batch, more) = unsafe { take_batch(node) };
         unlock(node);
         for w in batch.into_iter().flatten() {
-            if let Err(p) = catch(|| w.wake()) {
+            let r = match (w, &mut *defer) {
+                (wait::Wake::Func(reg), Some(calls)) => {
+                    // The canceller holds a reference on `node`: releasing the registration's
+                    // cannot tear it down (fallback F2).
+                    catch(|| calls.push(reg.into_call()))
+                }
+                (w, _) => catch(|| w.wake()),
+            };
+            if let Err(p) = r {
                 panic.get_or_insert(p);
             }
         }

@@ -15,6 +15,7 @@ use core::task::Waker;
 use crate::sync::cell::UnsafeCell;
 use crate::sync::thread::Thread;
 use crate::sync::{spin_hint, AtomicBool, Ordering};
+use crate::tree::fallback::Registered;
 use crate::tree::node::Node;
 use crate::tree::state::{LOCKED, WAKE_BATCH};
 
@@ -22,13 +23,22 @@ use crate::tree::state::{LOCKED, WAKE_BATCH};
 pub(crate) enum Wake {
     Task(Waker),
     Thread(Thread),
+    /// An `after_func` registered without a slot (`fallback.rs`): the callback itself.
+    Func(Box<Registered>),
 }
 
 impl Wake {
+    /// Wakes the waiter; for [`Wake::Func`] runs the callback here, re-raising its panic
+    /// after the registration is released.
     pub(crate) fn wake(self) {
         match self {
             Wake::Task(w) => w.wake(),
             Wake::Thread(t) => t.unpark(),
+            Wake::Func(r) => {
+                if let Err(p) = r.run() {
+                    std::panic::resume_unwind(p);
+                }
+            }
         }
     }
 }
@@ -73,6 +83,17 @@ impl Waiter {
     pub(crate) unsafe fn set_wake(&self, wake: Wake) {
         // SAFETY: per the contract nobody else accesses `wake` now.
         self.wake.with_mut(|w| unsafe { *w = Some(wake) });
+    }
+
+    /// Takes the wake handle and marks the waiter notified (fallback F3).
+    ///
+    /// # Safety
+    /// The caller holds the node's LOCK and has unlinked the waiter, or it was never linked.
+    pub(crate) unsafe fn take_wake(&self) -> Option<Wake> {
+        // SAFETY: per the contract nobody else accesses `wake` now.
+        let w = self.wake.with_mut(|w| unsafe { (*w).take() });
+        self.notified.store(true, Ordering::Release);
+        w
     }
 
     /// Swaps the wake handle, returning the old one (to be dropped after the LOCK is released).

@@ -489,8 +489,12 @@ impl Book {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MKind {
     Background,
-    /// Born cancelled at exhaustion: no slot, no link to its parent, no values.
+    /// Born cancelled at exhaustion: no slot; a view of the node it was made under (its
+    /// `parent`, the nearest node with a slot), whose values it reads; `None` under the
+    /// background. Its cause is fixed at birth (issue 13 item 6).
     Exhausted,
+    /// A `without_cancel` made at exhaustion: no slot, never cancelled, a view of `parent`.
+    LiveView,
     Cancel,
     Plain,
     Detached,
@@ -520,8 +524,8 @@ struct MState {
 
 /// A model context.
 struct MNode {
-    /// The strong link a child holds on its parent; `None` for the background and for
-    /// exhausted contexts.
+    /// The strong link a child holds on its parent (for a view, on the node it reads); `None`
+    /// for the background and for exhausted contexts made under it.
     parent: Option<Arc<MNode>>,
     kind: MKind,
     never: bool,
@@ -558,7 +562,8 @@ impl MNode {
         book: &Arc<Book>,
     ) -> Arc<MNode> {
         Arc::new(MNode {
-            slot: parent.is_some(),
+            // Views hold no slot (issue 13 item 6).
+            slot: parent.is_some() && !matches!(kind, MKind::Exhausted | MKind::LiveView),
             parent,
             kind,
             never,
@@ -573,21 +578,56 @@ impl MNode {
         })
     }
 
-    fn exhausted(inherited: bool, book: &Arc<Book>) -> Arc<MNode> {
+    /// A context born cancelled at exhaustion, a view of `of` (the node it reads, if any).
+    fn exhausted(of: Option<Arc<MNode>>, inherited: bool, book: &Arc<Book>) -> Arc<MNode> {
         let cause = if inherited {
             Cause::Parent(Origin::PoolExhausted)
         } else {
             Cause::PoolExhausted
         };
-        MNode::new(
-            None,
-            MKind::Exhausted,
-            false,
-            Some(cause),
-            Vals::default(),
-            None,
-            book,
-        )
+        MNode::view(of, MKind::Exhausted, Some(cause), book)
+    }
+
+    /// A child of `parent` born cancelled at exhaustion: `PoolExhausted`, or under a parent
+    /// already cancelled (a plain node, or a view born cancelled) `Parent` of its cause, as
+    /// with a slot; a view of the node `parent` reads.
+    fn exhausted_under(parent: &Arc<MNode>, book: &Arc<Book>) -> Arc<MNode> {
+        match (parent.kind, parent.cause()) {
+            (MKind::LiveView | MKind::Background, _) | (_, None) => {
+                MNode::exhausted(parent.viewed(), false, book)
+            }
+            (_, Some(c)) => MNode::view(
+                parent.viewed(),
+                MKind::Exhausted,
+                Some(Cause::Parent(c.origin())),
+                book,
+            ),
+        }
+    }
+
+    /// A view (no slot, no own value) of `of`: reads its values; not one of its children (a
+    /// cancel of `of` does not reach it).
+    fn view(
+        of: Option<Arc<MNode>>,
+        kind: MKind,
+        cause: Option<Cause>,
+        book: &Arc<Book>,
+    ) -> Arc<MNode> {
+        let vals = of.as_ref().map(|n| n.vals).unwrap_or_default();
+        MNode::new(of, kind, kind == MKind::LiveView, cause, vals, None, book)
+    }
+
+    fn is_view(&self) -> bool {
+        matches!(self.kind, MKind::Exhausted | MKind::LiveView)
+    }
+
+    /// The node a view of this context reads: itself, or the one it views itself.
+    fn viewed(self: &Arc<Self>) -> Option<Arc<MNode>> {
+        match self.kind {
+            MKind::Background => None,
+            MKind::Exhausted | MKind::LiveView => self.parent.clone(),
+            _ => Some(self.clone()),
+        }
     }
 
     fn cause(&self) -> Option<Cause> {
@@ -698,7 +738,7 @@ fn model_cancel(n: &Arc<MNode>, origin: Origin) -> bool {
 enum RegState {
     /// Registered, holds a slot and its context.
     Pending,
-    /// Ran (at cancellation, at registration, or at exhaustion).
+    /// Ran (at cancellation, or at registration on a cancelled context).
     Ran,
     /// Stopped before it ran.
     Stopped,
@@ -711,6 +751,8 @@ enum RegState {
 /// A model `after_func` registration.
 struct MReg {
     state: Mutex<RegState>,
+    /// Holds a pool slot while pending (`false`: registered without one, at exhaustion).
+    slot: bool,
     /// The context, held while pending.
     node: Mutex<Option<Arc<MNode>>>,
 }
@@ -733,7 +775,9 @@ impl MReg {
         let node = lock(&self.node)
             .take()
             .expect("a pending registration holds its context");
-        node.book.slots.fetch_sub(1, SeqCst);
+        if self.slot {
+            node.book.slots.fetch_sub(1, SeqCst);
+        }
         drop(node);
     }
 
@@ -792,9 +836,16 @@ struct Held {
 }
 
 enum MWeak {
-    /// Background and exhausted contexts: a weak id of them always upgrades.
+    /// The background and exhausted contexts with no node: a weak id of them always upgrades.
     Always(Arc<MNode>),
     Node(Weak<MNode>),
+    /// A view (issue 13 item 6): upgrades to the same view while the node it reads lives.
+    View {
+        of: Weak<MNode>,
+        kind: MKind,
+        cause: Option<Cause>,
+        book: Arc<Book>,
+    },
 }
 
 impl MWeak {
@@ -802,6 +853,22 @@ impl MWeak {
         match self {
             MWeak::Always(n) => Some(n.clone()),
             MWeak::Node(w) => w.upgrade(),
+            MWeak::View {
+                of,
+                kind,
+                cause,
+                book,
+            } => of
+                .upgrade()
+                .map(|n| MNode::view(Some(n), *kind, *cause, book)),
+        }
+    }
+
+    /// The node whose liveness the weak id follows.
+    fn target(&self) -> Option<Arc<MNode>> {
+        match self {
+            MWeak::Always(n) => Some(n.clone()),
+            MWeak::Node(w) | MWeak::View { of: w, .. } => w.upgrade(),
         }
     }
 }
@@ -1061,8 +1128,16 @@ impl Harness {
                 };
                 let held = &self.held[i];
                 let real = held.real.ctx().downgrade();
-                let model = match held.model.kind {
-                    MKind::Background | MKind::Exhausted => MWeak::Always(held.model.clone()),
+                let model = match (&held.model.parent, held.model.kind) {
+                    (_, MKind::Background) | (None, MKind::Exhausted) => {
+                        MWeak::Always(held.model.clone())
+                    }
+                    (Some(n), MKind::Exhausted | MKind::LiveView) => MWeak::View {
+                        of: Arc::downgrade(n),
+                        kind: held.model.kind,
+                        cause: held.model.cause(),
+                        book: self.book.clone(),
+                    },
                     _ => MWeak::Node(Arc::downgrade(&held.model)),
                 };
                 let pair = WeakPair {
@@ -1084,7 +1159,7 @@ impl Harness {
                 let model = self.weaks[i].model.upgrade();
                 let w = self.weaks[i].name;
                 self.note(format!("upgrade w{w} -> {}", real.is_some()));
-                if real.is_none() && self.zombie_tolerated(model.as_ref()) {
+                if real.is_none() && self.zombie_tolerated(self.weaks[i].model.target().as_ref()) {
                     return self.note("  (a zombie: tolerated)".into());
                 }
                 same!(
@@ -1238,8 +1313,34 @@ impl Harness {
             ValueKind::Inline => MValue::Inline(rec.clone().expect("rec")),
             ValueKind::Boxed => MValue::Boxed(rec.clone().expect("rec")),
         });
-        // `without_cancel` without a slot (its own or its parent's) is the background: never
-        // cancelled (issue 13), no values.
+        // At exhaustion (issue 13 item 6) a child is a view of the node its parent reads:
+        // born cancelled with `PoolExhausted` (or never cancelled, for `without_cancel`), with
+        // that node's values; what the builder set, and a custom value, are dropped.
+        let book = self.book.clone();
+        let made = |base: &Arc<MNode>, kind: MKind, vals: Vals, own: Option<MValue>| {
+            let cause = match kind {
+                MKind::Detached => None,
+                _ => base.cause().map(|c| Cause::Parent(c.origin())),
+            };
+            let never = match kind {
+                MKind::Detached => true,
+                MKind::Cancel => false,
+                _ => base.never,
+            };
+            let inherited = base.vals;
+            let vals = Vals {
+                op: vals.op.or(inherited.op),
+                trace: vals.trace.or(inherited.trace),
+                req: vals.req.or(inherited.req),
+                user: vals.user.or(inherited.user),
+            };
+            let node = MNode::new(Some(base.clone()), kind, never, cause, vals, own, &book);
+            let mut st = lock(&base.st);
+            st.children.retain(|w| w.strong_count() > 0);
+            st.children.push(Arc::downgrade(&node));
+            drop(st);
+            node
+        };
         let background = || {
             MNode::new(
                 None,
@@ -1248,58 +1349,70 @@ impl Harness {
                 None,
                 Vals::default(),
                 None,
-                &self.book,
+                &book,
             )
         };
-        let model: Result<Arc<MNode>, ()> = if pmodel.kind == MKind::Exhausted {
-            // A child of a context born cancelled is born cancelled, even from `try_*`; its
-            // value is dropped at once.
-            drop_model_value(own);
+        // What a child is when no slot is free for it.
+        let full = |parent: &Arc<MNode>| -> Result<Arc<MNode>, ()> {
             if kind == MKind::Detached {
-                Ok(background())
-            } else {
-                Ok(MNode::exhausted(true, &self.book))
-            }
-        } else if !self.book.alloc() {
-            drop_model_value(own);
-            if kind == MKind::Detached {
-                Ok(background())
+                Ok(match parent.viewed() {
+                    Some(n) => MNode::view(Some(n), MKind::LiveView, None, &book),
+                    None => background(),
+                })
             } else if try_ {
                 Err(())
             } else {
-                Ok(MNode::exhausted(false, &self.book))
+                Ok(MNode::exhausted_under(parent, &book))
+            }
+        };
+        let model: Result<Arc<MNode>, ()> = if pmodel.is_view() && pmodel.parent.is_none() {
+            // Born cancelled under the background: no node to read or to make anything under.
+            drop_model_value(own);
+            if kind == MKind::Detached {
+                Ok(background())
+            } else {
+                Ok(MNode::exhausted(None, true, &self.book))
+            }
+        } else if pmodel.kind == MKind::Exhausted && kind != MKind::Detached {
+            // A child of a context born cancelled is born cancelled, even from `try_*`, with
+            // no slot; its value is dropped at once.
+            drop_model_value(own);
+            let cause = pmodel.cause().map(|c| Cause::Parent(c.origin()));
+            Ok(MNode::view(
+                pmodel.parent.clone(),
+                MKind::Exhausted,
+                cause,
+                &self.book,
+            ))
+        } else if pmodel.kind == MKind::LiveView && kind != MKind::Detached {
+            // Under a live view: a detached node made for the view, then the child under it.
+            let n = pmodel.parent.clone().expect("a view of a node");
+            if !self.book.alloc() {
+                drop_model_value(own);
+                full(&pmodel)
+            } else {
+                let detached = made(&n, MKind::Detached, Vals::default(), None);
+                if !self.book.alloc() {
+                    drop_model_value(own);
+                    drop(detached);
+                    full(&pmodel)
+                } else {
+                    Ok(made(&detached, kind, vals, own))
+                }
             }
         } else {
-            let cause = match kind {
-                MKind::Detached => None,
-                _ => pmodel.cause().map(|c| Cause::Parent(c.origin())),
+            // A plain parent, or a `without_cancel` of a view (made under the viewed node).
+            let base = if pmodel.is_view() {
+                pmodel.parent.clone().expect("a view of a node")
+            } else {
+                pmodel.clone()
             };
-            let never = match kind {
-                MKind::Detached => true,
-                MKind::Cancel => false,
-                _ => pmodel.never,
-            };
-            let inherited = pmodel.vals;
-            let vals = Vals {
-                op: vals.op.or(inherited.op),
-                trace: vals.trace.or(inherited.trace),
-                req: vals.req.or(inherited.req),
-                user: vals.user.or(inherited.user),
-            };
-            let node = MNode::new(
-                Some(pmodel.clone()),
-                kind,
-                never,
-                cause,
-                vals,
-                own,
-                &self.book,
-            );
-            let mut st = lock(&pmodel.st);
-            st.children.retain(|w| w.strong_count() > 0);
-            st.children.push(Arc::downgrade(&node));
-            drop(st);
-            Ok(node)
+            if !self.book.alloc() {
+                drop_model_value(own);
+                full(&pmodel)
+            } else {
+                Ok(made(&base, kind, vals, own))
+            }
         };
 
         let desc = format!("child of {pname} {make:?}");
@@ -1363,6 +1476,7 @@ impl Harness {
         };
 
         let node = &self.held[i].model;
+        let mut slot = true;
         let state = if node.never {
             RegState::Never { stopped: false }
         } else if node.cause().is_some() {
@@ -1371,12 +1485,15 @@ impl Harness {
             if try_ {
                 RegState::HandedBack
             } else {
-                RegState::Ran
+                // Registered without a slot (issue 13 item 6): pending all the same.
+                slot = false;
+                RegState::Pending
             }
         } else {
             RegState::Pending
         };
         let model = Arc::new(MReg {
+            slot,
             state: Mutex::new(state),
             node: Mutex::new((state == RegState::Pending).then(|| node.clone())),
         });
@@ -1523,7 +1640,7 @@ impl Harness {
             self,
             format_args!("h{n} is exhausted"),
             shown == "exhausted",
-            m.kind == MKind::Exhausted
+            m.is_view()
         );
         if m.slot && h.id.slot as usize >= self.book.capacity {
             self.fail(format_args!("h{n} has slot {} beyond capacity", h.id.slot));
@@ -1606,7 +1723,15 @@ impl Harness {
     /// treat it as released (with parent leases, tree I10, such a node is a "zombie" with no
     /// references), and then `upgrade()` is `None` and `is_cancelled()` is `true`.
     fn zombie_tolerated(&self, n: Option<&Arc<MNode>>) -> bool {
-        n.is_some_and(|n| n.slot && !self.held.iter().any(|h| Arc::ptr_eq(&h.model, n)))
+        n.is_some_and(|n| {
+            n.slot
+                && !self.held.iter().any(|h| {
+                    // A held view of `n` holds a reference on it, as a handle does.
+                    Arc::ptr_eq(&h.model, n)
+                        || (h.model.is_view()
+                            && h.model.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, n)))
+                })
+        })
     }
 
     fn check_weak(&self, i: usize, perturb: bool) {
@@ -1619,7 +1744,7 @@ impl Harness {
             w.id
         );
         let model = w.model.upgrade();
-        let zombie = self.zombie_tolerated(model.as_ref());
+        let zombie = self.zombie_tolerated(w.model.target().as_ref());
         let real = w.real.upgrade();
         if !(zombie && real.is_none()) {
             same!(
