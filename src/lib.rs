@@ -79,6 +79,8 @@
 
 pub mod config;
 mod context;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod leak;

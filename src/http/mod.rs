@@ -105,6 +105,8 @@ pub use layer::{
     default_error_body, AfterCancel, BoxError, ContextBody, ContextLayer, ContextService,
     ErrorBody, ErrorBodyFor, OpFor, PeerOf, ResponseFuture, TimeoutFor,
 };
+#[cfg(feature = "tonic")]
+pub(crate) use layer::Why;
 use value::{header_value, room, LARGEST};
 
 /// `traceparent` (W3C Trace Context).
