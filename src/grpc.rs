@@ -88,7 +88,7 @@ use http_body::{Body, Frame, SizeHint};
 use tonic::{Code, Status};
 
 use crate::http::{BoxError, Propagator, RequestContext, Why};
-use crate::{Cause, CancelledOwned, Context, ContextError};
+use crate::{CancelledOwned, Cause, Context, ContextError};
 
 #[cfg(doc)]
 use crate::http::ContextLayer;
@@ -125,7 +125,9 @@ pub fn status_of(ctx: &Context) -> Option<Status> {
 fn status_for_error(ctx: Option<&Context>, err: ContextError) -> Status {
     match ctx.and_then(Context::cause) {
         Some(cause) => status_for(cause),
-        None if err == ContextError::DeadlineExceeded => Status::deadline_exceeded("deadline exceeded"),
+        None if err == ContextError::DeadlineExceeded => {
+            Status::deadline_exceeded("deadline exceeded")
+        }
         None => Status::cancelled("request cancelled"),
     }
 }

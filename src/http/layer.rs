@@ -616,7 +616,13 @@ where
         };
         // L3: a cancel stops a body that never pauses.
         if let Some(err) = err {
-            return Poll::Ready(Some(cut(this.cancelled, this.owner, this.cut, *this.grpc, err)));
+            return Poll::Ready(Some(cut(
+                this.cancelled,
+                this.owner,
+                this.cut,
+                *this.grpc,
+                err,
+            )));
         }
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {

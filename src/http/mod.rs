@@ -100,13 +100,13 @@ pub use client::{ClientError, ClientFuture, ClientLayer, ClientService};
 #[cfg(feature = "tower")]
 pub use drain::{Drain, DrainReport};
 use identity::SharedMeta;
+#[cfg(feature = "tonic")]
+pub(crate) use layer::Why;
 #[cfg(feature = "tower")]
 pub use layer::{
     default_error_body, AfterCancel, BoxError, ContextBody, ContextLayer, ContextService,
     ErrorBody, ErrorBodyFor, OpFor, PeerOf, ResponseFuture, TimeoutFor,
 };
-#[cfg(feature = "tonic")]
-pub(crate) use layer::Why;
 use value::{header_value, room, LARGEST};
 
 /// `traceparent` (W3C Trace Context).
