@@ -24,8 +24,8 @@
 //! same instant: whichever is polled first answers. Behind `Server::builder().layer(..)`,
 //! a deadline is therefore answered `DEADLINE_EXCEEDED` or `CANCELLED`, and the context may
 //! read `client disconnected`. To have the context's deadline be the only one, serve the
-//! routes ([`tonic::service::Routes`]) with hyper, as `examples/grpc.rs` does (about 20
-//! lines: hyper-util's HTTP/2 connection builder and `TowerToHyperService`).
+//! routes (`tonic::service::Routes`, behind the layer) with hyper's HTTP/2 server, as
+//! `examples/grpc/app.rs` (`serve`) does in about 20 lines.
 //!
 //! **Client.** [`GrpcClientLayer`] wraps the channel (any `tower` service of
 //! `http::Request`s: tonic's `Channel`, …). Per call it takes the calling context from the
