@@ -60,6 +60,7 @@
 //! | `tokio` | | a tokio task as the timer driver ([`Pool::spawn_tokio_driver`]) |
 //! | `http` | | [`http::Propagator`]: request contexts from `http::HeaderMap`s (W3C Trace Context and Baggage, `x-request-id`, `grpc-timeout`, trusted `x-user-id`, sampling) and headers for outgoing calls; the request's identity on its context ([`http::Propagated::of`]) |
 //! | `opentelemetry` | | the OpenTelemetry bridge ([`otel`], on `opentelemetry` 0.33, the line of `tracing-opentelemetry` 0.34; implies `http`): [`TraceContext`] and [`propagation::TraceState`] to and from OpenTelemetry's `SpanContext` and `TraceState`; the server span's parent from the incoming `traceparent` ([`http::RequestContext::otel_parent`]); outgoing `traceparent`s naming the current OpenTelemetry span, the exported one, instead of a span id of ctxpool's |
+//! | `tonic` | | gRPC on tonic 0.14 ([`grpc`]; implies `tower`; tonic 0.14 needs Rust 1.88): the server layer is [`http::ContextLayer`] (the context from the metadata, `DEADLINE_EXCEEDED`/`CANCELLED`/`UNAVAILABLE` for a cancelled context, a server stream cut with the status in its trailers), the method's context from `tonic::Request` ([`grpc::RequestExt`]), and the client layer [`grpc::GrpcClientLayer`] (`grpc-timeout` less the margin, trace, baggage, request id; fail fast and a cancel drop the call with the status) |
 //! | `tower` | | the server layer [`http::ContextLayer`] (a request context per request, its deadline enforced under the deadline policy, `504`/`503` once it is cancelled whatever the handler returns, its body held to the end), graceful shutdown with a drain window ([`http::Drain`]) and the client layer [`http::ClientLayer`] (the calling context on every outgoing call: headers, budget, fail fast, cancel drops the call) |
 //!
 //! [`Context::run_until_cancelled`] races any future against a context, with no feature.
@@ -79,6 +80,8 @@
 
 pub mod config;
 mod context;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod leak;

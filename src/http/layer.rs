@@ -23,7 +23,9 @@
 //!    included. Past the deadline (or at shutdown) a body still streaming fails with the
 //!    context's error, which makes the server abort the response (HTTP/1 closes the
 //!    connection, HTTP/2 resets the stream): the client sees a cut response, never a
-//!    complete-looking one;
+//!    complete-looking one. A gRPC body (a server stream) is cut with trailers instead,
+//!    `grpc-status` for the cause (`4` DEADLINE_EXCEEDED, `14` UNAVAILABLE, `1` CANCELLED),
+//!    so that the client reads the status rather than a reset stream (L5);
 //! 5. when the response future or the body is dropped before the end (the client went away,
 //!    or a server-wide timeout dropped it), cancels the context with [`CLIENT_DISCONNECTED`],
 //!    so every sub-operation watching it stops. After a complete response the context ends
@@ -56,6 +58,10 @@
 //! - **L3** the body checks the context before each frame (one load) and, while the inner
 //!   body is pending, waits on it ([`Context::cancelled_owned`](crate::Context::cancelled_owned)),
 //!   so a cancel stops a body that streams without pause and one that is idle alike.
+//! - **L5** the body of a gRPC request's response, cut by a cancel (L3), ends with a trailers
+//!   frame carrying the cause's `grpc-status` and `grpc-message` (the status of L4's
+//!   trailers-only answer), then nothing: the inner body is not polled again. The messages
+//!   already sent stay sent; the status says the stream is incomplete.
 //!
 //! Per-route metrics come from the pool: the operation label chosen by
 //! [`ContextLayer::op_for`] labels the context, so `ctxpool_contexts_created_total{op}`,
@@ -419,7 +425,7 @@ where
             }
             (Some(Ok(resp)), None) => {
                 let length = content_length(resp.headers());
-                resp.map(|body| ContextBody::new(body, guard, flight, length))
+                resp.map(|body| ContextBody::new(body, guard, flight, length, grpc))
             }
         };
         resp.headers_mut().insert(X_REQUEST_ID, request_id);
@@ -578,13 +584,23 @@ pin_project_lite::pin_project! {
         total: Option<u64>,
         // The layer's error body, sent before anything else (L4).
         error: Option<Bytes>,
+        // A gRPC response: a cancel ends it with trailers (L5).
+        grpc: bool,
+        // Cut with trailers (L5): nothing more is sent.
+        cut: bool,
     }
 }
 
 impl<B: Body> ContextBody<B> {
     /// `inner`, holding `guard` until it ends (L1, L2); `content_length` is the response's
     /// header, if any.
-    fn new(inner: B, guard: CancelGuard, flight: InFlight, content_length: Option<u64>) -> Self {
+    fn new(
+        inner: B,
+        guard: CancelGuard,
+        flight: InFlight,
+        content_length: Option<u64>,
+        grpc: bool,
+    ) -> Self {
         let total = content_length.or_else(|| inner.size_hint().exact());
         if inner.is_end_stream() || total == Some(0) || guard.context().is_cancelled() {
             // L2: nothing will be polled, or the handler answered knowing the context was
@@ -601,6 +617,8 @@ impl<B: Body> ContextBody<B> {
             sent: 0,
             total,
             error: None,
+            grpc,
+            cut: false,
         }
     }
 
@@ -613,6 +631,8 @@ impl<B: Body> ContextBody<B> {
             sent: 0,
             total: None,
             error: None,
+            grpc: false,
+            cut: false,
         }
     }
 }
@@ -645,6 +665,10 @@ where
         if let Some(data) = this.error.take() {
             return Poll::Ready(Some(Ok(Frame::data(data.into()))));
         }
+        // L5: after the trailers, nothing.
+        if *this.cut {
+            return Poll::Ready(None);
+        }
         // Set exactly while the owner holds the guard.
         let Some(err) = this
             .cancelled
@@ -656,9 +680,13 @@ where
         };
         // L3: a cancel stops a body that never pauses.
         if let Some(err) = err {
-            this.cancelled.set(None);
-            this.owner.finish();
-            return Poll::Ready(Some(Err(Box::new(err))));
+            return Poll::Ready(Some(cut(
+                this.cancelled,
+                this.owner,
+                this.cut,
+                *this.grpc,
+                err,
+            )));
         }
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -694,9 +722,13 @@ where
                     None => None,
                 };
                 if let Some(err) = err {
-                    this.cancelled.set(None);
-                    this.owner.finish();
-                    return Poll::Ready(Some(Err(Box::new(err))));
+                    return Poll::Ready(Some(cut(
+                        this.cancelled,
+                        this.owner,
+                        this.cut,
+                        *this.grpc,
+                        err,
+                    )));
                 }
                 Poll::Pending
             }
@@ -704,7 +736,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.error.is_none() && self.inner.is_end_stream()
+        self.cut || (self.error.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -713,6 +745,32 @@ where
             None => self.inner.size_hint(),
         }
     }
+}
+
+/// The body's last frame when its context was cancelled while it streamed (L3): the
+/// context's error, or for gRPC the cause's trailers (L5). The context ends either way.
+fn cut<D>(
+    mut cancelled: Pin<&mut Option<CancelledOwned>>,
+    owner: &mut Owner,
+    cut: &mut bool,
+    grpc: bool,
+    err: ContextError,
+) -> Result<Frame<D>, BoxError> {
+    let cause = cancelled
+        .as_ref()
+        .as_pin_ref()
+        .and_then(|c| c.context().cause());
+    cancelled.set(None);
+    owner.finish();
+    if !grpc {
+        return Err(Box::new(err));
+    }
+    *cut = true;
+    let why = Why::of(cause);
+    let mut trailers = ::http::HeaderMap::with_capacity(2);
+    trailers.insert("grpc-status", HeaderValue::from_static(why.grpc_status));
+    trailers.insert("grpc-message", HeaderValue::from_static(why.message));
+    Ok(Frame::trailers(trailers))
 }
 
 impl Drop for Owner {
@@ -735,14 +793,14 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 }
 
 /// Why a request was cancelled, as the layer answers it.
-struct Why {
-    grpc_status: &'static str,
-    message: &'static str,
+pub(crate) struct Why {
+    pub(crate) grpc_status: &'static str,
+    pub(crate) message: &'static str,
     json: &'static str,
 }
 
 impl Why {
-    fn of(cause: Option<Cause>) -> Why {
+    pub(crate) fn of(cause: Option<Cause>) -> Why {
         match cause {
             Some(c) if c.error() == ContextError::DeadlineExceeded => Why {
                 grpc_status: "4",

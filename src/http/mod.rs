@@ -100,6 +100,8 @@ pub use client::{ClientError, ClientFuture, ClientLayer, ClientService};
 #[cfg(feature = "tower")]
 pub use drain::{Drain, DrainReport};
 use identity::SharedMeta;
+#[cfg(feature = "tonic")]
+pub(crate) use layer::Why;
 #[cfg(feature = "tower")]
 pub use layer::{
     default_error_body, AfterCancel, BoxError, ContextBody, ContextLayer, ContextService,
