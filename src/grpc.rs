@@ -18,14 +18,15 @@
 //! [`CLIENT_DISCONNECTED`](crate::http::CLIENT_DISCONNECTED), so every sub-operation
 //! watching it stops.
 //!
-//! **Which server.** tonic's `transport::Server` wraps every layer it is given in a
-//! `grpc-timeout` timer of its own, outside the layers, which answers `CANCELLED` ("Timeout
-//! expired") and drops the request's future. It races the context's deadline, which is the
-//! same instant: whichever is polled first answers. Behind `Server::builder().layer(..)`,
-//! a deadline is therefore answered `DEADLINE_EXCEEDED` or `CANCELLED`, and the context may
-//! read `client disconnected`. To have the context's deadline be the only one, serve the
-//! routes (`tonic::service::Routes`, behind the layer) with hyper's HTTP/2 server, as
-//! `examples/grpc/app.rs` (`serve`) does in about 20 lines.
+//! **Which server.** [`serve`]: tonic's routes (`tonic::service::Routes`) behind the layer,
+//! served by hyper's HTTP/2 server, with the peer's address for the layer and a graceful
+//! shutdown that goes with [`Drain`](crate::http::Drain). Not tonic's `transport::Server`:
+//! it wraps every layer it is given in a `grpc-timeout` timer of its own, outside the layers,
+//! which answers `CANCELLED` ("Timeout expired") and drops the request's future. It races the
+//! context's deadline, which is the same instant: whichever is polled first answers. Behind
+//! `Server::builder().layer(..)`, a deadline is therefore answered `DEADLINE_EXCEEDED` or
+//! `CANCELLED`, and the context may read `client disconnected`. Under [`serve`] the
+//! context's deadline is the only one: `DEADLINE_EXCEEDED`, every time.
 //!
 //! **Client.** [`GrpcClientLayer`] wraps the channel (any `tower` service of
 //! `http::Request`s: tonic's `Channel`, …). Per call it takes the calling context from the
@@ -55,7 +56,8 @@
 //! let layer = ContextLayer::new(propagator.clone())
 //!     .op_for(|_, uri| if uri.path().ends_with("/Fanout") { &FANOUT } else { &ctxpool::http::HTTP_REQUEST })
 //!     .timeout_for(|_, uri| uri.path().ends_with("/Fanout").then_some(Duration::from_secs(2)));
-//! // `tonic::service::Routes::new(my_service)` behind `layer`, served by hyper.
+//! // `tonic::service::Routes::new(my_service)` behind `layer`, served by
+//! // `ctxpool::grpc::serve(listener, layer.layer(routes), shutdown)`.
 //! # let _ = layer;
 //!
 //! // In the service method: the request's context.
@@ -92,6 +94,10 @@ use crate::{CancelledOwned, Cause, Context, ContextError};
 
 #[cfg(doc)]
 use crate::http::ContextLayer;
+
+mod serve;
+
+pub use serve::{serve, ACCEPT_BACKOFF};
 
 /// The gRPC status for a context cancelled with `cause`, as the server layer answers it:
 /// `DEADLINE_EXCEEDED` for a deadline (the request's own or an ancestor's), `UNAVAILABLE`

@@ -1,7 +1,8 @@
 //! Loopback tests of the tonic integration (`ctxpool::grpc`) on the example gRPC service
 //! (`examples/grpc`): the deadline shrinks per hop, `DEADLINE_EXCEEDED` when the deadline
 //! passes (server side and client side), a client hang-up cancels the server-side work, the
-//! trace continues, a server stream is cut at its deadline.
+//! trace continues, a server stream is cut at its deadline, `ctxpool::grpc::serve` shuts down
+//! gracefully (a stream in flight ends with the drain's status, then `serve` returns).
 //!
 //! No assertion here depends on how fast the machine is: deadlines that must not fire are
 //! generous (30 s), those that must are spent or tiny, and the tests assert causes, codes
@@ -34,7 +35,10 @@ const SPAN: &str = "00f067aa0ba902b7";
 
 struct Server {
     app: Arc<App>,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    /// Completes the server's `shutdown` future when sent (or dropped).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// `ctxpool::grpc::serve`'s task.
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 async fn start() -> Server {
@@ -43,10 +47,18 @@ async fn start() -> Server {
     let pool = Pool::builder().build().unwrap();
     let app = App::new(pool, addr);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app::serve(app.clone(), listener, async move {
-        let _ = stopped.await;
-    }));
-    Server { app, _stop: stop }
+    let served = tokio::spawn(ctxpool::grpc::serve(
+        listener,
+        app::service(&app),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Server {
+        app,
+        stop: Some(stop),
+        served,
+    }
 }
 
 /// A client with a propagator of its own (its own pool: another service), under the client
@@ -123,6 +135,26 @@ where
     T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     <T::ResponseBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    call_ticks_each(grpc, req, |got| {
+        if got == 1 {
+            on_first();
+        }
+    })
+    .await
+}
+
+/// [`call_ticks`], calling `on_tick` with the number of messages received after each.
+async fn call_ticks_each<T>(
+    grpc: &mut tonic::client::Grpc<T>,
+    req: Request<pb::TicksRequest>,
+    mut on_tick: impl FnMut(usize),
+) -> (Vec<u32>, Status)
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if let Err(e) = grpc.ready().await {
         return (vec![], Status::from_error(e.into()));
     }
@@ -139,9 +171,7 @@ where
         match stream.message().await {
             Ok(Some(t)) => {
                 got.push(t.n);
-                if got.len() == 1 {
-                    on_first();
-                }
+                on_tick(got.len());
             }
             Ok(None) => return (got, Status::ok("")),
             Err(status) => return (got, status),
@@ -499,4 +529,91 @@ async fn server_stream_cut_mid_stream_ends_with_the_status() {
     assert!(!got.is_empty());
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(status.message(), "server shutting down");
+}
+
+/// `serve`'s task ends (bounded by `PATIENCE`: a failure, not a measurement).
+async fn served(s: Server) -> std::io::Result<()> {
+    tokio::time::timeout(PATIENCE, s.served)
+        .await
+        .expect("serve returned after its shutdown")
+        .expect("serve did not panic")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_cuts_a_stream_at_the_end_of_the_grace() {
+    let mut s = start().await;
+    let mut grpc = raw(&s);
+    let mut req = Request::new(pb::TicksRequest {
+        count: u32::MAX,
+        ms: 5,
+    });
+    req.set_timeout(GENEROUS);
+    // After the first message, `serve`'s shutdown fires: it stops accepting and tells the
+    // connection to finish its streams (GOAWAY), which go on. After three more, the drain
+    // starts: the endless stream outlives any grace, so the layer ends it with UNAVAILABLE
+    // at the end of the grace; then the connection closes and `serve` returns.
+    let mut stop = s.stop.take();
+    let app = s.app.clone();
+    let mut served_early = None;
+    let mut drained = None;
+    let (got, status) = call_ticks_each(&mut grpc, req, |n| {
+        if n == 1 {
+            let _ = stop.take().unwrap().send(());
+        }
+        if n == 4 {
+            // The stream is still open, so its connection is, so `serve` waits.
+            served_early = Some(s.served.is_finished());
+            let app = app.clone();
+            drained = Some(tokio::spawn(async move {
+                app.drain.shutdown(Duration::from_millis(20)).await
+            }));
+        }
+    })
+    .await;
+    assert!(
+        got.len() >= 4,
+        "the stream went on after the shutdown: {got:?}"
+    );
+    assert!(
+        got.iter().copied().eq(0..got.len() as u32),
+        "in order: {got:?}"
+    );
+    assert_eq!(served_early, Some(false), "serve waited for the stream");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "server shutting down");
+    let report = drained.unwrap().await.unwrap();
+    assert_eq!((report.in_flight_at_start, report.cancelled), (1, 1));
+    served(s).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_a_stream_finish_within_the_grace() {
+    let mut s = start().await;
+    let mut grpc = raw(&s);
+    let mut req = Request::new(pb::TicksRequest { count: 5, ms: 50 });
+    req.set_timeout(GENEROUS);
+    // After the first message, `serve`'s shutdown and the drain (a grace far longer than
+    // the stream) start together: the stream ends whole, with OK, and nothing is
+    // cancelled; then the connection closes and `serve` returns.
+    let mut stop = s.stop.take();
+    let app = s.app.clone();
+    let mut drained = None;
+    let (got, status) = call_ticks_each(&mut grpc, req, |n| {
+        if n == 1 {
+            let _ = stop.take().unwrap().send(());
+            let app = app.clone();
+            drained = Some(tokio::spawn(
+                async move { app.drain.shutdown(GENEROUS).await },
+            ));
+        }
+    })
+    .await;
+    assert_eq!(status.code(), Code::Ok, "{status:?} after {got:?}");
+    assert_eq!(got, [0, 1, 2, 3, 4]);
+    let report = drained.unwrap().await.unwrap();
+    // In flight at the drain's start unless the whole stream was sent before it (a client
+    // slower than 200 ms at reading its first message): either way, nothing cancelled.
+    assert!(report.in_flight_at_start <= 1, "{report:?}");
+    assert_eq!(report.cancelled, 0, "{report:?}");
+    served(s).await.unwrap();
 }

@@ -13,9 +13,9 @@
 //!   child of the request's context; the stream is cut at the deadline with
 //!   `DEADLINE_EXCEEDED` in its trailers.
 //!
-//! Served with hyper's HTTP/2 server (not tonic's `transport::Server`, whose own
-//! `grpc-timeout` timer would race the context's deadline: see `ctxpool::grpc`), behind
-//! `ctxpool::http::ContextLayer`.
+//! Served by `ctxpool::grpc::serve` (hyper's HTTP/2 server; not tonic's `transport::Server`,
+//! whose own `grpc-timeout` timer would race the context's deadline), behind
+//! `ctxpool::http::ContextLayer` ([`service`]).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -26,14 +26,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ctxpool::grpc::{status_for, GrpcClientLayer, GrpcClientService, RequestExt};
-use ctxpool::http::{ContextLayer, Drain, Propagator, RequestContext, HTTP_REQUEST};
+use ctxpool::http::{
+    ContextLayer, ContextService, Drain, Propagator, RequestContext, HTTP_REQUEST,
+};
 use ctxpool::{Cause, Context, Op, Pool};
 use http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstCodec;
 use tower::util::MapRequest;
-use tower::{Layer, ServiceExt};
+use tower::Layer;
 
 /// The messages (what `protoc` would generate from the `.proto` in the comments).
 pub mod pb {
@@ -279,38 +281,9 @@ pub fn layer(app: &App) -> ContextLayer {
         .drain(&app.drain)
 }
 
-/// Serves the `Demo` service on `listener` until `shutdown` completes (then stops accepting;
-/// connections already open live on until they close or the runtime ends).
-pub async fn serve(
-    app: Arc<App>,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()>,
-) {
-    let routes = tonic::service::Routes::new(Demo(app.clone()));
-    let svc = layer(&app).layer(routes);
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (io, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
-            () = &mut shutdown => return,
-        };
-        let _ = io.set_nodelay(true);
-        let svc = svc.clone();
-        tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    // The peer, for the layer's `peer_from` (trusted peers).
-                    req.extensions_mut().insert(peer);
-                    svc.clone().oneshot(req.map(tonic::body::Body::new))
-                });
-            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
-                .await;
-        });
-    }
+/// The `Demo` service behind the layer, for `ctxpool::grpc::serve`.
+pub fn service(app: &Arc<App>) -> ContextService<tonic::service::Routes> {
+    layer(app).layer(tonic::service::Routes::new(Demo(app.clone())))
 }
 
 /// The `Demo` service: routes each method to tonic's generic server.

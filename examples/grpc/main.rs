@@ -17,8 +17,9 @@
 //! (default 2000), printing what came back; it exits 0 when the fanout answered OK and the
 //! stream ended with OK or `DEADLINE_EXCEEDED`.
 //!
-//! SIGINT or SIGTERM: the server stops accepting, lets calls in flight finish for up to the
-//! grace period (default 5 s), then cancels the rest (`UNAVAILABLE`) and exits 0.
+//! Served by `ctxpool::grpc::serve`. SIGINT or SIGTERM: the server stops accepting, lets calls
+//! in flight finish for up to the grace period (default 5 s), then cancels the rest
+//! (`UNAVAILABLE`), and exits 0 once every connection has closed.
 
 #[allow(dead_code)] // shared with tests/grpc.rs, which uses other parts of it
 mod app;
@@ -90,16 +91,30 @@ async fn server(pool: Pool, addr: SocketAddr, grace: Duration) {
     let addr = listener.local_addr().expect("a bound address");
     let app = app::App::new(pool, addr);
     eprintln!("listening on {addr} (gRPC, service {})", app::SERVICE);
-    app::serve(app.clone(), listener, signal()).await;
-    eprintln!(
-        "shutting down: {} calls in flight, {grace:?} to finish",
-        app.drain.in_flight()
-    );
-    let report = app.drain.shutdown(grace).await;
-    eprintln!(
-        "drain: {} in flight at the start, {} cancelled at the end of the grace period",
-        report.in_flight_at_start, report.cancelled
-    );
+    // At the signal: `serve` stops accepting and waits for the open connections, while the
+    // drain gives the calls in flight the grace period, then cancels them (`UNAVAILABLE`).
+    let (report_tx, report_rx) = tokio::sync::oneshot::channel();
+    let drain = app.drain.clone();
+    let shutdown = async move {
+        signal().await;
+        eprintln!(
+            "shutting down: {} calls in flight, {grace:?} to finish",
+            drain.in_flight()
+        );
+        tokio::spawn(async move {
+            let _ = report_tx.send(drain.shutdown(grace).await);
+        });
+    };
+    if let Err(e) = ctxpool::grpc::serve(listener, app::service(&app), shutdown).await {
+        eprintln!("cannot accept on {addr}: {e}");
+        exit(1);
+    }
+    if let Ok(report) = report_rx.await {
+        eprintln!(
+            "drain: {} in flight at the start, {} cancelled at the end of the grace period",
+            report.in_flight_at_start, report.cancelled
+        );
+    }
 }
 
 /// One `Fanout` and one `Ticks` under a context of `timeout_ms`.
