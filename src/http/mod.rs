@@ -376,6 +376,7 @@ static NO_META: Propagated = Propagated {
 
 impl Propagated {
     /// The incoming `x-request-id` value, when the request carried a valid one.
+    #[cfg(feature = "tower")]
     pub(crate) fn raw_request_id(&self) -> Option<&HeaderValue> {
         self.raw.request_id.as_ref()
     }
