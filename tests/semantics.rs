@@ -643,3 +643,55 @@ fn the_last_page_is_cut_to_the_capacity() {
     assert_eq!(p.stats().reserved_bytes, 65 * ctxpool::NODE_SIZE);
     drop(all);
 }
+
+/// (tree I10, time D7) Parents released while their children live are zombies whose checks
+/// are left to the next turn, which pays one heavy fence for all of them, not one each. Counted,
+/// not timed: the pool has no driver, so only this thread turns it.
+#[test]
+fn deferred_zombie_checks_share_one_heavy_fence_per_turn() {
+    let p = Pool::builder()
+        .capacity(256)
+        .driver(ctxpool::DriverMode::Manual)
+        .testing_defer_zombies()
+        .build()
+        .unwrap();
+    let root = p.background().with_cancel();
+    p.testing_quiesce();
+    let base = p.stats().in_use;
+    let children: Vec<Context> = (0..16)
+        .map(|_| {
+            let parent = root.with_cancel();
+            let child = parent.child().build();
+            drop(parent); // a zombie: its check waits for the turn
+            child
+        })
+        .collect();
+    assert_eq!(
+        p.stats().in_use,
+        base + 32,
+        "zombies are kept for their children"
+    );
+    let fences = p.stats().heavy_fences;
+    p.turn();
+    assert_eq!(
+        p.stats().heavy_fences - fences,
+        1,
+        "one fence for 16 zombies"
+    );
+    assert_eq!(
+        p.stats().in_use,
+        base + 32,
+        "children still hold their parents"
+    );
+    drop(children); // each last child tears its parent down
+    p.testing_quiesce();
+    assert_eq!(p.stats().in_use, base);
+    let fences = p.stats().heavy_fences;
+    p.turn();
+    assert_eq!(
+        p.stats().heavy_fences,
+        fences,
+        "a turn with no zombie pays no fence"
+    );
+    drop(root);
+}
