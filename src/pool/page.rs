@@ -56,6 +56,21 @@ fn entry(idx: u32) -> (usize, usize) {
     ((idx >> 30) as usize * MAX_PAGES + page, off)
 }
 
+/// The page-table entry holding `idx` alone, as [`entry`] but without the offset: one
+/// leading-zero count (page `p` holds the indices `i` with `B << p <= i + B < B << (p + 1)`).
+#[inline]
+fn table_index(idx: u32) -> usize {
+    let within = (idx & (SPARE - 1)) + PAGE_BASE as u32;
+    let page = (31 - within.leading_zeros() - PAGE_BASE.trailing_zeros()) as usize;
+    (idx >> 30) as usize * MAX_PAGES + page
+}
+
+/// The first index of table entry `t` (main or spare region).
+fn first_index(t: usize) -> usize {
+    let region = if t >= MAX_PAGES { SPARE as usize } else { 0 };
+    region + PAGE_BASE * ((1 << (t % MAX_PAGES)) - 1)
+}
+
 /// Number of nodes in page `page`.
 #[inline]
 pub(crate) fn page_len(page: usize) -> usize {
@@ -67,6 +82,11 @@ pub(crate) fn page_len(page: usize) -> usize {
 /// slots are spent.
 pub(crate) struct Pages {
     ptrs: [AtomicPtr<Node>; 2 * MAX_PAGES],
+    /// Entry `t` of `ptrs` less the first index of its page (wrapping pointer arithmetic, never
+    /// dereferenced as such): the node at `idx` is `biased[t] + idx`, so the hot lookup
+    /// ([`Pages::get`]) is one leading-zero count, one load and one add. Published with `ptrs`
+    /// (before it, Release), read only for an index whose page `ensure` returned for (P3).
+    biased: [AtomicPtr<Node>; 2 * MAX_PAGES],
     capacity: u32,
     /// Generation of every slot's first incarnation (0; tests start near the last, slot L2).
     first_gen: u32,
@@ -78,6 +98,7 @@ impl Pages {
     pub(crate) fn new(capacity: u32, first_gen: u32) -> Self {
         Pages {
             ptrs: core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut())),
+            biased: core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut())),
             capacity,
             first_gen,
             grow: Mutex::new(()),
@@ -100,13 +121,18 @@ impl Pages {
     /// (every index in a handle, an id or a list satisfies this; pool P3).
     #[inline]
     pub(crate) unsafe fn get(&self, idx: u32) -> &Node {
-        let (t, off) = entry(idx);
-        let base = self.ptrs[t].load(Ordering::Acquire);
-        debug_assert!(!base.is_null(), "slot {idx} has no page");
+        let biased = self.biased[table_index(idx)].load(Ordering::Acquire);
+        let node = biased.wrapping_add(idx as usize);
+        debug_assert!(
+            core::ptr::eq(node, self.try_get(idx).expect("slot has no page")),
+            "slot {idx}: biased lookup disagrees"
+        );
         // SAFETY: per the contract the page was published by `ensure` (Release/Acquire on the
-        // pointer) with `self.len(t) > off` nodes (a main index is below the capacity, a spare
-        // page is whole), and it lives as long as the pool (P3).
-        unsafe { &*base.add(off) }
+        // biased pointer, stored after the page was built) with `self.len(t) > off` nodes (a
+        // main index is below the capacity, a spare page is whole), and it lives as long as
+        // the pool (P3). `biased + idx` is the page's base plus `idx`'s offset in it: back in
+        // bounds of the page's allocation, whose provenance the wrapping arithmetic keeps.
+        unsafe { &*node }
     }
 
     /// The node at `idx` if its page exists (for scans over the indices handed out, where a
@@ -133,6 +159,7 @@ impl Pages {
         let fresh: Box<[Node]> = (0..len).map(|_| Node::new(self.first_gen)).collect();
         let raw = Box::into_raw(fresh) as *mut Node;
         self.ptrs[t].store(raw, Ordering::Release);
+        self.biased[t].store(raw.wrapping_sub(first_index(t)), Ordering::Release);
     }
 
     /// Bytes of node memory currently reserved.
@@ -185,6 +212,18 @@ mod tests {
         assert_eq!(entry(SPARE + PAGE_BASE as u32), (MAX_PAGES + 1, 0));
         let (t, off) = entry(SPARE + MAX_CAPACITY - 1);
         assert!(t < 2 * MAX_PAGES && off < page_len(t - MAX_PAGES));
+    }
+
+    #[test]
+    fn table_index_and_first_index_agree_with_entry() {
+        let probes = (0..PAGE_BASE as u32 * 70)
+            .chain([MAX_CAPACITY - 2, MAX_CAPACITY - 1])
+            .flat_map(|i| [i, SPARE + i]);
+        for idx in probes {
+            let (t, off) = entry(idx);
+            assert_eq!(table_index(idx), t, "idx {idx}");
+            assert_eq!(first_index(t) + off, idx as usize, "idx {idx}");
+        }
     }
 
     #[test]
