@@ -29,6 +29,10 @@
 //! thread over 20,000 requests, after a warm-up).
 //!
 //! Run with `cargo bench --bench server_mix` (about a minute on 2 cores).
+//!
+//! With `CTXPOOL_MIX_RUN=<id>:<requests>` set, the binary runs that many requests of one id
+//! (one worker) and exits: `benches/instructions.sh` counts instructions per request under
+//! callgrind that way, a measure that does not move with the machine's load.
 
 use std::hint::black_box;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -365,6 +369,21 @@ fn allocs_per_request<M: Mix>() -> f64 {
 // Written out instead of `criterion_group!`/`criterion_main!`, whose generated `pub fn` would
 // trip the crate's `missing_docs = "deny"` lint.
 fn main() {
+    // `CTXPOOL_MIX_RUN=<id>:<requests>`: run that many requests of one id (one worker, the
+    // dropper, the same loop as the groups) and exit, for counting instructions under
+    // callgrind (`benches/instructions.sh`), where time is not the measure.
+    if let Ok(spec) = std::env::var("CTXPOOL_MIX_RUN") {
+        let (id, n) = spec.split_once(':').expect("CTXPOOL_MIX_RUN=<id>:<requests>");
+        let n: u64 = n.parse().expect("CTXPOOL_MIX_RUN: requests");
+        match id {
+            "none" => drop(time_mix::<NoContext>(&NoContext::root(), 1, n)),
+            "naive" => drop(time_mix::<Naive>(&Naive::root(), 1, n)),
+            "tokio_util" => drop(time_mix::<TokioUtil>(&TokioUtil::root(), 1, n)),
+            "ctxpool" => drop(time_mix::<Pooled>(&Pooled::root(), 1, n)),
+            other => panic!("CTXPOOL_MIX_RUN: unknown id {other:?}"),
+        }
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     bench_group(&mut c, "server_mix", 1);
     bench_group(&mut c, "server_mix_2w", 2);
