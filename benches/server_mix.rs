@@ -373,7 +373,9 @@ fn main() {
     // dropper, the same loop as the groups) and exit, for counting instructions under
     // callgrind (`benches/instructions.sh`), where time is not the measure.
     if let Ok(spec) = std::env::var("CTXPOOL_MIX_RUN") {
-        let (id, n) = spec.split_once(':').expect("CTXPOOL_MIX_RUN=<id>:<requests>");
+        let (id, n) = spec
+            .split_once(':')
+            .expect("CTXPOOL_MIX_RUN=<id>:<requests>");
         let n: u64 = n.parse().expect("CTXPOOL_MIX_RUN: requests");
         match id {
             "none" => drop(time_mix::<NoContext>(&NoContext::root(), 1, n)),

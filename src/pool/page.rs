@@ -65,6 +65,12 @@ fn table_index(idx: u32) -> usize {
     (idx >> 30) as usize * MAX_PAGES + page
 }
 
+/// The page of main-region index `idx` (`idx < SPARE`): [`table_index`] without the region.
+#[inline(always)]
+fn main_page(idx: u32) -> usize {
+    (31 - (idx + PAGE_BASE as u32).leading_zeros() - PAGE_BASE.trailing_zeros()) as usize
+}
+
 /// The first index of table entry `t` (main or spare region).
 fn first_index(t: usize) -> usize {
     let region = if t >= MAX_PAGES { SPARE as usize } else { 0 };
@@ -121,7 +127,14 @@ impl Pages {
     /// (every index in a handle, an id or a list satisfies this; pool P3).
     #[inline]
     pub(crate) unsafe fn get(&self, idx: u32) -> &Node {
-        let biased = self.biased[table_index(idx)].load(Ordering::Acquire);
+        // The main region's page is the leading-zero count alone; spare indices (spent slots'
+        // replacements, rare) take the general path.
+        let t = if idx < SPARE {
+            main_page(idx)
+        } else {
+            table_index(idx)
+        };
+        let biased = self.biased[t].load(Ordering::Acquire);
         let node = biased.wrapping_add(idx as usize);
         debug_assert!(
             core::ptr::eq(node, self.try_get(idx).expect("slot has no page")),
@@ -158,8 +171,10 @@ impl Pages {
         let len = self.len(t);
         let fresh: Box<[Node]> = (0..len).map(|_| Node::new(self.first_gen)).collect();
         let raw = Box::into_raw(fresh) as *mut Node;
-        self.ptrs[t].store(raw, Ordering::Release);
+        // `biased` first: whoever sees the page in `ptrs` (the check above, Acquire) then
+        // sees its biased pointer too, which is all that `get` reads.
         self.biased[t].store(raw.wrapping_sub(first_index(t)), Ordering::Release);
+        self.ptrs[t].store(raw, Ordering::Release);
     }
 
     /// Bytes of node memory currently reserved.
@@ -222,6 +237,9 @@ mod tests {
         for idx in probes {
             let (t, off) = entry(idx);
             assert_eq!(table_index(idx), t, "idx {idx}");
+            if idx < SPARE {
+                assert_eq!(main_page(idx), t, "idx {idx}");
+            }
             assert_eq!(first_index(t) + off, idx as usize, "idx {idx}");
         }
     }
