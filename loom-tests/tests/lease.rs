@@ -599,3 +599,32 @@ fn stress_parent_and_leased_child_released_at_once_deferred_check() {
     let fences = pool.stats().heavy_fences - fences;
     eprintln!("{fences} heavy fences for {rounds} zombies");
 }
+
+/// (I14) The owner drops a context's last handle while its only child, made on the owner's
+/// thread and handed to another, reads its cause and is released there. The owner's drop
+/// skips the `OwnerDropped` cancel only when it reads the lease count at zero (the child is
+/// gone); otherwise it cancels and leaves a zombie as before. The child sees its parent live
+/// or cancelled by its owner, never anything else; nothing leaks and nothing is freed twice,
+/// in every interleaving.
+#[cfg(loom)]
+#[test]
+fn owner_drop_skips_the_cancel_only_when_no_child_is_left() {
+    model(|| {
+        let pool = pool(3);
+        let g = pool.background().with_cancel();
+        let c = g.with_cancel(); // leased in this thread's shard
+        let t = thread::spawn(move || {
+            let seen = c.cause();
+            drop(c);
+            seen
+        });
+        drop(g);
+        let seen = t.join().unwrap();
+        assert!(
+            matches!(seen, None | Some(Cause::Parent(Origin::OwnerDropped))),
+            "the child read {seen:?}"
+        );
+        assert_all_released(&pool);
+        assert!(pool.background().try_with_cancel().is_ok());
+    });
+}

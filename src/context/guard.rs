@@ -132,9 +132,13 @@ impl Drop for CancelGuard {
                 // We dropped the last reference in one CAS, so we own the dying node (slot L1).
                 // A clone dropped just before may have made children through it (leases, I10):
                 // the CAS read that clone's release, so its lessee mark is visible here.
-                let deferred = if !state::is_leased(node.state.load(Ordering::Acquire)) {
+                let s = node.state.load(Ordering::Acquire);
+                let deferred = if !state::is_leased(s) || pool.lease_sum(idx, self.ctx.gen, s) == 0
+                {
                     // No child, handle, waiter or registration can observe it: release it
-                    // without cancelling, and with no zombie protocol needed.
+                    // without cancelling, and with no zombie protocol needed. Leased children
+                    // all gone counts as none (I14): with no references left the counts only
+                    // go down (pool S7), so a zero is final.
                     tree::tear_down_at(pool, idx, node)
                 } else {
                     // Children live or lived: cancel as the owner's drop must (they read it
