@@ -301,6 +301,7 @@ impl Timers {
 
     /// Wakes the driver thread early (its ring is half full, a timer was spilled, a job was
     /// added), or from its sleep (D5).
+    #[cfg_attr(loom, allow(clippy::needless_return))] // the rest is not built under loom
     pub(crate) fn wake(&self) {
         // D5: the caller stored its work (a ring entry, the spill list, a job) before this fence.
         crate::sync::barrier::light();
