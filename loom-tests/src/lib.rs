@@ -226,9 +226,34 @@ pub fn pool_with_cache(capacity: u32, thread_cache: u32) -> Pool {
 /// `created == released`.
 #[track_caller]
 pub fn assert_all_released(pool: &Pool) {
+    settle(pool, 0);
     let s = pool.stats();
     assert_eq!(s.in_use, 0, "contexts still in use: {s:?}");
     assert_eq!(s.created, s.released, "created != released: {s:?}");
+}
+
+/// Native runs only (a no-op under loom, where no driver thread defers anything): once a
+/// model's threads are joined, the zombie check of a parent released before its last leased
+/// child may still wait for the pool's driver thread (time D7), or be running there. Turns the
+/// pool (a turn drains every thread's ring) and waits for a running check, until at most
+/// `live` contexts are in use or ten seconds have passed (then the caller's assertion reports
+/// the leak). On a correct pool this ends after the first turn; the bound only keeps a real
+/// leak from hanging the test.
+pub fn settle(pool: &Pool, live: u64) {
+    #[cfg(not(loom))]
+    {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            pool.turn();
+            pool.testing_quiesce();
+            if pool.stats().in_use <= live || std::time::Instant::now() > until {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+    #[cfg(loom)]
+    let _ = (pool, live);
 }
 
 /// A value whose drop is counted: captured by `after_func` closures to check that each
