@@ -82,13 +82,6 @@
 //!   When a driver runs, the parent's side after the mark (fence, counts, claim) is left to
 //!   the driver's next turn, batched with every other zombie's (time D7); a parent with a
 //!   cancel's note (I11) still does it at once.
-//! - **I14** the owner's drop of a context's last handle records `OwnerDropped` only when a
-//!   child may still read it: when the lease counts read zero after that drop (the same
-//!   final zero as in I10: no references, so they only go down, pool S7), every child ever
-//!   made under it is gone (a child that could not lease holds a reference, and then the drop
-//!   was not the last), so the node is torn down at once, uncancelled, as if it had never had
-//!   children. Nobody can observe the difference: the cause of a context is readable only
-//!   through a handle or a descendant, and `OwnerDropped` is not counted as a cancellation.
 //! - **I11** a cancel that pops a registered child with no references left (dying, or a
 //!   zombie) cannot take a reference on it; it sets `PENDING` on the child, and pins it
 //!   if it is already a zombie. The thread that makes a dying node a zombie sets `ZOMBIE` with
@@ -115,6 +108,13 @@
 //!   that inherit or adopt N's cause copy the address with `INHERITED` set and own nothing;
 //!   they keep N live (I1, I10), so the address is valid for every reader holding a reference
 //!   on N or a descendant, and N's teardown, after every descendant is gone, frees it.
+//! - **I14** the owner's drop of a context's last handle records `OwnerDropped` only when a
+//!   child may still read it: when the lease counts read zero after that drop (the same
+//!   final zero as in I10: no references, so they only go down, pool S7), every child ever
+//!   made under it is gone (a child that could not lease holds a reference, and then the drop
+//!   was not the last), so the node is torn down at once, uncancelled, as if it had never had
+//!   children. Nobody can observe the difference: the cause of a context is readable only
+//!   through a handle or a descendant, and `OwnerDropped` is not counted as a cancellation.
 //! - **I9** a node flagged `F_NEVER` (no owner, no cancellable ancestor: a child of the
 //!   background, a `without_cancel` node) is never cancelled; walks, registration and
 //!   `after_func` stop at it, so children of never-cancellable parents register nothing.
