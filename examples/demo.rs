@@ -1,7 +1,9 @@
 //! A simulated server: worker threads handle "requests", each with a request context (a child
 //! of a long-lived server root, labelled and carrying its request id), a few sub-operation
 //! children (some nested two or three deep), random cancellations (clients hanging up,
-//! sub-operations timing out) and a few contexts handed to another thread to be dropped there.
+//! sub-operations timing out) and a few contexts handed to another thread to be dropped there
+//! (after their request was released; 64 to a message, in buffers made before the run and sent
+//! back for reuse, so that the hand-off costs every implementation the same few nanoseconds).
 //!
 //! The same workload then runs on a naive implementation (an `Arc` node per context with a
 //! `Mutex<Vec<Weak<_>>>` of children), and on no contexts at all (`none`: the same requests,
@@ -286,7 +288,7 @@ fn handle_request<M: Model>(
     server: &M::Ctx,
     id: u64,
     rng: &mut Rng,
-    reaper: &SyncSender<Handoff<M>>,
+    out: &mut Outbox<M>,
     c: &mut Counts,
 ) {
     let req = M::request(server, id);
@@ -330,25 +332,53 @@ fn handle_request<M: Model>(
                 "a child missed its request's cancellation"
             );
         }
-        // One sub-operation in 8 is finished (dropped) by another thread; if the channel is
-        // full, the error hands it back and it is dropped here.
-        if (r >> 40) % 8 == 0 && reaper.try_send(Handoff::Owner(sub)).is_ok() {
+        // One sub-operation in 8 is finished (dropped) by another thread, after its request.
+        if (r >> 40) % 8 == 0 {
+            out.batch.push(Handoff::Owner(sub));
             c.handed_off += 1;
         }
     }
     // One request in 16 leaves a handle to another thread, which may release it last.
-    if (rq >> 20) % 16 == 0 && reaper.try_send(Handoff::Handle((*req).clone())).is_ok() {
+    if (rq >> 20) % 16 == 0 {
+        out.batch.push(Handoff::Handle((*req).clone()));
         c.handed_off += 1;
+    }
+    drop(req);
+    out.flush_if_full();
+}
+
+/// A worker's side of the hand-off to the reaper: the batch being filled, and where full
+/// batches go and empty buffers come back from. Batching keeps the harness cheap (one channel
+/// message per `BATCH` hand-offs instead of a futex wake-up per context) and the same for
+/// every implementation, so that the per-request figures measure the contexts.
+struct Outbox<M: Model> {
+    w: usize,
+    batch: Vec<Handoff<M>>,
+    to_reaper: SyncSender<(usize, Vec<Handoff<M>>)>,
+    spare: Receiver<Vec<Handoff<M>>>,
+}
+
+/// Hand-offs per message to the reaper.
+const BATCH: usize = 64;
+/// Buffers per worker, made before the run: a worker with none left waits for the reaper to
+/// send one back, so that the steady state allocates nothing.
+const BUFFERS: usize = 4;
+
+impl<M: Model> Outbox<M> {
+    /// Sends the batch if it is full (after the request that filled it was released), and
+    /// takes an empty buffer back.
+    fn flush_if_full(&mut self) {
+        if self.batch.len() >= BATCH {
+            let next = self.spare.recv().expect("the reaper hung up");
+            let full = std::mem::replace(&mut self.batch, next);
+            self.to_reaper
+                .send((self.w, full))
+                .expect("the reaper hung up");
+        }
     }
 }
 
-fn worker<M: Model>(
-    w: usize,
-    server: &M::Ctx,
-    reaper: SyncSender<Handoff<M>>,
-    slot: &Slot,
-    stop: &AtomicBool,
-) {
+fn worker<M: Model>(w: usize, server: &M::Ctx, mut out: Outbox<M>, slot: &Slot, stop: &AtomicBool) {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
     let mut c = Counts::default();
     while !stop.load(Relaxed) {
@@ -357,7 +387,7 @@ fn worker<M: Model>(
             server,
             ((w as u64) << 48) | c.requests,
             &mut rng,
-            &reaper,
+            &mut out,
             &mut c,
         );
         c.allocs = thread_allocs();
@@ -365,14 +395,23 @@ fn worker<M: Model>(
     }
 }
 
-/// Drops whatever it is handed, on its own thread.
-fn reaper<M: Model>(rx: Receiver<Handoff<M>>, slot: &Slot) {
+/// Drops whatever it is handed, on its own thread, and sends each emptied buffer back to the
+/// worker it came from.
+fn reaper<M: Model>(
+    rx: Receiver<(usize, Vec<Handoff<M>>)>,
+    back: Vec<SyncSender<Vec<Handoff<M>>>>,
+    slot: &Slot,
+) {
     let mut c = Counts::default();
-    for h in rx {
-        match h {
-            Handoff::Owner(owner) => black_box(M::is_cancelled(&owner)),
-            Handoff::Handle(ctx) => black_box(M::is_cancelled(&ctx)),
-        };
+    for (w, mut batch) in rx {
+        for h in batch.drain(..) {
+            match h {
+                Handoff::Owner(owner) => black_box(M::is_cancelled(&owner)),
+                Handoff::Handle(ctx) => black_box(M::is_cancelled(&ctx)),
+            };
+        }
+        // Never full: a worker has at most `BUFFERS` buffers in all.
+        let _ = back[w].try_send(batch);
         c.allocs = thread_allocs();
         slot.publish(&c);
     }
@@ -414,20 +453,36 @@ fn run<M: Model>(
     let exited = AtomicUsize::new(0);
     let slots: Vec<Slot> = (0..=threads).map(|_| Slot::default()).collect();
     let (workers, reaper_slot) = slots.split_at(threads);
-    let (tx, rx) = mpsc::sync_channel::<Handoff<M>>(256);
+    let (tx, rx) = mpsc::sync_channel::<(usize, Vec<Handoff<M>>)>(threads * BUFFERS);
+    let mut outboxes = Vec::with_capacity(threads);
+    let mut back = Vec::with_capacity(threads);
+    for w in 0..threads {
+        let (give, spare) = mpsc::sync_channel(BUFFERS);
+        for _ in 1..BUFFERS {
+            give.send(Vec::with_capacity(BATCH))
+                .expect("the receiver is here");
+        }
+        back.push(give);
+        outboxes.push(Outbox::<M> {
+            w,
+            batch: Vec::with_capacity(BATCH),
+            to_reaper: tx.clone(),
+            spare,
+        });
+    }
+    drop(tx);
     thread::scope(|s| {
         s.spawn(|| {
             let _exit = Exit(&exited);
-            reaper::<M>(rx, &reaper_slot[0])
+            reaper::<M>(rx, back, &reaper_slot[0])
         });
-        for (w, slot) in workers.iter().enumerate() {
-            let (tx, stop, exited) = (tx.clone(), &stop, &exited);
+        for ((w, slot), out) in workers.iter().enumerate().zip(outboxes) {
+            let (stop, exited) = (&stop, &exited);
             s.spawn(move || {
                 let _exit = Exit(exited);
-                worker::<M>(w, server, tx, slot, stop)
+                worker::<M>(w, server, out, slot, stop)
             });
         }
-        drop(tx);
 
         thread::sleep(WARM_UP);
         let main_allocs = thread_allocs();
