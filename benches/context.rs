@@ -15,6 +15,9 @@
 //!   list, one atomic read-modify-write on the slot (its reference count) and a push back; no
 //!   tree, no values.
 //! - `create_drop_contended`: the same on two threads at once, under one shared parent.
+//! - `create_drop_labelled`: make a child labelled with an operation (`parent.child().op(&OP)
+//!   .with_cancel()`, the way a handler labels its sub-operations) under a long-lived labelled
+//!   root, then drop it; ids `ctxpool` and `naive` (its nodes carry the label).
 //! - `cancel_100k`: cancel a root with 100,000 children and check that every child reads
 //!   cancelled (building and dropping the tree are not timed).
 //! - `metrics_overhead` (ctxpool only, ids `off` and `on`): create and drop a child with a 30 s
@@ -73,6 +76,28 @@ fn create_drop(c: &mut Criterion) {
     g.bench_function("floor", |b| {
         b.iter(|| floor.release(black_box(floor.acquire())))
     });
+
+    g.finish();
+}
+
+fn create_drop_labelled(c: &mut Criterion) {
+    static SERVER: ctxpool::Op = ctxpool::Op::new("server");
+    static QUERY: ctxpool::Op = ctxpool::Op::new("db.query");
+    let mut g = c.benchmark_group("create_drop_labelled");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+
+    let root = Context::background().child().op(&SERVER).with_cancel();
+    g.bench_function("ctxpool", |b| {
+        b.iter(|| drop(black_box(root.child().op(&QUERY).with_cancel())))
+    });
+    drop(root);
+
+    let root = naive::Guard::labelled_root(&SERVER);
+    g.bench_function("naive", |b| {
+        b.iter(|| drop(black_box(root.child(&QUERY, None))))
+    });
+    drop(root);
 
     g.finish();
 }
@@ -311,6 +336,7 @@ fn metrics_overhead(c: &mut Criterion) {
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     create_drop(&mut c);
+    create_drop_labelled(&mut c);
     create_drop_contended(&mut c);
     cancel_100k(&mut c);
     metrics_overhead(&mut c);

@@ -197,6 +197,7 @@ impl<'a> ChildBuilder<'a> {
     ///
     /// On a request builder ([`Pool::request`](crate::Pool::request)) the child gets the
     /// pool's default timeout.
+    #[inline]
     pub fn with_cancel(self) -> CancelGuard {
         let want = self.request.then_some(Want::Default);
         self.guarded(want)
@@ -211,6 +212,7 @@ impl<'a> ChildBuilder<'a> {
     /// A cancellable child whose deadline is `timeout` from now (Go's `WithTimeout`), or its
     /// parent's if that is earlier; cut to the pool's maximum timeout. See
     /// [`Context::with_timeout`].
+    #[inline]
     pub fn with_timeout(self, timeout: Duration) -> CancelGuard {
         self.guarded(Some(Want::After(timeout)))
     }
@@ -223,6 +225,7 @@ impl<'a> ChildBuilder<'a> {
 
     /// A cancellable child with deadline `at` (Go's `WithDeadline`), or its parent's if that is
     /// earlier; cut to the pool's maximum timeout from now.
+    #[inline]
     pub fn with_deadline(self, at: Instant) -> CancelGuard {
         self.guarded(Some(Want::At(at)))
     }
@@ -234,7 +237,28 @@ impl<'a> ChildBuilder<'a> {
     }
 
     /// A guarded child, born cancelled at exhaustion (a view of the parent's node).
-    fn guarded(mut self, want: Option<Want>) -> CancelGuard {
+    ///
+    /// Inlined into the caller, so that a builder that sets at most an operation label and a
+    /// request id (the common `ctx.child().op(&OP).with_cancel()`) is never written to memory
+    /// as a whole: its fields are known at the call site, and the child is made by one
+    /// out-of-line creation that takes just those values and returns the handle in a register
+    /// (`create_labelled_made`). Anything else takes `guarded_slow`.
+    #[inline(always)]
+    fn guarded(self, want: Option<Want>) -> CancelGuard {
+        if self.trace.is_none() && self.user_id.is_none() && self.carried.0.is_none() {
+            let parent = self.parent();
+            let made = create_labelled_made(parent, self.location, self.op, self.request_id, want);
+            return match Made::unpack(parent, made) {
+                Ok(c) => CancelGuard::new(c),
+                Err(_) => CancelGuard::new(parent.exhausted_child()),
+            };
+        }
+        self.guarded_slow(want)
+    }
+
+    /// `guarded` for a builder with a trace context, a user id or a carried value.
+    #[inline(never)]
+    fn guarded_slow(mut self, want: Option<Want>) -> CancelGuard {
         match self.create(Kind::Cancel, want) {
             Ok(c) => CancelGuard::new(c),
             Err(_) => CancelGuard::new(self.parent().exhausted_child()),
@@ -378,6 +402,26 @@ fn create_timed_made(parent: &Context, location: &'static Location<'static>, wan
 #[inline(never)]
 fn create_cancel_made(parent: &Context, location: &'static Location<'static>) -> Made {
     Made::pack(create(parent, location, &Spec::NONE, Kind::Cancel))
+}
+
+/// `ChildBuilder`'s cancellable child with at most an operation label, a request id and a
+/// deadline set, out of line, with `create` specialised for it (no trace, user id or carried
+/// value).
+#[inline(never)]
+fn create_labelled_made(
+    parent: &Context,
+    location: &'static Location<'static>,
+    op: Option<&'static Op>,
+    request_id: Option<RequestId>,
+    deadline: Option<Want>,
+) -> Made {
+    let spec = Spec {
+        op,
+        request_id,
+        deadline,
+        ..Spec::NONE
+    };
+    Made::pack(create(parent, location, &spec, Kind::Cancel))
 }
 
 /// What an out-of-line `create` returns: the new handle's slot and generation in one word
