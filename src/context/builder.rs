@@ -246,17 +246,23 @@ impl<'a> ChildBuilder<'a> {
     #[inline(always)]
     fn guarded(self, want: Option<Want>) -> CancelGuard {
         if self.trace.is_none() && self.user_id.is_none() && self.carried.0.is_none() {
-            let parent = self.parent();
-            let made = create_labelled_made(parent, self.location, self.op, self.request_id, want);
-            return match Made::unpack(parent, made) {
-                Ok(c) => CancelGuard::new(c),
-                Err(_) => CancelGuard::new(parent.exhausted_child()),
-            };
+            if let Parent::Borrowed(parent) = self.parent {
+                let (location, op, request_id) = (self.location, self.op, self.request_id);
+                // Nothing to drop: the parent is borrowed and no value is carried (checked
+                // just above). Forgetting the builder spares the call to its drop glue.
+                core::mem::forget(self);
+                let made = create_labelled_made(parent, location, op, request_id, want);
+                return match Made::unpack(parent, made) {
+                    Ok(c) => CancelGuard::new(c),
+                    Err(_) => CancelGuard::new(parent.exhausted_child()),
+                };
+            }
         }
         self.guarded_slow(want)
     }
 
-    /// `guarded` for a builder with a trace context, a user id or a carried value.
+    /// `guarded` for a builder with a trace context, a user id or a carried value, or that
+    /// owns its parent (a request root's builder).
     #[inline(never)]
     fn guarded_slow(mut self, want: Option<Want>) -> CancelGuard {
         match self.create(Kind::Cancel, want) {
