@@ -31,8 +31,11 @@
 //! Run with `cargo bench --bench server_mix` (about a minute on 2 cores).
 //!
 //! With `CTXPOOL_MIX_RUN=<id>:<requests>` set, the binary runs that many requests of one id
-//! (one worker) and exits: `benches/instructions.sh` counts instructions per request under
-//! callgrind that way, a measure that does not move with the machine's load.
+//! (one worker) and exits, printing the worker's time per request on stderr:
+//! `benches/instructions.sh` counts instructions per request under callgrind that way, a
+//! measure that does not move with the machine's load, and `benches/ab.sh` compares two builds
+//! by alternating such runs. `CTXPOOL_MIX_METRICS=off` turns the global pool's per-operation
+//! metrics off (`metrics.enabled = false`) for `ctxpool`, to measure what they cost.
 
 use std::hint::black_box;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -139,6 +142,14 @@ impl Mix for Pooled {
     type Root = CancelGuard;
     type Guard = CancelGuard;
     fn root() -> CancelGuard {
+        if std::env::var_os("CTXPOOL_MIX_METRICS").is_some_and(|v| v == "off") {
+            // `metrics.enabled = false` on the global pool, through its configuration, to
+            // measure what the per-operation metrics cost in the mix.
+            let pool = ctxpool::Pool::global();
+            let mut config = (*pool.config()).clone();
+            config.metrics.enabled = false;
+            pool.update_config(config).expect("metrics.enabled = false");
+        }
         Context::background().with_cancel()
     }
     fn request(root: &CancelGuard) -> CancelGuard {
@@ -377,13 +388,18 @@ fn main() {
             .split_once(':')
             .expect("CTXPOOL_MIX_RUN=<id>:<requests>");
         let n: u64 = n.parse().expect("CTXPOOL_MIX_RUN: requests");
-        match id {
-            "none" => drop(time_mix::<NoContext>(&NoContext::root(), 1, n)),
-            "naive" => drop(time_mix::<Naive>(&Naive::root(), 1, n)),
-            "tokio_util" => drop(time_mix::<TokioUtil>(&TokioUtil::root(), 1, n)),
-            "ctxpool" => drop(time_mix::<Pooled>(&Pooled::root(), 1, n)),
+        let t = match id {
+            "none" => time_mix::<NoContext>(&NoContext::root(), 1, n),
+            "naive" => time_mix::<Naive>(&Naive::root(), 1, n),
+            "tokio_util" => time_mix::<TokioUtil>(&TokioUtil::root(), 1, n),
+            "ctxpool" => time_mix::<Pooled>(&Pooled::root(), 1, n),
             other => panic!("CTXPOOL_MIX_RUN: unknown id {other:?}"),
-        }
+        };
+        // On stderr, so that a caller counting instructions can ignore it.
+        eprintln!(
+            "{id}: {:.1} ns/request over {n} requests",
+            t.as_nanos() as f64 / n.max(1) as f64
+        );
         return;
     }
     let mut c = Criterion::default().configure_from_args();

@@ -25,7 +25,7 @@
 //! status 2.
 
 use std::hint::black_box;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::ops::Deref;
 use std::process::exit;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -188,6 +188,8 @@ fn request_timeout() -> Duration {
 
 const WARM_UP: Duration = Duration::from_millis(500);
 const TICK: Duration = Duration::from_millis(250);
+/// Ticks a second: how often a log (not a terminal) gets a progress line.
+const PER_SECOND: u32 = 4;
 /// A run in which no request completes for this long, or whose threads do not stop within it,
 /// is reported as stuck (exit status 1) instead of hanging.
 const STALL: Duration = Duration::from_secs(5);
@@ -427,6 +429,31 @@ impl Drop for Exit<'_> {
 }
 
 /// Reports a run that stopped making progress and exits without waiting for it.
+/// One progress line: rewritten in place on a terminal (`tty`), a line of its own otherwise.
+fn progress(
+    out: &mut impl Write,
+    tty: bool,
+    name: &str,
+    secs: f64,
+    rps: f64,
+    live: Option<(u64, u32)>,
+) {
+    let lead = if tty { "\r" } else { "" };
+    let _ = write!(
+        out,
+        "{lead}  [{name:<7}] {secs:>5.2} s  {:>6.2} M req/s",
+        rps / 1e6
+    );
+    let _ = match live {
+        Some((in_use, high)) => write!(
+            out,
+            "  active contexts {in_use:>5}  pool high water {high:>6}"
+        ),
+        None => write!(out, "  (no pool: contexts are heap nodes)"),
+    };
+    let _ = if tty { out.flush() } else { writeln!(out) };
+}
+
 fn stuck(name: &str, what: &str) -> ! {
     eprintln!(
         "\n[{name}] STUCK: {what} within {} s (deadlock or livelock?)",
@@ -491,6 +518,10 @@ fn run<M: Model>(
         let end = t0 + Duration::from_secs_f64(secs);
         let (mut last, mut last_t, mut last_progress) = (start, t0, t0);
         let mut out = std::io::stdout().lock();
+        // On a terminal the progress line is rewritten in place; in a log (a pipe, CI), one
+        // line a second instead of one carriage-return-joined line.
+        let tty = out.is_terminal();
+        let mut ticks = 0u32;
         loop {
             let now = Instant::now();
             if now >= end {
@@ -499,23 +530,18 @@ fn run<M: Model>(
             thread::sleep(TICK.min(end - now));
             let (cur, now) = (total(&slots), Instant::now());
             let rps = (cur.requests - last.requests) as f64 / (now - last_t).as_secs_f64();
-            let _ = write!(
-                out,
-                "\r  [{:<7}] {:>5.2} s  {:>6.2} M req/s",
-                M::NAME,
-                (now - t0).as_secs_f64(),
-                rps / 1e6
-            );
-            let _ = match live() {
-                Some((in_use, high)) => {
-                    write!(
-                        out,
-                        "  active contexts {in_use:>5}  pool high water {high:>6}"
-                    )
-                }
-                None => write!(out, "  (no pool: contexts are heap nodes)"),
-            };
-            let _ = out.flush();
+            ticks += 1;
+            let shown = tty || ticks % PER_SECOND == 0;
+            if shown {
+                progress(
+                    &mut out,
+                    tty,
+                    M::NAME,
+                    (now - t0).as_secs_f64(),
+                    rps,
+                    live(),
+                );
+            }
             if cur.requests != last.requests {
                 last_progress = now;
             } else if now - last_progress >= STALL {
@@ -527,7 +553,9 @@ fn run<M: Model>(
         let secs = t0.elapsed().as_secs_f64();
         let main_allocs = thread_allocs() - main_allocs;
         stop.store(true, Relaxed);
-        let _ = writeln!(out);
+        if tty {
+            let _ = writeln!(out);
+        }
         let stopping = Instant::now();
         while exited.load(Relaxed) <= threads {
             if stopping.elapsed() >= STALL {
@@ -642,17 +670,24 @@ fn deadline_phase(n: usize) -> Duration {
     took
 }
 
-/// The CPU's model name (Linux), for the record of where numbers were measured.
+/// The CPU's model name (Linux), with its family and model numbers (a VM may name only the
+/// vendor, "AMD EPYC", and the numbers then tell Zen 3 from Zen 4), for the record of where
+/// numbers were measured.
 fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".to_string())
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return "unknown".to_string();
+    };
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().map(str::trim) == Some(name))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().to_string())
+    };
+    let mut cpu = field("model name").unwrap_or_else(|| "unknown".to_string());
+    if let (Some(family), Some(model)) = (field("cpu family"), field("model")) {
+        cpu.push_str(&format!(" (family {family}, model {model})"));
+    }
+    cpu
 }
 
 fn main() {
@@ -729,11 +764,16 @@ fn main() {
         ns_per_req(&naive_run),
         base
     );
+    let speedup = net(&naive_run) / net(&pooled);
+    let verdict = if speedup >= 1.0 {
+        format!("ctxpool {speedup:.2}x faster")
+    } else {
+        format!("ctxpool {:.2}x slower", 1.0 / speedup)
+    };
     println!(
-        "  contexts, net ns/request {:>6.0}  {:>11.0}   ctxpool {:.2}x faster",
+        "  contexts, net ns/request {:>6.0}  {:>11.0}   {verdict}",
         net(&pooled),
         net(&naive_run),
-        net(&naive_run) / net(&pooled)
     );
     println!(
         "  allocations/request {:>11.4}  {:>11.4}   ({} vs {} allocations in total)",
