@@ -428,7 +428,6 @@ impl Drop for Exit<'_> {
     }
 }
 
-/// Reports a run that stopped making progress and exits without waiting for it.
 /// One progress line: rewritten in place on a terminal (`tty`), a line of its own otherwise.
 fn progress(
     out: &mut impl Write,
@@ -454,6 +453,7 @@ fn progress(
     let _ = if tty { out.flush() } else { writeln!(out) };
 }
 
+/// Reports a run that stopped making progress and exits without waiting for it.
 fn stuck(name: &str, what: &str) -> ! {
     eprintln!(
         "\n[{name}] STUCK: {what} within {} s (deadlock or livelock?)",
