@@ -636,11 +636,15 @@ fn a_waiter_below_a_released_parent_is_woken_by_the_grandparent() {
 
 #[test]
 fn the_last_page_is_cut_to_the_capacity() {
-    let p = Pool::builder().capacity(65).build().unwrap();
+    // Page 0 holds 1,024 nodes and page 1 would hold 2,048: the capacity ends 65 into page 1.
+    const CAPACITY: usize = 1024 + 65;
+    let p = Pool::builder().capacity(CAPACITY as u32).build().unwrap();
     let bg = p.background();
-    let all: Vec<_> = (0..65).map(|_| bg.try_with_cancel().unwrap()).collect();
+    let all: Vec<_> = (0..CAPACITY)
+        .map(|_| bg.try_with_cancel().unwrap())
+        .collect();
     assert!(bg.try_with_cancel().is_err());
-    assert_eq!(p.stats().reserved_bytes, 65 * ctxpool::NODE_SIZE);
+    assert_eq!(p.stats().reserved_bytes, CAPACITY * ctxpool::NODE_SIZE);
     drop(all);
 }
 

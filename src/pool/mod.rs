@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!            Pool ──► PoolInner
-//!                      ├── pages    [p0: 64 nodes][p1: 128][p2: 256] ...   (page.rs)
+//!                      ├── pages    [p0: 1024 nodes][p1: 2048][p2: 4096] ... (page.rs)
 //!                      ├── fresh    next never-used index (bump, up to capacity)
 //!                      ├── spare    next never-used spare index (up to the spent count, P5)
 //!                      ├── shards   [tid 0][tid 1] ... one per thread id    (shard.rs)
