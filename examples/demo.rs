@@ -188,6 +188,8 @@ fn request_timeout() -> Duration {
 
 const WARM_UP: Duration = Duration::from_millis(500);
 const TICK: Duration = Duration::from_millis(250);
+/// Most rounds the implementations take turns in (one a second of `--secs`, at least one).
+const MAX_ROUNDS: usize = 4;
 /// Ticks a second: how often a log (not a terminal) gets a progress line.
 const PER_SECOND: u32 = 4;
 /// A run in which no request completes for this long, or whose threads do not stop within it,
@@ -462,10 +464,25 @@ fn stuck(name: &str, what: &str) -> ! {
     exit(1)
 }
 
+#[derive(Default)]
 struct Outcome {
     secs: f64,
     /// Counters over the measured phase.
     delta: Counts,
+}
+
+/// Rounds of one implementation add up: their measured time and their counters.
+impl std::ops::AddAssign for Outcome {
+    fn add_assign(&mut self, o: Outcome) {
+        self.secs += o.secs;
+        self.delta = Counts {
+            requests: self.delta.requests + o.delta.requests,
+            contexts: self.delta.contexts + o.delta.contexts,
+            aborted: self.delta.aborted + o.delta.aborted,
+            handed_off: self.delta.handed_off + o.delta.handed_off,
+            allocs: self.delta.allocs + o.delta.allocs,
+        };
+    }
 }
 
 /// Runs the workload on `threads` workers plus a reaper for `WARM_UP` + `secs`, printing a
@@ -582,7 +599,8 @@ struct Args {
 
 fn parse_args() -> Args {
     let usage = "usage: demo [--secs N] [--threads N] [--config FILE]\n  \
-                 --secs N       seconds of measured load per implementation (default 4)\n  \
+                 --secs N       seconds of measured load per implementation (default 4;\n  \
+                                the implementations take turns, one round a second, at most 4)\n  \
                  --threads N    worker threads (default 2)\n  \
                  --config FILE  build the global pool from this TOML or JSON configuration\n  \
                  --metrics-out FILE  write the final Prometheus exposition there";
@@ -702,9 +720,14 @@ fn main() {
     }
     let pool = Pool::global();
     let before = pool.stats();
+    // The implementations take turns, `rounds` times, so that a shared machine whose speed
+    // changes over seconds (a neighbour's load) slows each of them alike, not whichever one
+    // happened to run then.
+    let rounds = (secs as usize).clamp(1, MAX_ROUNDS);
+    let slice = secs / rounds as f64;
     println!(
         "ctxpool demo: {threads} worker thread(s) + 1 reaper thread, {secs} s measured per \
-         implementation after a {} ms warm-up",
+         implementation, in {rounds} round(s) taking turns, each after a {} ms warm-up",
         WARM_UP.as_millis()
     );
     println!(
@@ -713,24 +736,25 @@ fn main() {
         before.capacity
     );
 
-    // ctxpool: every request is a child of one long-lived server context.
-    let server = Context::background().child().op(&SERVER).with_cancel();
-    let pooled = run::<Pooled>(&server.context(), threads, secs, &|| {
-        let s = pool.stats();
-        Some((s.in_use, s.high_water))
-    });
-    drop(server);
+    // ctxpool: every request is a child of one long-lived server context; the same workload
+    // on the naive tree; and on no contexts: the cost of everything but the contexts.
+    let pooled_server = Context::background().child().op(&SERVER).with_cancel();
+    let naive_server = naive::Guard::labelled_root(&SERVER);
+    let bare_server = Bare { id: 0, op: &SERVER };
+    let (mut pooled, mut naive_run, mut none_run) =
+        (Outcome::default(), Outcome::default(), Outcome::default());
+    for _ in 0..rounds {
+        pooled += run::<Pooled>(&pooled_server.context(), threads, slice, &|| {
+            let s = pool.stats();
+            Some((s.in_use, s.high_water))
+        });
+        naive_run += run::<Naive>(&naive_server, threads, slice, &|| None);
+        none_run += run::<NoContext>(&bare_server, threads, slice, &|| None);
+    }
+    drop(pooled_server);
     let after = pool.stats();
-
-    // The same workload on the naive tree.
-    let server = naive::Guard::labelled_root(&SERVER);
-    let naive_run = run::<Naive>(&server, threads, secs, &|| None);
-    let naive_leftovers = server.leftovers();
-    drop(server);
-
-    // And on no contexts: the cost of everything but the contexts.
-    let server = Bare { id: 0, op: &SERVER };
-    let none_run = run::<NoContext>(&server, threads, secs, &|| None);
+    let naive_leftovers = naive_server.leftovers();
+    drop(naive_server);
 
     let per_sec = |o: &Outcome, n: u64| n as f64 / o.secs / 1e6;
     let per_req = |o: &Outcome| o.delta.allocs as f64 / o.delta.requests.max(1) as f64;
