@@ -917,7 +917,7 @@ impl PoolInner {
             return;
         }
         // S2: push onto the owner's remote stack, counting it.
-        let remote = &self.shard(owner as usize).remote;
+        let remote = &self.shard(owner as usize).far.remote;
         let mut cur = remote.load(Ordering::Relaxed);
         loop {
             node.next.store(cur as u32, Ordering::Relaxed);
@@ -971,7 +971,8 @@ impl PoolInner {
         let Some(l) = me else {
             return false;
         };
-        let lease = &l.shard.leases[p as usize % LEASES];
+        let e = p as usize % LEASES;
+        let lease = &l.shard.leases[e];
         let key = Lease::key(p, gen);
         if lease.key.load(Ordering::Relaxed) == key {
             // S5: owner-only counter.
@@ -979,15 +980,22 @@ impl PoolInner {
             lease.local.store(n.wrapping_add(1), Ordering::Relaxed);
             return true;
         }
-        self.lease_slow(l.tid, lease, pnode, key)
+        self.lease_slow(l.tid, lease, &l.shard.far.lease_remote[e], pnode, key)
     }
 
     #[cold]
-    fn lease_slow(&self, t: usize, lease: &Lease, parent: &Node, key: u64) -> bool {
+    fn lease_slow(
+        &self,
+        t: usize,
+        lease: &Lease,
+        remote: &AtomicU32,
+        parent: &Node,
+        key: u64,
+    ) -> bool {
         let live = lease
             .local
             .load(Ordering::Relaxed)
-            .wrapping_sub(lease.remote.load(Ordering::Acquire));
+            .wrapping_sub(remote.load(Ordering::Acquire));
         if live != 0 {
             return false;
         }
@@ -997,7 +1005,7 @@ impl PoolInner {
         // this thread acquired in the `live` check above.
         lease.key.store(0, Ordering::Release);
         fence(Ordering::Release);
-        lease.remote.store(0, Ordering::Relaxed);
+        remote.store(0, Ordering::Relaxed);
         lease.local.store(1, Ordering::Relaxed);
         lease.key.store(key, Ordering::Release);
         // The caller holds a handle to the parent (S7), so it is live (slot L1).
@@ -1019,8 +1027,8 @@ impl PoolInner {
             }
             _ => {
                 // The shard exists: the child was counted in it.
-                let lease = &self.shard(owner).leases[p as usize % LEASES];
-                lease.remote.fetch_add(1, Ordering::Release);
+                let remote = &self.shard(owner).far.lease_remote[p as usize % LEASES];
+                remote.fetch_add(1, Ordering::Release);
             }
         }
         // The frequent side of the Dekker handshake with `may_tear_down` (tree I10).
@@ -1041,7 +1049,8 @@ impl PoolInner {
                 return 0;
             }
             // SAFETY: published shard, freed only in `drop`.
-            let lease = unsafe { &(&*ptr).leases[entry] };
+            let shard = unsafe { &**ptr };
+            let lease = &shard.leases[entry];
             // S6: seqlock read; a changed key means the entry was re-keyed at count zero.
             if lease.key.load(Ordering::Acquire) != key {
                 return 0;
@@ -1049,7 +1058,7 @@ impl PoolInner {
             let n = lease
                 .local
                 .load(Ordering::Relaxed)
-                .wrapping_sub(lease.remote.load(Ordering::Relaxed));
+                .wrapping_sub(shard.far.lease_remote[entry].load(Ordering::Relaxed));
             fence(Ordering::Acquire);
             if lease.key.load(Ordering::Relaxed) != key {
                 return 0;
