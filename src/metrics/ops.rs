@@ -5,13 +5,15 @@
 //! use by a thread in a pool, a block of words in that thread's shard:
 //!
 //! ```text
-//!   created · released · cancelled[explicit, deadline, parent, exhausted, shutdown]
+//!   created · cancelled[explicit, deadline, parent, exhausted, shutdown]
 //!   lifetime buckets[.., +Inf] · lifetime sum (ms) · overrun buckets[.., +Inf] · overrun sum (ms)
 //! ```
 //!
-//! - *created* is counted when a context is published, *released* when its slot is torn down
-//!   (so `active = created − released` is exact, and never negative when read released-first,
-//!   M2); `after_func` registrations are not contexts and are not counted.
+//! - *created* is counted when a context is published; *released* is the lifetime histogram's
+//!   count, observed when its slot is torn down (so `active = created − released` is exact, and
+//!   never negative when read released-first, M2); `after_func` registrations are not contexts
+//!   and are not counted. A release thus costs two counter words (its bucket and the sum), not
+//!   three, and the sum is left alone for a lifetime under a millisecond (it would add 0).
 //! - a cancellation is counted once per context, by the thread whose cancel recorded it on that
 //!   context (tree I3): its own cancel, a deadline, or — `parent` — an ancestor's cancellation
 //!   reaching it (eagerly if it was registered, else when it was first read). The end of a
@@ -37,8 +39,7 @@ pub(crate) const R_EXHAUSTED: usize = 3;
 pub(crate) const R_SHUTDOWN: usize = 4;
 
 const W_CREATED: usize = 0;
-const W_RELEASED: usize = 1;
-const W_CANCELLED: usize = 2;
+const W_CANCELLED: usize = 1;
 
 /// Default upper bounds of `context_lifetime_seconds`.
 pub const LIFETIME_BUCKETS: [f64; 14] = [
@@ -79,7 +80,9 @@ impl Buckets {
             .position(|&ub| ms <= ub)
             .unwrap_or(self.ms.len());
         add(slot, self.base + b, 1);
-        add(slot, self.base + self.ms.len() + 1, ms);
+        if ms != 0 {
+            add(slot, self.base + self.ms.len() + 1, ms);
+        }
     }
 
     fn snapshot(&self, blocks: &[&[AtomicU64]]) -> crate::metrics::HistogramSnapshot {
@@ -257,7 +260,7 @@ impl ContextMetrics {
         overrun_ms: Option<u32>,
     ) {
         let slot = self.slot(op, shard);
-        add(&slot, W_RELEASED, 1);
+        // The release is counted by its lifetime bucket (`released` is their sum).
         self.lifetime.observe(&slot, u64::from(lifetime_ms));
         if let Some(o) = overrun_ms {
             self.overrun.observe(&slot, u64::from(o));
@@ -286,8 +289,10 @@ impl ContextMetrics {
                     .iter()
                     .fold(0u64, |a, b| a.wrapping_add(b[w].load(Ordering::Acquire)))
             };
-            // M2: released first, so that created − released is never negative.
-            let released = sum(W_RELEASED);
+            // M2: released (the lifetime count) first, so that created − released is never
+            // negative.
+            let lifetime = self.lifetime.snapshot(&blocks);
+            let released = lifetime.counts.iter().fold(0u64, |a, &c| a.wrapping_add(c));
             let created = sum(W_CREATED);
             out.push((
                 op as u32,
@@ -295,7 +300,7 @@ impl ContextMetrics {
                     created,
                     released,
                     cancelled: core::array::from_fn(|r| sum(W_CANCELLED + r)),
-                    lifetime: self.lifetime.snapshot(&blocks),
+                    lifetime,
                     overrun: self.overrun.snapshot(&blocks),
                 },
             ));
