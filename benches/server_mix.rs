@@ -36,6 +36,8 @@
 //! measure that does not move with the machine's load, and `benches/ab.sh` compares two builds
 //! by alternating such runs. `CTXPOOL_MIX_METRICS=off` turns the global pool's per-operation
 //! metrics off (`metrics.enabled = false`) for `ctxpool`, to measure what they cost.
+//! `CTXPOOL_MIX_HANDOFF=off` drops the sub-operations meant for the dropper on the worker
+//! instead (for every id), to measure what the cross-thread release costs each implementation.
 
 use std::hint::black_box;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -181,6 +183,9 @@ impl Rng {
 /// A worker's side of the hand-off: the batch being filled, and the channels to the dropper
 /// and back (empty buffers return for reuse).
 struct Handoff<G> {
+    /// `CTXPOOL_MIX_HANDOFF=off`: drop on the worker instead (an experiment: unset for the
+    /// groups' figures).
+    local: bool,
     batch: Vec<G>,
     to_dropper: SyncSender<Vec<G>>,
     spare: Receiver<Vec<G>>,
@@ -188,7 +193,11 @@ struct Handoff<G> {
 
 impl<G> Handoff<G> {
     fn push(&mut self, g: G) {
-        self.batch.push(g);
+        if self.local {
+            drop(g);
+        } else {
+            self.batch.push(g);
+        }
     }
 
     /// Sends a full batch (after the request that made it was released).
@@ -261,6 +270,7 @@ fn time_mix<M: Mix>(root: &M::Root, workers: usize, iters: u64) -> Duration {
             let start = &start;
             handles.push(s.spawn(move || {
                 let mut handoff = Handoff {
+                    local: handoff_off(),
                     batch: Vec::with_capacity(BATCH),
                     to_dropper,
                     spare,
@@ -346,6 +356,11 @@ fn scale(c: &mut Criterion) {
     g.finish();
 }
 
+/// Whether `CTXPOOL_MIX_HANDOFF=off` asks for the hand-offs to be dropped on the worker.
+fn handoff_off() -> bool {
+    std::env::var_os("CTXPOOL_MIX_HANDOFF").is_some_and(|v| v == "off")
+}
+
 /// Allocations per request on the worker thread, after a warm-up, over 20,000 requests.
 fn allocs_per_request<M: Mix>() -> f64 {
     const N: u64 = 20_000;
@@ -359,6 +374,7 @@ fn allocs_per_request<M: Mix>() -> f64 {
         }
     });
     let mut handoff = Handoff {
+        local: false,
         batch: Vec::with_capacity(BATCH),
         to_dropper,
         spare,
