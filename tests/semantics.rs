@@ -657,6 +657,7 @@ fn deferred_zombie_checks_share_one_heavy_fence_per_turn() {
         .capacity(256)
         .driver(ctxpool::DriverMode::Manual)
         .testing_defer_zombies()
+        .testing_lease_own_children()
         .build()
         .unwrap();
     let root = p.background().with_cancel();

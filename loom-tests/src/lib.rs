@@ -208,8 +208,20 @@ pub async fn join2<A: Future<Output = ()>, B: Future<Output = ()>>(a: A, b: B) {
     .await
 }
 
-/// A pool of `capacity` slots (tiny, so that models force slot reuse and exhaustion).
+/// A pool of `capacity` slots (tiny, so that models force slot reuse and exhaustion), in which
+/// a thread leases the parents it made itself as it does any other's, so that a model makes
+/// leased children on one thread (`PoolBuilder::testing_lease_own_children`).
 pub fn pool(capacity: u32) -> Pool {
+    Pool::builder()
+        .capacity(capacity)
+        .testing_lease_own_children()
+        .build()
+        .unwrap()
+}
+
+/// A pool of `capacity` slots with the default lease rule: a child made on the thread that
+/// made its parent holds a reference on it, unless another thread leases that parent.
+pub fn pool_own_refs(capacity: u32) -> Pool {
     Pool::builder().capacity(capacity).build().unwrap()
 }
 
@@ -218,6 +230,7 @@ pub fn pool_with_cache(capacity: u32, thread_cache: u32) -> Pool {
     Pool::builder()
         .capacity(capacity)
         .thread_cache(thread_cache)
+        .testing_lease_own_children()
         .build()
         .unwrap()
 }

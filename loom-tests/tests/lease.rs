@@ -628,3 +628,67 @@ fn owner_drop_skips_the_cancel_only_when_no_child_is_left() {
         assert!(pool.background().try_with_cancel().is_ok());
     });
 }
+
+/// (Default lease rule, `PoolInner::lease`) A child made on the thread that made its parent
+/// (below a root) holds a reference on it instead of a lease. The parent's owner drops it while
+/// the child is released on another thread: exactly one teardown of each, the child reads no
+/// cancel or the owner's, and the root (always leased) is back to its baseline.
+#[test]
+fn own_thread_child_holds_a_reference_released_remotely_as_parent_is_dropped() {
+    model(|| {
+        let pool = pool_own_refs(4);
+        let bg = pool.background();
+        let r = bg.with_cancel();
+        let p = r.with_cancel(); // a reference on `r`, made here
+        let c = p.child().build(); // a reference on `p`
+        let t = thread::spawn(move || {
+            let seen = c.cause();
+            drop(c);
+            seen
+        });
+        drop(p);
+        let seen = t.join().unwrap();
+        assert!(
+            matches!(seen, None | Some(Cause::Parent(Origin::OwnerDropped))),
+            "the child read {seen:?}"
+        );
+        check_counts(&pool, &bg, 1);
+        drop(r);
+        assert_all_released(&pool);
+    });
+}
+
+/// (Default lease rule) Another thread leases a parent (below a root) while its owner's thread
+/// makes a child of it, which is then a lease or a reference depending on whether the owner saw
+/// the lessee mark; both children read the parent's cancel, the parent is released while the
+/// other thread's child may still live, and every context is released exactly once.
+#[test]
+fn owner_child_and_foreign_leased_child_of_one_parent() {
+    model(|| {
+        let pool = pool_own_refs(5);
+        let bg = pool.background();
+        let r = bg.with_cancel();
+        let q = r.with_cancel(); // made here, below a root: its own children hold references
+        let other = q.context();
+        let t = thread::spawn(move || {
+            let c = other.with_cancel(); // leased in that thread's shard
+            drop(other);
+            let seen = c.cause();
+            drop(c);
+            seen
+        });
+        let mine = q.with_cancel();
+        q.cancel(Reason::Code(3));
+        assert_eq!(mine.cause(), Some(CODE3));
+        drop(mine);
+        drop(q);
+        let seen = t.join().unwrap();
+        assert!(
+            matches!(seen, None | Some(CODE3)),
+            "the other child read {seen:?}"
+        );
+        check_counts(&pool, &bg, 1);
+        drop(r);
+        assert_all_released(&pool);
+    });
+}

@@ -208,6 +208,7 @@ fn deferred_zombie_check_tears_down_once() {
         let pool = ctxpool::Pool::builder()
             .capacity(3)
             .testing_defer_zombies()
+            .testing_lease_own_children()
             .build()
             .unwrap();
         let root = pool.background().with_cancel();

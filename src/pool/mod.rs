@@ -111,6 +111,9 @@ pub(crate) struct PoolInner {
     /// Whether a driver turns this pool on its own (a thread or a tokio task), so that a
     /// zombie's check can be left to its next turn (tree I10, time D7).
     defer_zombies: core::sync::atomic::AtomicBool,
+    /// Whether a thread leases the parents it made itself too (testing: the loom models of
+    /// the lease protocol); by default their children hold references (`lease`).
+    lease_own: bool,
     /// Deferred zombie checks running now (`check_zombies`): a zombie they claim is torn down
     /// on the driver's thread, so until this is back at zero a slot may be about to be freed.
     zombie_checks: AtomicUsize,
@@ -202,6 +205,7 @@ impl PoolInner {
             spent: AtomicU32::new(0),
             heavy_fences: AtomicU64::new(0),
             defer_zombies: core::sync::atomic::AtomicBool::new(b.defer_zombies),
+            lease_own: b.lease_own,
             zombie_checks: AtomicUsize::new(0),
             spare: AtomicU32::new(0),
             shards: (0..tid::MAX_THREADS)
@@ -971,6 +975,28 @@ impl PoolInner {
         let Some(l) = me else {
             return false;
         };
+        // A parent this thread made below a root, which no other thread leases, is the common
+        // case below a request (its sub-operations and theirs): a reference is cheaper there.
+        // The parent's line is this thread's anyway, while its lease entry would be re-keyed
+        // for each new parent (a check of the remote count, the seqlock stores, `mark_lessee`'s
+        // CAS) and summed at its release, for fewer than two children on average. Leases pay
+        // off on long-lived parents whose children other threads make or release: a root is
+        // always leased (children released on another thread must not write its line), and a
+        // parent is leased once another thread leases it (no thread keeps writing a shared
+        // parent's line). Either way is I1-correct: the state read is a hint, and a reference
+        // is the fallback whenever a lease is refused.
+        if !self.lease_own {
+            // SAFETY: the caller holds a handle to the parent (S7): its owner shard and its
+            // metadata are fixed while it lives (slot L1).
+            let (owner, _) = unsafe { pnode.shard_flags() };
+            if usize::from(owner & SHARD_MASK) == l.tid
+                // SAFETY: as above.
+                && unsafe { pnode.meta() }.parent != NIL
+                && !crate::tree::state::is_leased(pnode.state.load(Ordering::Relaxed))
+            {
+                return false;
+            }
+        }
         let e = p as usize % LEASES;
         let lease = &l.shard.leases[e];
         let key = Lease::key(p, gen);
@@ -1572,6 +1598,7 @@ pub struct PoolBuilder {
     problems: Vec<String>,
     first_gen: u32,
     defer_zombies: bool,
+    lease_own: bool,
 }
 
 /// The longest timeout a pool accepts: 7 days (deadlines are 32-bit millisecond ticks compared
@@ -1606,6 +1633,7 @@ impl Default for PoolBuilder {
             problems: Vec::new(),
             first_gen: 0,
             defer_zombies: false,
+            lease_own: false,
         }
     }
 }
@@ -1723,6 +1751,15 @@ impl PoolBuilder {
     #[doc(hidden)]
     pub fn testing_defer_zombies(mut self) -> Self {
         self.defer_zombies = true;
+        self
+    }
+
+    /// Testing only: a thread leases the parents it made itself as it does any other's, instead
+    /// of counting their children as references (see `PoolInner::lease`), so that tests and
+    /// loom models of the lease protocol can make parent and child on one thread.
+    #[doc(hidden)]
+    pub fn testing_lease_own_children(mut self) -> Self {
+        self.lease_own = true;
         self
     }
 

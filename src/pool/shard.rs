@@ -87,6 +87,13 @@
 //!   live children of p counted by shard t = local - lease_remote   (wrapping)
 //! ```
 //!
+//! Which children lease (`PoolInner::lease`): a child whose parent is a root, was made by
+//! another thread, or is already leased by another thread. A child made on the thread that
+//! made its (non-root) parent, which nobody else leases, holds a reference on the parent
+//! instead: that parent's line is its own thread's, and re-keying an entry for each such
+//! short-lived parent (usually one or two children) costs more than two reference counts.
+//! `PoolBuilder::testing_lease_own_children` makes every child lease, for the loom models.
+//!
 //! - **S5** `key`, `local` and the reset of `remote` are written only by the shard's owner;
 //!   `remote` is otherwise only incremented (`fetch_add`) by other threads releasing a child.
 //! - **S6** an entry is re-keyed only when its count is zero, so a count never mixes two
