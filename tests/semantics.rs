@@ -700,3 +700,43 @@ fn deferred_zombie_checks_share_one_heavy_fence_per_turn() {
     );
     drop(root);
 }
+
+/// `WeakContext`: a context with an owner reads as cancelled once the owner is gone, even while
+/// a child made from it on its own thread (which holds it) still runs; a context without an
+/// owner is released, and its weak id reads as cancelled, only when that child is gone too.
+#[test]
+fn weak_ids_of_parents_whose_children_still_run() {
+    let p = pool(16);
+    let root = p.background().with_cancel();
+
+    let owned = root.with_cancel();
+    let child = owned.with_cancel();
+    let weak = owned.downgrade();
+    drop(owned);
+    assert!(
+        weak.is_cancelled(),
+        "the owner's drop cancels a parent of live children"
+    );
+    assert_eq!(
+        child.cause(),
+        Some(Cause::Parent(Origin::OwnerDropped)),
+        "and the child reads it"
+    );
+    drop(child);
+    assert!(weak.upgrade().is_none());
+    assert!(weak.is_cancelled());
+
+    let plain = root.child().build();
+    let child = plain.with_cancel();
+    let weak = plain.downgrade();
+    drop(plain);
+    let held = weak.upgrade().expect("held by its child");
+    assert!(!held.is_cancelled() && !child.is_cancelled());
+    drop(held);
+    drop(child);
+    assert!(weak.upgrade().is_none());
+    assert!(weak.is_cancelled());
+    drop(root);
+    p.testing_quiesce();
+    assert_eq!(p.stats().in_use, 0);
+}

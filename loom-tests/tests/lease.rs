@@ -639,7 +639,7 @@ fn own_thread_child_holds_a_reference_released_remotely_as_parent_is_dropped() {
         let pool = pool_own_refs(4);
         let bg = pool.background();
         let r = bg.with_cancel();
-        let p = r.with_cancel(); // a reference on `r`, made here
+        let p = r.with_cancel(); // leases `r` (a root)
         let c = p.child().build(); // a reference on `p`
         let t = thread::spawn(move || {
             let seen = c.cause();
@@ -685,6 +685,41 @@ fn owner_child_and_foreign_leased_child_of_one_parent() {
         let seen = t.join().unwrap();
         assert!(
             matches!(seen, None | Some(CODE3)),
+            "the other child read {seen:?}"
+        );
+        check_counts(&pool, &bg, 1);
+        drop(r);
+        assert_all_released(&pool);
+    });
+}
+
+/// (Default lease rule) A parent held both by a reference (its owner thread's child) and by a
+/// lease (another thread's child) is dropped by its owner; then the reference child's teardown
+/// (the parent's last reference: `may_tear_down`) races the leased child's release (`unlease`
+/// and the zombie check). Exactly one teardown of the parent, both children read its owner's
+/// cancel or none, and every context is released.
+#[test]
+fn reference_child_and_leased_child_release_a_dropped_parent_together() {
+    model(|| {
+        let pool = pool_own_refs(5);
+        let bg = pool.background();
+        let r = bg.with_cancel();
+        let q = r.with_cancel(); // made here, below a root
+        let mine = q.with_cancel(); // a reference on `q`: nobody leases it yet
+        let other = q.context();
+        let t = thread::spawn(move || {
+            let c = other.with_cancel(); // leased in that thread's shard (another's parent)
+            drop(other);
+            let seen = c.cause();
+            drop(c);
+            seen
+        });
+        drop(q);
+        assert_eq!(mine.cause(), Some(Cause::Parent(Origin::OwnerDropped)));
+        drop(mine);
+        let seen = t.join().unwrap();
+        assert!(
+            matches!(seen, None | Some(Cause::Parent(Origin::OwnerDropped))),
             "the other child read {seen:?}"
         );
         check_counts(&pool, &bg, 1);

@@ -218,9 +218,14 @@ impl fmt::Display for ContextId {
     }
 }
 
-/// A weak id of a context ([`Context::downgrade`]): does not keep it alive; reads as cancelled
-/// once it is released (its owner and every handle gone, even if children made from it still
-/// run), and never reaches the context that reuses its slot (slot L2).
+/// A weak id of a context ([`Context::downgrade`]): does not keep it alive, reads as cancelled
+/// once it is released, and never reaches the context that reuses its slot (slot L2).
+///
+/// A context with an owner ([`CancelGuard`]) reads as cancelled once the owner is gone: the
+/// owner's drop cancels it if children made from it still run. A context without an owner
+/// (`child().build()`, a value) is released when its last handle is gone and, if children
+/// made from it on its own thread still run, when they are gone too: they hold it, so until
+/// then the weak id still upgrades to it, uncancelled, as the children read it.
 pub struct WeakContext {
     pool: PoolRef,
     /// The handle's slot field (a view's is `VIEW | n`, context module docs).

@@ -794,7 +794,8 @@ impl Context {
     }
 
     /// A weak id of this context: it does not keep the node alive, and once the node is
-    /// released it reads as cancelled and never as the context that reuses the slot.
+    /// released it reads as cancelled and never as the context that reuses the slot (see
+    /// [`WeakContext`] for when a context with children is released).
     pub fn downgrade(&self) -> WeakContext {
         match self.viewed() {
             Some(n) => {

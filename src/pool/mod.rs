@@ -967,9 +967,9 @@ impl PoolInner {
 
     /// Counts a new child of live parent `p` (`pnode`, generation `gen`) in the calling
     /// thread's lease for `p` (shard S5..S7) and marks the parent as leased by this shard.
-    /// Returns `false` when no lease is available (a thread without an id, or the entry busy
-    /// with another parent): the caller then takes a reference on the parent instead. The
-    /// caller holds a handle to `p` (S7).
+    /// Returns `false` when the child takes a reference on the parent instead: a thread without
+    /// an id, a parent this thread made below a root that no other thread leases (see below),
+    /// or the entry busy with another parent. The caller holds a handle to `p` (S7).
     #[inline]
     pub(crate) fn lease(&self, me: Option<Local<'_>>, pnode: &Node, p: u32, gen: u32) -> bool {
         let Some(l) = me else {
@@ -977,14 +977,18 @@ impl PoolInner {
         };
         // A parent this thread made below a root, which no other thread leases, is the common
         // case below a request (its sub-operations and theirs): a reference is cheaper there.
-        // The parent's line is this thread's anyway, while its lease entry would be re-keyed
-        // for each new parent (a check of the remote count, the seqlock stores, `mark_lessee`'s
-        // CAS) and summed at its release, for fewer than two children on average. Leases pay
-        // off on long-lived parents whose children other threads make or release: a root is
-        // always leased (children released on another thread must not write its line), and a
-        // parent is leased once another thread leases it (no thread keeps writing a shared
-        // parent's line). Either way is I1-correct: the state read is a hint, and a reference
-        // is the fallback whenever a lease is refused.
+        // This thread wrote the parent's line when it made it and usually makes and drops its
+        // children too, while a lease entry would be re-keyed for each such parent (a check of
+        // the remote count, the seqlock stores, `mark_lessee`'s CAS) and summed at its release,
+        // for fewer than two children on average. A child released on another thread then
+        // writes the parent's life word (the cost the S12 layout spares the shard's lines);
+        // measured over the request mix, that is still cheaper. Leases pay off on long-lived
+        // parents that many threads make or release children of: a root is leased whenever an
+        // entry is free, and so is a parent once another thread leases it, so that new
+        // children stop writing a shared parent's line (those holding references keep them).
+        // Either way is I1-correct: the state read is a hint, and a reference is the fallback
+        // whenever a lease is refused. A parent held by references of its children stays live
+        // until they go (a weak id still upgrades to it; `WeakContext`).
         if !self.lease_own {
             // SAFETY: the caller holds a handle to the parent (S7): its owner shard and its
             // metadata are fixed while it lives (slot L1).

@@ -111,7 +111,7 @@
 //! - **I14** the owner's drop of a context's last handle records `OwnerDropped` only when a
 //!   child may still read it: when the lease counts read zero after that drop (the same
 //!   final zero as in I10: no references, so they only go down, pool S7), every child ever
-//!   made under it is gone (a child that could not lease holds a reference, and then the drop
+//!   made under it is gone (a child that did not lease holds a reference, and then the drop
 //!   was not the last), so the node is torn down at once, uncancelled, as if it had never had
 //!   children. Nobody can observe the difference: the cause of a context is readable only
 //!   through a handle or a descendant, and `OwnerDropped` is not counted as a cancellation.
