@@ -133,8 +133,11 @@ impl Drop for CancelGuard {
                 // A clone dropped just before may have made children through it (leases, I10):
                 // the CAS read that clone's release, so its lessee mark is visible here.
                 let s = node.state.load(Ordering::Acquire);
-                let deferred = if !state::is_leased(s) || pool.lease_sum(idx, self.ctx.gen, s) == 0
-                {
+                let deferred = if s == 0 {
+                    // Quiet (tree I15): nothing but its handles ever saw it, the usual end of
+                    // a context.
+                    tree::tear_down_quiet(pool, idx, node)
+                } else if !state::is_leased(s) || pool.lease_sum(idx, self.ctx.gen, s) == 0 {
                     // No child, handle, waiter or registration can observe it: release it
                     // without cancelling, and with no zombie protocol needed. Leased children
                     // all gone counts as none (I14): with no references left the counts only

@@ -72,6 +72,12 @@ impl Buckets {
 
     #[inline(always)]
     fn observe(&self, slot: &Slot<'_>, ms: u64) {
+        if ms == 0 {
+            // Most contexts live under a millisecond: the first bucket (every bound is at
+            // least 0 ms), and nothing to add to the sum.
+            add(slot, self.base, 1);
+            return;
+        }
         // Linear from the smallest bound: most contexts live a few milliseconds, so this
         // usually stops at the first compare.
         let b = self
@@ -80,9 +86,7 @@ impl Buckets {
             .position(|&ub| ms <= ub)
             .unwrap_or(self.ms.len());
         add(slot, self.base + b, 1);
-        if ms != 0 {
-            add(slot, self.base + self.ms.len() + 1, ms);
-        }
+        add(slot, self.base + self.ms.len() + 1, ms);
     }
 
     fn snapshot(&self, blocks: &[&[AtomicU64]]) -> crate::metrics::HistogramSnapshot {

@@ -115,6 +115,15 @@
 //!   was not the last), so the node is torn down at once, uncancelled, as if it had never had
 //!   children. Nobody can observe the difference: the cause of a context is readable only
 //!   through a handle or a descendant, and `OwnerDropped` is not counted as a cancellation.
+//! - **I15** a node whose state word reads 0 right after its last reference was dropped (by
+//!   the owner that now holds the dying slot, slot L1) is *quiet*: it was never cancelled,
+//!   waited on, registered or leased as a parent, and no other thread can write the word or
+//!   `msg` any more. Every writer of a node's state word either holds a reference or a lease on
+//!   it (a cancel, an adoption, a waiter or a child's registration, a lessee mark: each leaves
+//!   a bit set, and a handle's release is read by the dropping CAS) or reaches it through its
+//!   `REG` (a parent's cancel, which leaves `PENDING` or `CANCELLED`); `msg` is written only by
+//!   a cancel (I3). So the teardown of a quiet node (`tear_down_quiet`) skips the unregister,
+//!   the error and the resets of the general one, which would all find nothing to do.
 //! - **I9** a node flagged `F_NEVER` (no owner, no cancellable ancestor: a child of the
 //!   background, a `without_cancel` node) is never cancelled; walks, registration and
 //!   `after_func` stop at it, so children of never-cancellable parents register nothing.
@@ -823,6 +832,64 @@ fn count_release(
         .released(op, me.map(|l| l.shard), now.wrapping_sub(created), overrun);
 }
 
+/// What a torn-down node (shard field `shard`) held on its parent `parent` (`pn`): its lease or
+/// its reference, given back. `true` when that made the caller the owner of the parent, which
+/// it must then tear down in turn.
+#[inline(always)]
+fn let_go_of_parent(
+    pool: &PoolInner,
+    me: Option<crate::pool::Local<'_>>,
+    shard: u16,
+    parent: u32,
+    pn: &Node,
+) -> bool {
+    if shard & LEASED != 0 {
+        // I10: the last leased child of a zombie tears it down. The generation is read
+        // while our lease still holds the parent; after `unlease` the parent may be torn
+        // down (and its slot reused) at any moment, so everything below is atomic reads
+        // and a claim that fails on a stale generation (L4).
+        let pgen = generation(pn.life.load(Ordering::Relaxed));
+        pool.unlease(me, shard & SHARD_MASK, parent, pn) && {
+            // Zombie path: two children released at once must not both miss each other's
+            // decrement (the light fence in `unlease` only pairs with the parent's heavy
+            // one), so a full fence on each of them before reading the counts.
+            crate::sync::fence(Ordering::SeqCst);
+            let ps = pn.state.load(Ordering::Acquire);
+            pool.lease_sum(parent, pgen, ps) == 0 && pn.life.try_claim(pgen)
+        }
+    } else {
+        pn.life.drop_ref() && may_tear_down(pool, parent)
+    }
+}
+
+/// [`tear_down_at`] of a quiet node (I15): one whose state word the caller read as 0 once it
+/// owned the node (slot L1). The usual end of a context. It does what `tear_down_at` does for
+/// such a node, less the checks that the zero word answers and the stores of values the fields
+/// already hold (`state` 0, `msg` null); a node with a value, a stored backtrace or no parent
+/// goes the general way.
+#[inline]
+pub(crate) fn tear_down_quiet<'p>(pool: &'p PoolInner, idx: u32, node: &'p Node) -> Deferred {
+    debug_assert_eq!(node.state.load(Ordering::Relaxed), 0);
+    debug_assert!(node.msg.load(Ordering::Relaxed).is_null());
+    // SAFETY: owned (P2).
+    let (meta, (shard, flags)) = unsafe { (node.meta(), node.shard_flags()) };
+    if flags & (F_VALUE | F_FUNC) != 0 || shard & node::S_BACKTRACE != 0 || meta.parent == NIL {
+        return tear_down_at(pool, idx, node);
+    }
+    let me = pool.local();
+    if pool.metrics.on() {
+        count_release(pool, me, node, meta.created, shard);
+    }
+    pool.retire(me, idx, node, generation(node.life.load(Ordering::Relaxed)));
+    // SAFETY: the node kept its parent live or a zombie (I1, I10).
+    let pn = unsafe { pool.node(meta.parent) };
+    if let_go_of_parent(pool, me, shard, meta.parent, pn) {
+        tear_down_at(pool, meta.parent, pn)
+    } else {
+        Deferred(None)
+    }
+}
+
 /// Tears down a node that nothing can reach any more, returns its slot, and releases what it
 /// held on its parent (iteratively, so a long chain cannot overflow the stack).
 pub(crate) fn tear_down(pool: &PoolInner, idx: u32) -> Deferred {
@@ -890,24 +957,7 @@ pub(crate) fn tear_down_at<'p>(pool: &'p PoolInner, mut idx: u32, mut node: &'p 
         }
         // SAFETY: the node kept its parent live or a zombie (I1, I10).
         let pn = unsafe { pool.node(parent) };
-        let next = if shard & LEASED != 0 {
-            // I10: the last leased child of a zombie tears it down. The generation is read
-            // while our lease still holds the parent; after `unlease` the parent may be torn
-            // down (and its slot reused) at any moment, so everything below is atomic reads
-            // and a claim that fails on a stale generation (L4).
-            let pgen = generation(pn.life.load(Ordering::Relaxed));
-            pool.unlease(me, shard & SHARD_MASK, parent, pn) && {
-                // Zombie path: two children released at once must not both miss each other's
-                // decrement (the light fence in `unlease` only pairs with the parent's heavy
-                // one), so a full fence on each of them before reading the counts.
-                crate::sync::fence(Ordering::SeqCst);
-                let ps = pn.state.load(Ordering::Acquire);
-                pool.lease_sum(parent, pgen, ps) == 0 && pn.life.try_claim(pgen)
-            }
-        } else {
-            pn.life.drop_ref() && may_tear_down(pool, parent)
-        };
-        if !next {
+        if !let_go_of_parent(pool, me, shard, parent, pn) {
             break;
         }
         idx = parent;
