@@ -28,8 +28,9 @@
 //!   (cancel is idempotent and the first cause wins, tree I3).
 //! - **D2** every timer of a live context is in its ring, the spill list, the wheel or the
 //!   driver's due list; it leaves them only by firing or by being found stale. A context whose
-//!   last reference is gone has been cancelled (deadlines are set only on contexts with a
-//!   `CancelGuard`, whose drop cancels), so dropping its entry loses nothing.
+//!   last reference is gone cannot be observed any more (its slot is released, tree I14/I15),
+//!   so its entry is stale: `try_upgrade` with the entry's generation rejects it (slot L2) and
+//!   dropping it loses nothing.
 //! - **D3** the wheel never holds more than `max(2 × live entries at the last compaction,
 //!   MIN_COMPACT)` entries before it is compacted, so its memory is bounded by the pool's
 //!   capacity, not by the rate of timers.

@@ -121,9 +121,15 @@
 //!   `msg` any more. Every writer of a node's state word either holds a reference or a lease on
 //!   it (a cancel, an adoption, a waiter or a child's registration, a lessee mark: each leaves
 //!   a bit set, and a handle's release is read by the dropping CAS) or reaches it through its
-//!   `REG` (a parent's cancel, which leaves `PENDING` or `CANCELLED`); `msg` is written only by
-//!   a cancel (I3). So the teardown of a quiet node (`tear_down_quiet`) skips the unregister,
-//!   the error and the resets of the general one, which would all find nothing to do.
+//!   `REG` (a parent's cancel, which sets `PENDING` before it clears `REG`, or takes a
+//!   reference before clearing `REG` and keeps it until `CANCELLED` is set); `msg` is written
+//!   only by a cancel (I3). A writer may leave the word at 0 again only through a lock/unlock
+//!   pair (the bail-outs of `ensure_registered`, `link`, `unlink_waiter`, the relock in
+//!   `Wait::poll`, the fallback's register and stop, `unregister`), and it does so while it
+//!   holds a reference: the unlock is a release RMW on the word, so it happens before the
+//!   owner's dropping CAS through the reference chain, and the owner's read of 0 sees every
+//!   such write. So the teardown of a quiet node (`tear_down_quiet`) skips the unregister, the
+//!   error and the resets of the general one, which would all find nothing to do.
 //! - **I9** a node flagged `F_NEVER` (no owner, no cancellable ancestor: a child of the
 //!   background, a `without_cancel` node) is never cancelled; walks, registration and
 //!   `after_func` stop at it, so children of never-cancellable parents register nothing.
