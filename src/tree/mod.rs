@@ -871,15 +871,15 @@ fn let_go_of_parent(
 /// [`tear_down_at`] of a quiet node (I15): one whose state word the caller read as 0 once it
 /// owned the node (slot L1). The usual end of a context. It does what `tear_down_at` does for
 /// such a node, less the checks that the zero word answers and the stores of values the fields
-/// already hold (`state` 0, `msg` null); a node with a value, a stored backtrace or no parent
-/// goes the general way.
+/// already hold (`state` 0, `msg` null); a node with a value or a stored backtrace goes the
+/// general way. A root gives back its pool reference, if it holds one (P4).
 #[inline]
 pub(crate) fn tear_down_quiet<'p>(pool: &'p PoolInner, idx: u32, node: &'p Node) -> Deferred {
     debug_assert_eq!(node.state.load(Ordering::Relaxed), 0);
     debug_assert!(node.msg.load(Ordering::Relaxed).is_null());
     // SAFETY: owned (P2).
     let (meta, (shard, flags)) = unsafe { (node.meta(), node.shard_flags()) };
-    if flags & (F_VALUE | F_FUNC) != 0 || shard & node::S_BACKTRACE != 0 || meta.parent == NIL {
+    if flags & (F_VALUE | F_FUNC) != 0 || shard & node::S_BACKTRACE != 0 {
         return tear_down_at(pool, idx, node);
     }
     let me = pool.local();
@@ -887,6 +887,17 @@ pub(crate) fn tear_down_quiet<'p>(pool: &'p PoolInner, idx: u32, node: &'p Node)
         count_release(pool, me, node, meta.created, shard);
     }
     pool.retire(me, idx, node, generation(node.life.load(Ordering::Relaxed)));
+    if meta.parent == NIL {
+        return if flags & F_POOL_REF != 0 {
+            // SAFETY: F_POOL_REF means `publish` stored a reference from `into_raw` for this
+            // root (P4); this is its one release, handed to the caller (`Deferred`).
+            Deferred(Some(unsafe {
+                PoolRef::from_raw(core::ptr::NonNull::from(pool))
+            }))
+        } else {
+            Deferred(None)
+        };
+    }
     // SAFETY: the node kept its parent live or a zombie (I1, I10).
     let pn = unsafe { pool.node(meta.parent) };
     if let_go_of_parent(pool, me, shard, meta.parent, pn) {
