@@ -889,8 +889,9 @@ pub(crate) fn tear_down_quiet<'p>(pool: &'p PoolInner, idx: u32, node: &'p Node)
     pool.retire(me, idx, node, generation(node.life.load(Ordering::Relaxed)));
     if meta.parent == NIL {
         return if flags & F_POOL_REF != 0 {
-            // SAFETY: F_POOL_REF means `publish` stored a reference from `into_raw` for this
-            // root (P4); this is its one release, handed to the caller (`Deferred`).
+            // SAFETY: F_POOL_REF means `publish` (context/builder.rs) stored a reference from
+            // `into_raw` for this root (P4); this is its one release, handed to the caller
+            // (`Deferred`).
             Deferred(Some(unsafe {
                 PoolRef::from_raw(core::ptr::NonNull::from(pool))
             }))
@@ -964,8 +965,9 @@ pub(crate) fn tear_down_at<'p>(pool: &'p PoolInner, mut idx: u32, mut node: &'p 
         let parent = meta.parent;
         if parent == NIL {
             if flags & F_POOL_REF != 0 {
-                // SAFETY: F_POOL_REF means `init` stored a reference from `into_raw` for this
-                // root (P4); this is its one release, handed to the caller (`Deferred`).
+                // SAFETY: F_POOL_REF means `publish` (context/builder.rs) stored a reference from
+                // `into_raw` for this root (P4); this is its one release, handed to the caller
+                // (`Deferred`).
                 deferred = Deferred(Some(unsafe {
                     PoolRef::from_raw(core::ptr::NonNull::from(pool))
                 }));
