@@ -20,8 +20,10 @@
 //!
 //! The files: `pool.rs` (slots, free lists, ABA), `tree.rs` (cancel, causes, registered
 //! children), `wait.rs` (`cancelled()` and `wait()` wake-ups), `func.rs` (`after_func` and
-//! `stop`), `fallback.rs` (`after_func` without a slot, at pool exhaustion), `release.rs` (teardown of nodes kept alive by their children; a broken protocol
-//! there shows as a loom deadlock, which aborts the whole test binary, hence its own file).
+//! `stop`), `fallback.rs` (`after_func` without a slot, at pool exhaustion), `quiet.rs` (the
+//! owner's quiet teardown, tree I15, racing the writers that can leave a node's word at 0),
+//! `release.rs` (teardown of nodes kept alive by their children; a broken protocol there shows
+//! as a loom deadlock, which aborts the whole test binary, hence its own file).
 //!
 //! Two requirements on the library for loom to work at all:
 //!
