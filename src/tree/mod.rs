@@ -129,7 +129,10 @@
 //!   holds a reference: the unlock is a release RMW on the word, so it happens before the
 //!   owner's dropping CAS through the reference chain, and the owner's read of 0 sees every
 //!   such write. So the teardown of a quiet node (`tear_down_quiet`) skips the unregister, the
-//!   error and the resets of the general one, which would all find nothing to do.
+//!   error and the resets of the general one, which would all find nothing to do. Roots take
+//!   it too, and give back their pool reference (P4). loom: `loom-tests/tests/quiet.rs` races
+//!   the owner's drop against a clone's registration, a grandchild's lease, a parent's cancel,
+//!   a registration's bail-out and the pool handle's drop.
 //! - **I9** a node flagged `F_NEVER` (no owner, no cancellable ancestor: a child of the
 //!   background, a `without_cancel` node) is never cancelled; walks, registration and
 //!   `after_func` stop at it, so children of never-cancellable parents register nothing.
