@@ -14,12 +14,23 @@ use ctxpool_loom_tests::*;
 
 const CODE7: Cause = Cause::Parent(Origin::Cancelled(Reason::Code(7)));
 
-/// Takes every one of the `n` slots the model's releases gave back (from this thread's cache,
-/// or reclaimed from an exited thread's) as a chain of `n` contexts, each a child of the one
-/// before, checks that each is a fresh, live context (a slot torn down the quiet way must come
-/// back as clean as one torn down the general way: no leftover cancel, lessee mark or
-/// registration), and drops them; their releases are counted by the caller's
-/// `assert_all_released`.
+/// Once the model's threads are joined: waits for deferred checks (natively), asserts the
+/// pool's `(created, released, in_use)`, then takes every one of the slots the releases gave
+/// back (from this thread's cache, or reclaimed from an exited thread's) as a chain of
+/// contexts, each a child of the one before, checks that each is a fresh, live context (a slot
+/// torn down the quiet way must come back as clean as one torn down the general way: no
+/// leftover cancel, lessee mark or registration), and drops them; their releases are counted
+/// by the caller's `assert_all_released`.
+#[track_caller]
+fn check_counts_and_reuse(pool: &Pool, counts: (u64, u64, u64), capacity: u64) {
+    settle(pool, counts.2);
+    let s = pool.stats();
+    assert_eq!((s.created, s.released, s.in_use), counts, "{s:?}");
+    reuse_free_slots(pool, (capacity - counts.2) as usize);
+}
+
+/// Takes `n` free slots as a chain of contexts and checks that each is fresh (see
+/// [`check_counts_and_reuse`]), then drops them.
 fn reuse_free_slots(pool: &Pool, n: usize) {
     let mut chain: Vec<ctxpool::CancelGuard> = Vec::with_capacity(n);
     for i in 0..n {
@@ -115,10 +126,7 @@ fn quiet_parent_drop_after_registration_bail_out() {
         drop(child);
         drop(mid);
         t.join().unwrap();
-        settle(&pool, 1);
-        let s = pool.stats();
-        assert_eq!((s.created, s.released, s.in_use), (3, 2, 1), "{s:?}");
-        reuse_free_slots(&pool, 3);
+        check_counts_and_reuse(&pool, (3, 2, 1), 4);
         drop(root);
         assert_all_released(&pool);
     });
@@ -164,10 +172,7 @@ fn owner_drop_races_grandchild_made_through_clone() {
         drop(child);
         dropped.store(true, std::sync::atomic::Ordering::Release);
         t.join().unwrap();
-        settle(&pool, 2);
-        let s = pool.stats();
-        assert_eq!((s.created, s.released, s.in_use), (4, 2, 2), "{s:?}");
-        reuse_free_slots(&pool, 2);
+        check_counts_and_reuse(&pool, (4, 2, 2), 4);
         drop((mid, root));
         assert_all_released(&pool);
     });
@@ -194,9 +199,7 @@ fn quiet_owner_drop_races_parent_cancel() {
         });
         assert!(root.cancel(Reason::Code(7)));
         t.join().unwrap();
-        let s = pool.stats();
-        assert_eq!((s.created, s.released, s.in_use), (2, 1, 1), "{s:?}");
-        reuse_free_slots(&pool, 2);
+        check_counts_and_reuse(&pool, (2, 1, 1), 3);
         let late = root.with_cancel();
         assert_eq!(late.cause(), Some(CODE7));
         drop((late, root));
