@@ -871,6 +871,21 @@ fn let_go_of_parent(
     }
 }
 
+/// The pool reference a torn-down root (node flags `flags`) gave back, for the caller to drop
+/// once it no longer uses `pool` (P4); none for a root of the global pool.
+#[inline]
+fn root_pool_ref(pool: &PoolInner, flags: u16) -> Deferred {
+    if flags & F_POOL_REF == 0 {
+        return Deferred(None);
+    }
+    // SAFETY: F_POOL_REF means `publish` (context/builder.rs) stored a reference from
+    // `into_raw` for this root (P4); the root is torn down once (L1), so this is that
+    // reference's one release, handed to the caller (`Deferred`).
+    Deferred(Some(unsafe {
+        PoolRef::from_raw(core::ptr::NonNull::from(pool))
+    }))
+}
+
 /// [`tear_down_at`] of a quiet node (I15): one whose state word the caller read as 0 once it
 /// owned the node (slot L1). The usual end of a context. It does what `tear_down_at` does for
 /// such a node, less the checks that the zero word answers and the stores of values the fields
@@ -891,16 +906,7 @@ pub(crate) fn tear_down_quiet<'p>(pool: &'p PoolInner, idx: u32, node: &'p Node)
     }
     pool.retire(me, idx, node, generation(node.life.load(Ordering::Relaxed)));
     if meta.parent == NIL {
-        return if flags & F_POOL_REF != 0 {
-            // SAFETY: F_POOL_REF means `publish` (context/builder.rs) stored a reference from
-            // `into_raw` for this root (P4); this is its one release, handed to the caller
-            // (`Deferred`).
-            Deferred(Some(unsafe {
-                PoolRef::from_raw(core::ptr::NonNull::from(pool))
-            }))
-        } else {
-            Deferred(None)
-        };
+        return root_pool_ref(pool, flags);
     }
     // SAFETY: the node kept its parent live or a zombie (I1, I10).
     let pn = unsafe { pool.node(meta.parent) };
@@ -967,14 +973,7 @@ pub(crate) fn tear_down_at<'p>(pool: &'p PoolInner, mut idx: u32, mut node: &'p 
         }
         let parent = meta.parent;
         if parent == NIL {
-            if flags & F_POOL_REF != 0 {
-                // SAFETY: F_POOL_REF means `publish` (context/builder.rs) stored a reference from
-                // `into_raw` for this root (P4); this is its one release, handed to the caller
-                // (`Deferred`).
-                deferred = Deferred(Some(unsafe {
-                    PoolRef::from_raw(core::ptr::NonNull::from(pool))
-                }));
-            }
+            deferred = root_pool_ref(pool, flags);
             break;
         }
         // SAFETY: the node kept its parent live or a zombie (I1, I10).
